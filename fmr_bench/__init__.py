@@ -1,0 +1,22 @@
+"""fmr_bench — foundation-model-oriented robustness of image classifiers.
+
+Public API::
+
+    import fmr_bench
+    result = fmr_bench.evaluate("builtin:digits-cnn", "digits", limit=64)
+    result.metrics["fmr"], result.to_pandas()
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .config import FmrSettings
+from .errors import FmrBenchError
+from .models import ImageClassifier, load_model, wrap_module
+from .models.file import save_model
+from .results import FmrResult
+from .runner import evaluate
+
+__all__ = ["evaluate", "FmrSettings", "FmrResult", "FmrBenchError", "ImageClassifier", "load_model",
+           "save_model", "wrap_module", "__version__"]

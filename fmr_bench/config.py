@@ -1,0 +1,59 @@
+"""Defaults of the FMR protocol, in one place: the CLI and the library read them here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .errors import SettingsError
+
+OPTIMIZERS = ("adam", "sgd", "sign")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class FmrSettings:
+    """Settings of one FMR run. ``None`` means "the dataset world's default"."""
+
+    budget: int = field(default=50, metadata={"help": "B: maximum number of perturbation steps per image"})
+    step_size: float | None = field(
+        default=None,
+        metadata={"help": "eta: optimiser learning rate on the latent (paper: 0.001; digits world: 0.05)"},
+    )
+    optimizer: str = field(default="adam", metadata={"help": f"latent optimiser, one of {OPTIMIZERS}"})
+    batch_size: int = field(default=16, metadata={"help": "images perturbed at once (slots refilled as samples finish)"})
+    limit: int | None = field(default=None, metadata={"help": "evaluate only this many images (a seeded random subset)"})
+    seed: int = field(default=0, metadata={"help": "seed for the subset and for stochastic generators"})
+    precision: str = field(default="fp32", metadata={"help": f"autocast precision, one of {PRECISIONS}"})
+    device: str = field(default="auto", metadata={"help": "torch device ('auto' picks cuda when available)"})
+
+    def validated(self) -> "FmrSettings":
+        """Return self after range checks; raises :class:`SettingsError` naming the fix."""
+        if self.budget < 1:
+            raise SettingsError(f"budget must be >= 1 (got {self.budget}); pass e.g. --budget 50")
+        if self.step_size is not None and not self.step_size > 0:
+            raise SettingsError(f"step size must be > 0 (got {self.step_size}); pass e.g. --step-size 0.001")
+        if self.optimizer not in OPTIMIZERS:
+            raise SettingsError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+        if self.precision not in PRECISIONS:
+            raise SettingsError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        if self.batch_size < 1:
+            raise SettingsError(f"batch size must be >= 1 (got {self.batch_size})")
+        if self.limit is not None and self.limit < 1:
+            raise SettingsError(f"limit must be >= 1 (got {self.limit})")
+        return self
+
+    def with_defaults(self, **world_defaults: Any) -> "FmrSettings":
+        """Fill the ``None`` fields from a dataset world's defaults."""
+        updates = {k: v for k, v in world_defaults.items() if getattr(self, k, 0) is None}
+        return replace(self, **updates)
+
+
+PAPER_STEP_SIZE = 1e-3
+
+# Defaults for the oracle prompt; the paper queries CLIP with "an image of {class}".
+ORACLE_TEMPLATE = "an image of {}"
+
+
+def settings_help() -> dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in fields(FmrSettings)}

@@ -1,0 +1,124 @@
+"""What every dataset source returns: labelled images at the generator's resolution."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+
+
+@dataclass(frozen=True)
+class WorldDefaults:
+    """The generator, oracle and step size a dataset world runs with by default."""
+
+    generator: str
+    oracle: str
+    step_size: float
+
+
+class ImageDataset(Dataset):
+    """Images as float tensors in [0, 1], (3, R, R), with an integer label and a stable id.
+
+    ``ids`` name samples independently of their position, so a resumed run recognises
+    finished samples even if files were added or removed.
+    """
+
+    def __init__(self, *, spec: str, class_names: Sequence[str], ids: Sequence[str], labels: Sequence[int],
+                 world: WorldDefaults, label_space: str | None = None) -> None:
+        self.spec = spec
+        self.class_names = list(class_names)
+        self.ids = list(ids)
+        self.labels = list(labels)
+        self.world = world
+        self.label_space = label_space
+        self.resolution: int | None = None
+
+    def set_resolution(self, resolution: int) -> None:
+        self.resolution = int(resolution)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, i: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> tuple[str, torch.Tensor, int]:
+        return self.ids[i], self.load(i), self.labels[i]
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "n": len(self), "num_classes": len(self.class_names),
+                "label_space": self.label_space, "resolution": self.resolution}
+
+
+class FileImages(ImageDataset):
+    """Images read from files with PIL: short side resized, then centre-cropped."""
+
+    def __init__(self, *, root: Path, paths: list[Path], crop_pct: float = 0.875, **kw) -> None:
+        super().__init__(ids=[str(p.relative_to(root)) for p in paths], **kw)
+        self.root, self.paths, self.crop_pct = root, paths, crop_pct
+
+    def load(self, i: int) -> torch.Tensor:
+        from PIL import Image
+        from torchvision.transforms import functional as TF
+
+        if self.resolution is None:
+            raise RuntimeError("set_resolution() first")
+        path = self.paths[i]
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                im.load()
+        except Exception as e:
+            raise DataError(f"cannot read image {path} ({type(e).__name__}: {str(e)[:80]}); "
+                            "replace or delete the file and re-run (finished samples are kept)") from None
+        r = self.resolution
+        im = TF.resize(im, int(round(r / self.crop_pct)), interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        return TF.to_tensor(TF.center_crop(im, [r, r])).clamp(0, 1)
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def class_folders(root: Path, spec: str) -> list[Path]:
+    if not root.exists():
+        raise DataError(f"dataset path {root} does not exist; check the path in {spec}")
+    if not root.is_dir():
+        raise DataError(f"dataset path {root} is not a folder; {spec} expects one sub-folder per class")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        loose = list_images(root)
+        hint = f" ({len(loose)} images lie directly in it)" if loose else ""
+        raise DataError(f"{root} has no class sub-folders{hint}; lay it out as {root}/CLASS/image.jpg")
+    return folders
+
+
+class TensorImages(ImageDataset):
+    """In-memory images (N, 3, H, W) in [0, 1] or uint8, e.g. from a training script."""
+
+    def __init__(self, images: torch.Tensor, labels: Sequence[int], class_names: Sequence[str], *,
+                 spec: str = "tensors", world: WorldDefaults | None = None, ids: Sequence[str] | None = None,
+                 label_space: str | None = None) -> None:
+        if len(images) != len(labels):
+            raise DataError(f"{len(images)} images but {len(labels)} labels; pass one label per image")
+        world = world or WorldDefaults(generator="pixel", oracle="builtin:digits-clip", step_size=1e-3)
+        super().__init__(spec=spec, class_names=class_names, ids=ids or [f"{spec}/{i}" for i in range(len(labels))],
+                         labels=[int(v) for v in labels], world=world, label_space=label_space)
+        self.images = images
+        self.native = int(images.shape[-1])
+        self.resolution = self.native
+
+    def load(self, i: int) -> torch.Tensor:
+        x = self.images[i]
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if self.resolution != self.native:
+            x = torch.nn.functional.interpolate(x[None], size=(self.resolution,) * 2, mode="bilinear",
+                                                align_corners=False)[0].clamp(0, 1)
+        return x

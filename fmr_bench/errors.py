@@ -1,0 +1,41 @@
+"""Errors raised for bad input.
+
+Every error a user can fix is an :class:`FmrBenchError`; its message is one line that
+names the fix. The CLI prints it and exits with code 2.
+"""
+
+from __future__ import annotations
+
+
+class FmrBenchError(Exception):
+    """Base class for errors caused by input the user can correct."""
+
+    exit_code = 2
+
+
+class SpecError(FmrBenchError, ValueError):
+    """A spec string (``source:ident``) is malformed or names an unknown source/item."""
+
+
+class DataError(FmrBenchError):
+    """A dataset path is missing, has the wrong layout, or holds unreadable files."""
+
+
+class ClassMappingError(FmrBenchError):
+    """The classes of a model cannot be mapped onto the classes of a dataset."""
+
+
+class WeightsError(FmrBenchError):
+    """Weights are missing (e.g. offline), corrupt, or do not fit the architecture."""
+
+
+class SettingsError(FmrBenchError, ValueError):
+    """A setting is out of its valid range (budget <= 0, unknown optimiser, ...)."""
+
+
+class OutputError(FmrBenchError):
+    """Results cannot be written (unwritable folder, full disk, foreign run folder)."""
+
+
+class MissingDependencyError(FmrBenchError, ImportError):
+    """An optional backend is not installed."""

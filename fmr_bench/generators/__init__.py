@@ -1,0 +1,90 @@
+"""Generators g; ``GENERATORS`` maps a spec source to a builder ``(spec, world, seed)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..registry import GENERATORS
+from ..specs import Spec, parse_spec
+from ..weights import WeightRef, cache_dir, download, sha256_file
+from .base import Generator
+from .cards import PACKAGE_DIR, load_card
+
+
+def _vqgan_card(spec: Spec, default: str) -> dict:
+    return load_card(spec.ident or default.partition(":")[2] or "digits", "vqgan")
+
+
+def _vqgan_weights(spec: Spec, card: dict) -> tuple[Path, WeightRef]:
+    w = card["weights"]
+    if spec.opts.get("weights"):
+        path = Path(spec.opts["weights"]).expanduser()
+        return path, WeightRef(f"generator {spec}", str(path), path.is_file, host="", how="check the ?weights= path")
+    if "package_file" in w:
+        path = PACKAGE_DIR / w["package_file"]
+        return path, WeightRef(f"generator {card['name']}", str(path), path.is_file, host="",
+                               how="run: python scripts/train_digits_world.py")
+    path = cache_dir() / w["filename"]
+    host = urlparse(w["url"]).hostname or ""
+    return path, WeightRef(
+        f"generator {card['name']}", f"{w['filename']} ({w.get('size_hint', '')} from {host})", path.is_file, host=host,
+        how=f"download {w['url']} to {path} (or set FMR_CACHE to a folder holding it), or pass "
+            f"--generator vqgan:{card['name'].removeprefix('vqgan-')}?weights=/path/to/last.ckpt",
+    )
+
+
+def vqgan_weight_refs(spec: Spec, default: str) -> list[WeightRef]:
+    return [_vqgan_weights(spec, _vqgan_card(spec, default))[1]]
+
+
+def build_vqgan(spec: Spec, default: str, seed: int = 0) -> Generator:
+    from ..errors import WeightsError
+    from .vqgan import VQGAN
+
+    card = _vqgan_card(spec, default)
+    path, _ = _vqgan_weights(spec, card)
+    if not path.is_file() and "url" in card["weights"] and not spec.opts.get("weights"):
+        download(card["weights"]["url"], path, sha256=card["weights"].get("sha256"))
+    expected = card["weights"].get("sha256")
+    if expected and "package_file" in card["weights"] and path.is_file() and sha256_file(path) != expected:
+        raise WeightsError(f"{path} does not match the sha256 of card {card['name']}; reinstall fmr_bench")
+    cfg = card["config"]
+    g = VQGAN(cfg["ddconfig"], cfg["n_embed"], cfg["embed_dim"], card=card["name"])
+    g.load_weights(path)
+    if card.get("resolution"):
+        g.resolution = int(card["resolution"])
+    return g
+
+
+def build_pixel(spec: Spec, default: str, seed: int = 0) -> Generator:
+    from .noise import PixelGenerator
+
+    return PixelGenerator()
+
+
+def build_noise(spec: Spec, default: str, seed: int = 0) -> Generator:
+    from .noise import NoiseGenerator
+
+    return NoiseGenerator(sigma=float(spec.opts.get("sigma", 0.02)), seed=seed)
+
+
+GENERATORS.register("vqgan", build_vqgan, help="vqgan[:CARD][?weights=PATH] — taming VQGAN (cards in generators/)")
+GENERATORS.register("pixel", build_pixel, help="pixel — step the pixels themselves")
+GENERATORS.register("noise", build_noise, help="noise[?sigma=0.02] — pixel steps plus seeded Gaussian noise")
+
+_REFS = {"vqgan": vqgan_weight_refs}
+
+
+def generator_weight_refs(spec: str | Spec, default: str) -> list[WeightRef]:
+    spec = parse_spec(spec, GENERATORS, what="generator")
+    return _REFS.get(spec.source, lambda s, d: [])(spec, default)
+
+
+def load_generator(spec: str | Spec, *, default: str = "vqgan:digits", seed: int = 0) -> Generator:
+    """Build the generator a spec names; ``default`` is the dataset world's generator spec."""
+    spec = parse_spec(spec, GENERATORS, what="generator")
+    return GENERATORS.get(spec.source)(spec, default, seed).freeze()
+
+
+__all__ = ["Generator", "load_generator", "generator_weight_refs"]

@@ -1,0 +1,67 @@
+"""``builtin:NAME`` — the models the project trains and ships (the digits world)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..errors import SpecError, WeightsError
+from ..registry import BUILTIN_MODELS
+from ..specs import Spec
+from ..weights import WeightRef
+from .base import ImageClassifier, Preprocess
+
+
+def _digits_net(name: str, pretrained: bool) -> ImageClassifier:
+    from safetensors.torch import load_file
+
+    from .. import digits
+
+    card = digits.MODEL_CARDS[name]
+    net = card.arch()
+    if pretrained:
+        path = digits.WEIGHTS_DIR / card.weights
+        if not path.is_file():
+            raise WeightsError(f"{path} is missing; run: python scripts/train_digits_world.py")
+        net.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    pre = Preprocess((digits.IMAGE_SIZE, digits.IMAGE_SIZE), tuple(digits.MEAN), tuple(digits.STD))
+    return ImageClassifier(net, pre, class_names=digits.CLASS_NAMES, spec=f"builtin:{name}", arch=f"builtin:{name}",
+                           label_space="digits")
+
+
+def _digits_clip(pretrained: bool, class_names: Sequence[str] | None, templates: str = "openai") -> ImageClassifier:
+    from .. import digits
+    from ..digits.clip import create_digits_clip
+    from .openclip import templates_for, zero_shot_classifier
+
+    clip, mean, std, tokenizer = create_digits_clip(pretrained=pretrained)
+    pre = Preprocess((digits.IMAGE_SIZE, digits.IMAGE_SIZE), tuple(mean), tuple(std))
+    return zero_shot_classifier(clip, tokenizer, class_names or digits.CLASS_NAMES, templates_for(templates), pre,
+                                spec="builtin:digits-clip", arch="builtin:digits-clip", cache_key=None)
+
+
+for _name, _help in (("digits-cnn", "small CNN trained on the digits world"),
+                     ("digits-mlp", "MLP trained on the digits world"),
+                     ("digits-cnn-aug", "CNN trained on the digits world with heavy augmentation")):
+    BUILTIN_MODELS.register(_name, (lambda n: lambda pretrained, **_: _digits_net(n, pretrained))(_name), help=_help)
+BUILTIN_MODELS.register(
+    "digits-clip",
+    lambda pretrained, class_names=None, templates="openai": _digits_clip(pretrained, class_names, templates),
+    help="tiny open_clip model trained contrastively on captioned digits (the digits oracle)",
+)
+
+
+def weight_refs(spec: Spec) -> list[WeightRef]:
+    if spec.ident not in BUILTIN_MODELS:
+        raise SpecError(f"builtin spec: {BUILTIN_MODELS.unknown_message(spec.ident)}")
+    return []  # shipped inside the package
+
+
+def load(spec: Spec, *, class_names: Sequence[str] | None = None, pretrained: bool = True,
+         templates: str | None = None) -> ImageClassifier:
+    factory = BUILTIN_MODELS.get(spec.ident) if spec.ident in BUILTIN_MODELS else None
+    if factory is None:
+        raise SpecError(f"builtin spec: {BUILTIN_MODELS.unknown_message(spec.ident)}")
+    kwargs = {"class_names": class_names}
+    if templates or "prompts" in spec.opts:
+        kwargs["templates"] = spec.opts.get("prompts", templates)
+    return factory(pretrained, **kwargs)

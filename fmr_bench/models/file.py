@@ -1,0 +1,112 @@
+"""``file:PATH`` — a local checkpoint, loaded without executing code.
+
+Two formats:
+
+* ``.safetensors`` written by :func:`save_model`: the metadata names the architecture
+  (a spec such as ``timm:resnet18`` or ``builtin:digits-cnn``), the class names and the
+  preprocessing, so nothing else is needed.
+* a torch file (``.pt``, ``.pth``, ``.bin``) holding a state dict (or
+  ``{"state_dict": ...}``), read with ``weights_only=True``; the architecture is given
+  as ``file:PATH?arch=timm:resnet18``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..errors import SpecError, WeightsError
+from ..specs import Spec
+from ..weights import WeightRef
+from .base import ImageClassifier, Preprocess
+
+META_KEY = "fmr_bench"
+
+
+def save_model(model: ImageClassifier, path: str | Path, *, class_names: Sequence[str] | None = None) -> Path:
+    """Write ``model`` as a self-describing safetensors file that ``file:PATH`` loads.
+
+    Args:
+        model: the classifier (``model.arch`` must be a buildable spec).
+        path: destination, ``.safetensors``.
+        class_names: overrides ``model.class_names``.
+    """
+    from safetensors.torch import save_model as st_save
+
+    path = Path(path)
+    names = list(class_names) if class_names is not None else model.class_names
+    meta = {"arch": model.arch, "class_names": names, "num_classes": model.num_classes,
+            "preprocess": model.preprocess.to_dict(), "label_space": model.label_space}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    st_save(model.net, str(tmp), metadata={META_KEY: json.dumps(meta)})
+    tmp.replace(path)
+    return path
+
+
+def weight_refs(spec: Spec) -> list[WeightRef]:
+    path = Path(spec.ident).expanduser()
+    return [WeightRef(f"model {spec}", str(path), path.is_file, host="", how="check the path")]
+
+
+def _read(spec: Spec) -> tuple[dict[str, torch.Tensor], dict]:
+    path = Path(spec.ident).expanduser()
+    if not spec.ident:
+        raise SpecError("file spec needs a path, e.g. file:runs/model.safetensors")
+    if not path.is_file():
+        raise WeightsError(f"checkpoint {path} does not exist; check the path after file:")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads((f.metadata() or {}).get(META_KEY, "{}"))
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            meta = {}
+            state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+            if not isinstance(state, dict):
+                raise WeightsError(f"{path} holds no state dict; save model.state_dict()")
+    except WeightsError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise WeightsError(f"cannot read checkpoint {path} safely ({first}); save it as safetensors "
+                           "with fmr_bench.save_model") from None
+    return state, meta
+
+
+def load(spec: Spec, *, class_names: Sequence[str] | None = None, pretrained: bool = True) -> ImageClassifier:
+    from . import load_model
+
+    state, meta = _read(spec)
+    arch = spec.opts.get("arch") or meta.get("arch")
+    if not arch:
+        raise SpecError(f"{spec.ident} does not say its architecture; add ?arch=SPEC, e.g. "
+                        f"file:{spec.ident}?arch=timm:resnet50")
+    names = meta.get("class_names") or None
+    arch_spec = arch
+    if meta.get("num_classes") and arch.startswith("timm:") and "num_classes" not in arch:
+        arch_spec += ("&" if "?" in arch else "?") + f"num_classes={meta['num_classes']}"
+    model = load_model(arch_spec, class_names=names or class_names, pretrained=False)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise WeightsError(f"checkpoint {spec.ident} does not fit architecture {arch} ({first}); pass the right ?arch=") from None
+    if names:
+        model.class_names = list(names)
+        model.num_classes = len(names)
+    if meta.get("preprocess"):
+        p = meta["preprocess"]
+        model.preprocess = Preprocess(tuple(p["input_size"]), tuple(p["mean"]), tuple(p["std"]), p.get("interpolation", "bilinear"))
+        model._mean = torch.tensor(p["mean"]).view(1, -1, 1, 1)
+        model._std = torch.tensor(p["std"]).view(1, -1, 1, 1)
+    model.label_space = meta.get("label_space", model.label_space)
+    model.spec = str(spec)
+    return model

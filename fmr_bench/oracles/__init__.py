@@ -1,0 +1,69 @@
+"""The oracle h: a zero-shot CLIP classifier over the dataset's class names.
+
+``openclip:ARCH/TAG`` (default ``openclip:ViT-B-32/openai``) or ``builtin:digits-clip``;
+queried with "an image of {class}" as in the paper, or ``?prompts=openai`` for the 80
+OpenAI ImageNet templates, or any template (``?prompts=a photo of a {}``). Oracles
+built from several specs joined by ``+`` average their probabilities (an ensemble, §5.2).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..config import ORACLE_TEMPLATE
+from ..registry import ORACLE_SOURCES
+from ..specs import Spec, parse_spec
+
+ORACLE_SOURCES.register("openclip", "fmr_bench.models.openclip", help="openclip:ARCH/TAG — open_clip zero-shot oracle")
+ORACLE_SOURCES.register("builtin", "fmr_bench.models.builtin", help="builtin:digits-clip — the digits-world CLIP")
+
+
+class Oracle(nn.Module):
+    """Zero-shot classifier(s) whose argmax is a dataset label."""
+
+    def __init__(self, members: Sequence[nn.Module], spec: str, prompts: str) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.spec, self.prompts = spec, prompts
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N, C), averaged over members."""
+        probs = [m(x).float().softmax(-1) for m in self.members]
+        return torch.stack(probs).mean(0)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x).argmax(-1)
+
+    def settings(self) -> dict:
+        return {"spec": self.spec, "prompts": self.prompts,
+                "templates": [ORACLE_TEMPLATE] if self.prompts == "single" else self.prompts}
+
+
+def oracle_specs(text: str) -> list[Spec]:
+    return [parse_spec(part, ORACLE_SOURCES, what="oracle") for part in text.split("+")]
+
+
+def oracle_weight_refs(text: str):
+    from ..models import model_weight_refs
+
+    refs = []
+    for spec in oracle_specs(text):
+        refs += model_weight_refs(spec)
+    return refs
+
+
+def load_oracle(text: str, class_names: Sequence[str], *, pretrained: bool = True) -> Oracle:
+    """Build the oracle for ``class_names``; default prompt "an image of {class}"."""
+    from ..models import load_model
+
+    members = []
+    prompts = "single"
+    for spec in oracle_specs(text):
+        prompts = spec.opts.get("prompts", "single")
+        members.append(load_model(spec, class_names=class_names, pretrained=pretrained, templates=prompts).freeze())
+    return Oracle(members, text, prompts)

@@ -1,0 +1,174 @@
+"""The batched FMR loop (Algorithm 1 of the FMR paper, as fixed in SPEC §1).
+
+Per sample, with budget B: the latent z of the image is stepped to *increase* the
+evaluated model's loss. After the first step the oracle must still see the true class
+(else the sample is not validated and keeps the clean image); afterwards each new image
+is accepted while the oracle agrees, and the sample stops at the first rejection,
+keeping the last accepted image. Reaching a wrong prediction does not stop a sample.
+
+Speed: images are processed in slots of a batch; a finished sample frees its slot and
+a new image takes it, so the batch stays full. Each iteration decodes once; that image
+serves the oracle check of the previous step and the loss of the next. All weights are
+frozen; gradients flow only to the latent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from ..generators.base import Generator
+from ..models.base import ImageClassifier
+from ..oracles import Oracle
+from .optim import LatentOptimizer, concat_state, select_state
+from .outcome import SampleOutcome
+
+# (id, index, image (3,H,W) in [0,1], label)
+Sample = tuple[str, int, torch.Tensor, int]
+OnSample = Callable[[SampleOutcome, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class LoopConfig:
+    budget: int
+    step_size: float
+    optimizer: str = "adam"
+    batch_size: int = 16
+    precision: str = "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class _Slots:
+    """Row-aligned state of the samples in flight."""
+
+    def __init__(self) -> None:
+        self.z: torch.Tensor | None = None
+        self.opt: dict[str, torch.Tensor] = {}
+        self.meta: list[dict] = []  # per row: id, index, label, target, clean_pred, oracle_clean, x
+        self.accepted: list[tuple[torch.Tensor, int] | None] = []
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def keep(self, mask: list[bool]) -> None:
+        idx = torch.tensor([i for i, k in enumerate(mask) if k], dtype=torch.long, device=self.z.device)
+        self.z = self.z[idx]
+        self.opt = select_state(self.opt, idx)
+        self.meta = [m for m, k in zip(self.meta, mask) if k]
+        self.accepted = [a for a, k in zip(self.accepted, mask) if k]
+
+    def add(self, z: torch.Tensor, opt: dict[str, torch.Tensor], meta: list[dict]) -> None:
+        if self.z is None or len(self) == 0:
+            self.z, self.opt = z, opt
+        else:
+            self.z = torch.cat([self.z, z])
+            self.opt = concat_state(self.opt, opt)
+        self.meta += meta
+        self.accepted += [None] * len(meta)
+
+
+def run_batched(samples: Iterator[Sample], *, model: ImageClassifier, oracle: Oracle, generator: Generator,
+                target_of: torch.Tensor, cfg: LoopConfig, device: torch.device,
+                on_sample: OnSample, on_iteration: Callable[[int], None] | None = None) -> None:
+    """Run the protocol over ``samples``, calling ``on_sample`` as each one finishes.
+
+    Args:
+        samples: iterator of (id, index, image, label).
+        target_of: tensor mapping dataset label -> model output index.
+        on_sample: receives the outcome, the clean image and the final image (CPU).
+        on_iteration: receives the number of samples in flight after each iteration.
+    """
+    opt = LatentOptimizer(cfg.optimizer, cfg.step_size)
+    slots = _Slots()
+    exhausted = False
+    target_of = target_of.to(device)
+
+    def refill() -> None:
+        nonlocal exhausted
+        new: list[Sample] = []
+        while not exhausted and len(slots) + len(new) < cfg.batch_size:
+            try:
+                new.append(next(samples))
+            except StopIteration:
+                exhausted = True
+        if not new:
+            return
+        x = torch.stack([s[2] for s in new]).to(device)
+        labels = torch.tensor([s[3] for s in new], device=device)
+        with torch.no_grad(), autocast(device, cfg.precision):
+            clean_pred = model(x).argmax(-1)
+            oracle_clean = oracle.predict(x)
+            z = generator.encode(x).float()
+        meta = [{"id": s[0], "index": s[1], "label": s[3], "target": int(target_of[s[3]]),
+                 "clean_pred": int(clean_pred[i]), "oracle_clean": int(oracle_clean[i]), "x": s[2].cpu()}
+                for i, s in enumerate(new)]
+        slots.add(z, opt.init_state(z), meta)
+        del labels
+
+    def finish(row: int, validated: bool, steps: int, final_img: torch.Tensor | None, final_pred: int | None) -> None:
+        m = slots.meta[row]
+        outcome = SampleOutcome(
+            id=m["id"], index=m["index"], label=m["label"], target=m["target"], clean_pred=m["clean_pred"],
+            oracle_clean=m["oracle_clean"], validated=validated, steps=steps,
+            final_pred=m["clean_pred"] if final_pred is None else final_pred)
+        on_sample(outcome, m["x"], m["x"] if final_img is None else final_img)
+
+    refill()
+    while len(slots):
+        z = slots.z.detach().requires_grad_(True)
+        t = slots.opt["t"].tolist()
+        with autocast(device, cfg.precision):
+            img = generator.decode(z)
+            logits = model(img)
+        targets = torch.tensor([m["target"] for m in slots.meta], device=device)
+        loss = F.cross_entropy(logits.float(), targets, reduction="none")
+        preds = logits.argmax(-1).tolist()
+        checked = [i for i, ti in enumerate(t) if ti >= 1]
+        ok = {}
+        if checked:
+            with torch.no_grad(), autocast(device, cfg.precision):
+                rows = torch.tensor(checked, device=device)
+                oracle_pred = oracle.predict(img.detach()[rows]).tolist()
+            ok = {i: oracle_pred[k] == slots.meta[i]["label"] for k, i in enumerate(checked)}
+        cont = []
+        for i, ti in enumerate(t):
+            if ti == 0:
+                cont.append(True)  # the reconstruction: nothing to check yet
+            elif not ok[i]:
+                acc = slots.accepted[i]
+                if ti == 1:
+                    finish(i, False, 0, None, None)  # not validated: x-hat = x
+                else:
+                    finish(i, True, ti - 1, acc[0], acc[1])
+                cont.append(False)
+            else:
+                slots.accepted[i] = (img[i].detach().float().cpu(), preds[i])
+                if ti >= cfg.budget:
+                    finish(i, True, ti, slots.accepted[i][0], preds[i])
+                    cont.append(False)
+                else:
+                    cont.append(True)
+        if any(cont):
+            sel = torch.tensor([i for i, c in enumerate(cont) if c], device=device)
+            (grad,) = torch.autograd.grad(loss[sel].sum(), z)
+            slots.z = z.detach()
+            slots.keep(cont)
+            slots.z = opt.step(slots.z, grad[sel], slots.opt)
+            ids = torch.tensor([m["index"] for m in slots.meta])
+            slots.z = generator.post_step(slots.z, ids, slots.opt["t"].cpu())
+        else:
+            slots.z = z.detach()
+            slots.keep(cont)
+        del img, logits, loss, z
+        refill()
+        if on_iteration is not None:
+            on_iteration(len(slots))

@@ -1,0 +1,70 @@
+"""A plain one-image reference implementation of the FMR loop.
+
+Written the way a straightforward implementation of the paper would be: one image at a
+time, fp32, ``torch.optim`` on the latent, and the image re-decoded after every update
+for the oracle check. It exists for tests (the batched loop must give the same
+per-sample outcomes) and as the baseline of ``benchmarks/``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from ..generators.base import Generator
+from ..models.base import ImageClassifier
+from ..oracles import Oracle
+from .outcome import SampleOutcome
+
+Sample = tuple[str, int, torch.Tensor, int]
+
+
+def _optimizer(kind: str, z: torch.Tensor, lr: float):
+    if kind == "adam":
+        return torch.optim.Adam([z], lr=lr, maximize=True)
+    if kind == "sgd":
+        return torch.optim.SGD([z], lr=lr, maximize=True)
+    return None  # "sign": done by hand below
+
+
+def reference_one(sample: Sample, *, model: ImageClassifier, oracle: Oracle, generator: Generator,
+                  target: int, budget: int, step_size: float, optimizer: str = "adam") -> tuple[SampleOutcome, torch.Tensor]:
+    """Algorithm 1 for one sample; returns the outcome and the final image."""
+    sid, index, x, label = sample
+    x = x[None]
+    with torch.no_grad():
+        clean_pred = int(model(x).argmax(-1))
+        oracle_clean = int(oracle.predict(x))
+        z = generator.encode(x).float()
+    z.requires_grad_(True)
+    opt = _optimizer(optimizer, z, step_size)
+    x_hat, steps, validated = x, 0, False
+    for t in range(budget):
+        loss = F.cross_entropy(model(generator.decode(z)), torch.tensor([target]))
+        if opt is not None:
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        else:
+            (grad,) = torch.autograd.grad(loss, z)
+            with torch.no_grad():
+                z += step_size * grad.sign()
+        with torch.no_grad():
+            z.copy_(generator.post_step(z, torch.tensor([index]), torch.tensor([t + 1])))
+            candidate = generator.decode(z)
+            if int(oracle.predict(candidate)) != label:
+                break
+        x_hat, steps, validated = candidate, t + 1, True
+    with torch.no_grad():
+        final_pred = int(model(x_hat).argmax(-1)) if validated else clean_pred
+    outcome = SampleOutcome(id=sid, index=index, label=label, target=target, clean_pred=clean_pred,
+                            oracle_clean=oracle_clean, validated=validated, steps=steps, final_pred=final_pred)
+    return outcome, x_hat[0].detach()
+
+
+def run_reference(samples: Iterable[Sample], *, model: ImageClassifier, oracle: Oracle, generator: Generator,
+                  target_of: torch.Tensor, budget: int, step_size: float, optimizer: str = "adam") -> list[SampleOutcome]:
+    return [reference_one(s, model=model, oracle=oracle, generator=generator, target=int(target_of[s[3]]),
+                          budget=budget, step_size=step_size, optimizer=optimizer)[0] for s in samples]

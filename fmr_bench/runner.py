@@ -1,0 +1,264 @@
+"""``evaluate``: one FMR run from specs (or in-memory modules) to a result record."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import random
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .config import FmrSettings
+from .datasets import ImageDataset, load_dataset
+from .errors import FmrBenchError, SettingsError
+from .generators import Generator, generator_weight_refs, load_generator
+from .metrics import fmr_metrics, per_class_metrics
+from .models import ImageClassifier, load_model, map_classes, model_weight_refs, wrap_module
+from .oracles import Oracle, load_oracle, oracle_weight_refs
+from .protocol import LoopConfig, SampleOutcome, run_batched
+from .results import (SCHEMA_VERSION, FmrResult, OutcomeWriter, prepare_run_dir, read_outcomes, run_dir, select,
+                      write_json)
+from .viz import save_grid
+from .weights import preflight
+
+GRID_SIZE = 16
+DEFAULT_FILE_RESOLUTION = 224
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("fmr_bench", "torch", "torchvision", "timm", "open_clip_torch", "taming-transformers-rom1504"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise SettingsError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SettingsError("device cuda requested but no GPU is visible; use --device cpu")
+    return dev
+
+
+def select_indices(n: int, limit: int | None, seed: int) -> list[int]:
+    """All indices in order, or a seeded random subset of ``limit`` in dataset order."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), limit))
+
+
+def _infer_outputs(model: ImageClassifier, res: int, device: torch.device) -> int:
+    with torch.no_grad():
+        return int(model(torch.zeros(1, 3, res, res, device=device)).shape[-1])
+
+
+def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, generator: str | Generator | None = None,
+             oracle: str | Oracle | None = None, out: str | Path | None = "runs", settings: FmrSettings | None = None,
+             preprocess: dict[str, Any] | None = None, progress: bool | Callable[[int, int], None] = False,
+             pretrained: bool = True, write_grid: bool = True, **overrides: Any) -> FmrResult:
+    """Run the FMR protocol and return its record.
+
+    Args:
+        model: a spec (``"timm:resnet50"``, ``"builtin:digits-cnn"``...) or an in-memory
+            ``nn.Module``; a bare module needs ``preprocess=dict(input_size=..., mean=..., std=...)``
+            unless it is an :class:`ImageClassifier`.
+        data: a dataset spec (``"digits"``, ``"imagenet:/data/val"``) or dataset object.
+        generator, oracle: specs; default to the dataset world's (digits: ``vqgan:digits``
+            and ``builtin:digits-clip``; ImageNet: ``vqgan:imagenet-f16-16384`` and
+            ``openclip:ViT-B-32/openai``).
+        out: folder for run folders; ``None`` keeps everything in memory (no resume).
+        settings: an :class:`FmrSettings`; keyword ``overrides`` (``budget=20``...) replace fields.
+        progress: True for a rich progress bar, or a callable ``(done, total)``.
+        pretrained: False builds models from specs with random weights (benchmarks, tests).
+
+    Raises:
+        FmrBenchError: for bad input; finished samples are on disk before it propagates.
+    """
+    known = {f.name for f in fields(FmrSettings)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise SettingsError(f"unknown setting(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
+    settings = (settings or FmrSettings())
+    settings = FmrSettings(**{**asdict(settings), **overrides}).validated()
+
+    dataset = data if isinstance(data, ImageDataset) else load_dataset(data)
+    world = dataset.world
+    settings = settings.with_defaults(step_size=world.step_size)
+    gen_spec = generator if isinstance(generator, str) else (None if generator is not None else world.generator)
+    ora_spec = oracle if isinstance(oracle, str) else (None if oracle is not None else world.oracle)
+
+    refs = []
+    if isinstance(model, str):
+        refs += model_weight_refs(model)
+    if gen_spec is not None:
+        refs += generator_weight_refs(gen_spec, world.generator)
+    if ora_spec is not None:
+        refs += oracle_weight_refs(ora_spec)
+    preflight(refs)
+
+    device = resolve_device(settings.device)
+    torch.manual_seed(settings.seed)
+    if isinstance(model, str):
+        clf = load_model(model, class_names=dataset.class_names, pretrained=pretrained)
+    elif isinstance(model, ImageClassifier):
+        clf = model
+    else:
+        if not preprocess:
+            raise SettingsError("an nn.Module needs preprocess=dict(input_size=..., mean=..., std=...) "
+                                "or wrap it with fmr_bench.wrap_module")
+        clf = wrap_module(model, **preprocess)
+    was_training = clf.training
+    clf = clf.to(device).freeze()
+    gen = generator if isinstance(generator, Generator) else load_generator(gen_spec, default=world.generator,
+                                                                             seed=settings.seed)
+    gen = gen.to(device).freeze()
+    ora = oracle if isinstance(oracle, Oracle) else load_oracle(ora_spec, dataset.class_names, pretrained=pretrained)
+    ora = ora.to(device).eval()
+
+    resolution = gen.resolution or dataset.resolution or DEFAULT_FILE_RESOLUTION
+    dataset.set_resolution(resolution)
+    num_outputs = clf.num_classes or _infer_outputs(clf, resolution, device)
+    cmap = map_classes(clf.class_names, num_outputs, dataset.class_names, label_space=dataset.label_space,
+                       model_label_space=clf.label_space, model=clf.spec or "the model")
+
+    indices = select_indices(len(dataset), settings.limit, settings.seed)
+    ids = [dataset.ids[i] for i in indices]
+    run_settings = {
+        "model": clf.spec, "model_weights": clf.weights_hash(), "dataset": dataset.spec,
+        "generator": gen.settings(), "oracle": ora.settings(), "budget": settings.budget,
+        "step_size": settings.step_size, "optimizer": settings.optimizer, "seed": settings.seed,
+        "limit": settings.limit, "precision": settings.precision, "resolution": resolution,
+    }
+    folder = run_dir(out, clf.spec, dataset.spec, run_settings) if out is not None else None
+    done: dict[str, SampleOutcome] = {}
+    writer = None
+    if folder is not None:
+        prepare_run_dir(folder, run_settings)
+        done = read_outcomes(folder / "samples.jsonl")
+        writer = OutcomeWriter(folder / "samples.jsonl")
+    pending = [i for i in indices if dataset.ids[i] not in done]
+
+    grid: list[tuple[SampleOutcome, torch.Tensor, torch.Tensor]] = []
+    started = _dt.datetime.now(_dt.timezone.utc)
+    total, finished = len(indices), sum(1 for i in ids if i in done)
+    bar = _Progress(progress, total, finished)
+
+    def on_sample(o: SampleOutcome, clean: torch.Tensor, final: torch.Tensor) -> None:
+        done[o.id] = o
+        if writer is not None:
+            writer.write(o)
+        if len(grid) < GRID_SIZE:
+            grid.append((o, clean, final.cpu()))
+        bar.advance()
+
+    loop_cfg = LoopConfig(settings.budget, settings.step_size, settings.optimizer, settings.batch_size, settings.precision)
+    try:
+        with bar:
+            run_batched(_samples(dataset, pending), model=clf, oracle=ora, generator=gen, target_of=cmap.tensor(),
+                        cfg=loop_cfg, device=device, on_sample=on_sample, on_iteration=bar.iteration)
+    except KeyboardInterrupt:
+        raise FmrBenchError(f"interrupted; {sum(1 for i in ids if i in done)}/{total} samples are saved in "
+                            f"{folder}; re-run the same command to resume") from None
+    finally:
+        if writer is not None:
+            writer.close()
+        if was_training:
+            clf.train()
+            for p in clf.parameters():
+                p.requires_grad_(True)
+
+    outcomes = select(done, ids)
+    display = clf.class_names or (dataset.class_names if cmap.how.startswith("label space") else None)
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "evaluator": "fmr",
+        "run": folder.name if folder else None,
+        "model": {**clf.describe(), "weights_sha256_16": run_settings["model_weights"], "class_map": cmap.how},
+        "dataset": dataset.describe() | {"n_selected": total},
+        "generator": {"spec": str(gen_spec) if gen_spec else gen.name, **gen.settings()},
+        "oracle": ora.settings(),
+        "settings": {**asdict(settings), "resolution": resolution},
+        "metrics": fmr_metrics(outcomes),
+        "per_class": per_class_metrics(outcomes, dataset.class_names),
+        "versions": versions(),
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "timestamp": started.isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("fmr") else None,
+        "files": {"samples": "samples.jsonl", "grid": "grid.png"} if folder else {},
+    }
+    if folder is not None:
+        if write_grid and grid:
+            save_grid(grid, folder / "grid.png", class_names=dataset.class_names, model_classes=display,
+                      title=f"{clf.spec} on {dataset.spec} — top: clean, bottom: perturbed (B={settings.budget})")
+        write_json(folder / "record.json", record)
+    return FmrResult(record, outcomes, folder)
+
+
+def _samples(dataset: ImageDataset, indices: Sequence[int]):
+    """Yield (id, index, image, label), decoding files in background workers."""
+    if not indices:
+        return
+    workers = 0 if getattr(dataset, "images", None) is not None else min(4, torch.get_num_threads())
+    if workers == 0:
+        for i in indices:
+            yield dataset.ids[i], i, dataset.load(i), dataset.labels[i]
+        return
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, list(indices)), batch_size=None,
+                                         num_workers=workers, prefetch_factor=4)
+    for k, (sid, img, label) in enumerate(loader):
+        yield sid, indices[k], img, int(label)
+
+
+class _Progress:
+    """A rich progress bar with images/s and ETA, a callback, or nothing."""
+
+    def __init__(self, progress: bool | Callable[[int, int], None], total: int, done: int) -> None:
+        self.total, self.done = total, done
+        self.callback = progress if callable(progress) else None
+        self.rich = progress is True
+        self._bar = None
+
+    def __enter__(self) -> "_Progress":
+        if self.rich:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self._bar = Progress(TextColumn("FMR"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]} img/s"), TextColumn("in flight {task.fields[flight]}"),
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False)
+            self._bar.__enter__()
+            self._task = self._bar.add_task("fmr", total=self.total, completed=self.done, rate="-", flight=0)
+            self._start = self._bar.get_time()
+            self._start_done = self.done
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.callback:
+            self.callback(self.done, self.total)
+        if self._bar is not None:
+            elapsed = max(self._bar.get_time() - self._start, 1e-9)
+            rate = (self.done - self._start_done) / elapsed
+            self._bar.update(self._task, completed=self.done, rate=f"{rate:.2f}")
+
+    def iteration(self, in_flight: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, flight=in_flight)

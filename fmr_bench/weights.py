@@ -1,0 +1,123 @@
+"""Where weights come from: caches, checksummed downloads, and the offline check.
+
+Before any heavy loading, :func:`preflight` asks each component which weight files it
+needs and whether they are already on disk. Offline, a run with missing weights stops
+at once with one line listing them and how to provide them, instead of after minutes of
+download retries.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import socket
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import WeightsError
+
+HUB_HOST = "huggingface.co"
+
+
+def cache_dir() -> Path:
+    """Our own download cache (VQGAN checkpoints): ``$FMR_CACHE`` or ``~/.cache/fmr_bench``."""
+    return Path(os.environ.get("FMR_CACHE", Path.home() / ".cache" / "fmr_bench")).expanduser()
+
+
+@functools.lru_cache(maxsize=8)
+def host_reachable(host: str = HUB_HOST, port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host`` opens within ``timeout`` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("FMR_OFFLINE") == "1":
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class WeightRef:
+    """One weight file a component needs.
+
+    Attributes:
+        component: e.g. ``"model timm:resnet50"``.
+        what: the file, e.g. ``"timm/resnet50.a1_in1k (Hugging Face Hub)"``.
+        available: returns True when the file is already on disk.
+        host: where it would be downloaded from.
+        how: how to provide it by hand.
+    """
+
+    component: str
+    what: str
+    available: Callable[[], bool]
+    host: str = HUB_HOST
+    how: str = ""
+
+
+def preflight(refs: list[WeightRef]) -> None:
+    """Raise one :class:`WeightsError` listing every missing file that cannot be fetched."""
+    missing = [r for r in refs if not r.available() and not host_reachable(r.host)]
+    if missing:
+        parts = [f"{r.component} needs {r.what} ({r.how})" for r in missing]
+        raise WeightsError("missing weights and no network: " + "; ".join(parts))
+
+
+def hf_cached(repo_id: str, filenames: tuple[str, ...]) -> bool:
+    """Whether any of ``filenames`` of ``repo_id`` is in the Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return False
+    for name in filenames:
+        hit = try_to_load_from_cache(repo_id, name)
+        if isinstance(hit, str) and os.path.exists(hit):
+            return True
+    return False
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download(url: str, dest: Path, *, sha256: str | None = None, progress: bool = True) -> Path:
+    """Download ``url`` to ``dest`` atomically (``.part`` file) and check its sha256."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r, open(part, "wb") as f:  # noqa: S310
+            total = int(r.headers.get("Content-Length") or 0)
+            _copy_with_progress(r, f, total, dest.name if progress else None)
+    except OSError as e:
+        part.unlink(missing_ok=True)
+        raise WeightsError(
+            f"download of {url} failed ({e}); download it by hand and pass its path as ?weights=PATH"
+        ) from None
+    digest = sha256_file(part)
+    if sha256 and digest != sha256:
+        part.unlink(missing_ok=True)
+        raise WeightsError(f"{dest.name}: sha256 {digest} does not match the card's {sha256}; retry the download")
+    part.replace(dest)
+    dest.with_name(dest.name + ".sha256").write_text(digest + "\n")
+    return dest
+
+
+def _copy_with_progress(src, dst, total: int, label: str | None) -> None:
+    if label is None:
+        shutil.copyfileobj(src, dst)
+        return
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), transient=True) as bar:
+        task = bar.add_task(f"downloading {label}", total=total or None)
+        for block in iter(lambda: src.read(1 << 20), b""):
+            dst.write(block)
+            bar.advance(task, len(block))

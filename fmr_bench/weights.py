@@ -11,12 +11,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import pickle
+import re
 import shutil
 import socket
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from .errors import WeightsError
 
@@ -61,10 +63,15 @@ class WeightRef:
 
 def preflight(refs: list[WeightRef]) -> None:
     """Raise one :class:`WeightsError` listing every missing file that cannot be fetched."""
-    missing = [r for r in refs if not r.available() and not host_reachable(r.host)]
-    if missing:
-        parts = [f"{r.component} needs {r.what} ({r.how})" for r in missing]
-        raise WeightsError("missing weights and no network: " + "; ".join(parts))
+    absent = [r for r in refs if not r.available()]
+    local = [r for r in absent if not r.host]
+    offline = [r for r in absent if r.host and not host_reachable(r.host)]
+    parts = [f"{r.component} needs {r.what}, which does not exist ({r.how})" for r in local]
+    if offline:
+        parts.append("missing weights and no network: " + "; ".join(f"{r.component} needs {r.what} ({r.how})"
+                                                                     for r in offline))
+    if parts:
+        raise WeightsError("; ".join(parts))
 
 
 def hf_cached(repo_id: str, filenames: tuple[str, ...]) -> bool:
@@ -121,3 +128,35 @@ def _copy_with_progress(src, dst, total: int, label: str | None) -> None:
         for block in iter(lambda: src.read(1 << 20), b""):
             dst.write(block)
             bar.advance(task, len(block))
+
+
+class _Inert:
+    """Stands in for any class a checkpoint names but we do not need (e.g. Lightning's
+    ``ModelCheckpoint`` callback key); it runs no code of the checkpoint."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+def safe_torch_load(path: str | Path) -> Any:
+    """``torch.load(weights_only=True)``; globals the file names beyond tensors and plain
+    containers (training callbacks, hyper-parameter objects...) are replaced by an inert
+    stand-in instead of being imported or called."""
+    import torch
+
+    stubs: list[tuple[type, str]] = []
+    for _ in range(32):
+        try:
+            with torch.serialization.safe_globals(stubs):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            names = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+            if not names or any(n == name for _, n in stubs for name in names):
+                raise
+            for n in names:  # builtins are reported without their module
+                for full in {n, n if "." in n else f"builtins.{n}"}:
+                    stubs.append((type(n.rsplit(".", 1)[-1], (_Inert,), {}), full))
+    raise pickle.UnpicklingError(f"{path} names too many foreign classes")

@@ -75,18 +75,27 @@ def test_file_torch_checkpoint_needs_arch_and_is_read_weights_only(tmp_path):
     back = load_model(f"file:{path}?arch=timm:test_resnet").eval()
     x = torch.rand(1, 3, 64, 64)
     torch.testing.assert_close(back(x), m(x))
-    # A pickle that would run code is refused, not executed.
+    # A pickle that would run code loads its tensors without running it.
     evil = tmp_path / "evil.pt"
-    torch.save({"state_dict": m.net.state_dict(), "hook": _Evil()}, evil)
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": m.net.state_dict(), "hook": _Evil(str(marker))}, evil)
+    back = load_model(f"file:{evil}?arch=timm:test_resnet").eval()
+    torch.testing.assert_close(back(x), m(x))
+    assert not marker.exists()
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x80\x02not a pickle")
     with pytest.raises(WeightsError, match="safely"):
-        load_model(f"file:{evil}?arch=timm:test_resnet")
+        load_model(f"file:{garbage}?arch=timm:test_resnet")
     with pytest.raises(WeightsError, match="does not exist"):
         load_model(f"file:{tmp_path / 'missing.pt'}?arch=timm:test_resnet")
 
 
 class _Evil:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
     def __reduce__(self):
-        return (print, ("this must never run",))
+        return (exec, (f"open({self.marker!r}, 'w').write('x')",))
 
 
 def test_openclip_zero_shot_head_is_normalised_template_average(tiny_clip_arch):

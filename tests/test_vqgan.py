@@ -90,3 +90,26 @@ def test_decode_passes_gradients_straight_through_to_the_latent():
     assert img.min() >= 0 and img.max() <= 1 and img.shape == (1, 3, 16, 16)
     img.mean().backward()
     assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_lightning_callback_classes_in_the_checkpoint_do_not_block_loading(tmp_path, monkeypatch):
+    # Old Lightning checkpoints key their callback states by the ModelCheckpoint class;
+    # weights_only loading must not import or run it.
+    import sys
+    import types
+
+    pkg, mod = types.ModuleType("fakelightning"), types.ModuleType("fakelightning.callbacks")
+    ModelCheckpoint = type("ModelCheckpoint", (), {"__module__": "fakelightning.callbacks"})
+    mod.ModelCheckpoint, pkg.callbacks = ModelCheckpoint, mod
+    monkeypatch.setitem(sys.modules, "fakelightning", pkg)
+    monkeypatch.setitem(sys.modules, "fakelightning.callbacks", mod)
+    g = tiny_vqgan(seed=2)
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": g.state_dict(), "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.1)}}},
+               ckpt)
+    monkeypatch.delitem(sys.modules, "fakelightning.callbacks")
+    monkeypatch.delitem(sys.modules, "fakelightning")
+    loaded = load_generator(f"vqgan:{_card(tmp_path, g)}?weights={ckpt}")
+    z = torch.randn(1, g.embed_dim, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.decode(z), g.decode(z))

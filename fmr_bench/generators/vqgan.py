@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import MissingDependencyError, WeightsError
+from ..weights import safe_torch_load
 from .base import Generator
 
 # Keys of the official checkpoint that belong to the model (the discriminator and
@@ -117,7 +118,7 @@ def read_vqgan_state(path: str | Path) -> dict[str, torch.Tensor]:
 
             raw = load_file(str(path))
         else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+            raw = safe_torch_load(path)
     except Exception as e:  # corrupt file, foreign pickle
         msg = str(e).strip().splitlines()[0][:200]
         raise WeightsError(

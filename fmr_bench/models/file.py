@@ -20,7 +20,7 @@ import torch
 
 from ..errors import SpecError, WeightsError
 from ..specs import Spec
-from ..weights import WeightRef
+from ..weights import WeightRef, safe_torch_load
 from .base import ImageClassifier, Preprocess
 
 META_KEY = "fmr_bench"
@@ -66,7 +66,7 @@ def _read(spec: Spec) -> tuple[dict[str, torch.Tensor], dict]:
                 meta = json.loads((f.metadata() or {}).get(META_KEY, "{}"))
                 state = {k: f.get_tensor(k) for k in f.keys()}
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = safe_torch_load(path)
             meta = {}
             state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
             if not isinstance(state, dict):

@@ -1,0 +1,153 @@
+"""Batched FMR loop vs the plain one-image reference loop: speed, memory, agreement.
+
+Usage (each mode runs in its own process so peak memory is its own)::
+
+    python benchmarks/bench_loop.py --setup full --n 4 --budget 4 --batch-size 4
+    python benchmarks/bench_loop.py --setup digits --n 64 --budget 50 --batch-size 32
+
+``full``: the paper's full-size architectures at 224 px with random weights (VQGAN
+f16-16384 from its card, timm resnet50, open_clip ViT-B-32 as oracle) — random weights
+cost the same as trained ones. Labels are the oracle's own predictions on the clean
+images so that samples survive the first step, as with a trained oracle. ``digits``:
+the shipped digits world. Prints seconds per image-iteration (one gradient step of one
+image) for both loops, their ratio, peak RSS / CUDA memory, and the share of samples
+whose outcome (validated, steps survived, final prediction) agrees with the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def build(setup: str, n: int, device: torch.device, seed: int = 0):
+    from fmr_bench.datasets import load_dataset
+    from fmr_bench.generators import load_generator
+    from fmr_bench.models import load_model
+    from fmr_bench.oracles import load_oracle
+
+    torch.manual_seed(seed)
+    if setup == "digits":
+        data = load_dataset("digits")
+        model = load_model("builtin:digits-cnn").freeze()
+        oracle = load_oracle("builtin:digits-clip", data.class_names)
+        gen = load_generator("vqgan:digits")
+        samples = [(data.ids[i], i, data.load(i), data.labels[i]) for i in range(min(n, len(data)))]
+        return samples, model, oracle, gen, data.world.step_size, torch.arange(10)
+    from fmr_bench.datasets.imagenet import imagenet_class_names
+    from fmr_bench.generators.cards import load_card
+    from fmr_bench.generators.vqgan import VQGAN
+    from fmr_bench.models.openclip import load as openclip_load
+    from fmr_bench.oracles import Oracle
+    from fmr_bench.specs import Spec
+
+    names = imagenet_class_names()
+    cfg = load_card("imagenet-f16-16384", "vqgan")["config"]
+    gen = VQGAN(cfg["ddconfig"], cfg["n_embed"], cfg["embed_dim"], card="random-weights").freeze()
+    gen.resolution = 224
+    model = load_model("timm:resnet50", pretrained=False).freeze()
+    clip = openclip_load(Spec("openclip", "ViT-B-32/openai"), class_names=names, pretrained=False, templates="single")
+
+    # Smooth random images: low-resolution noise upsampled to 224 px.
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.interpolate(torch.rand(n, 3, 14, 14, generator=g), size=224, mode="bicubic").clamp(0, 1)
+    # A random CLIP flips its argmax under the smallest change; a trained one does not.
+    # To keep samples alive as a trained oracle would, class i's embedding is the image
+    # embedding of clean image i (same compute: one ViT-B/32 image forward per check).
+    with torch.no_grad():
+        feats = torch.nn.functional.normalize(clip.net.clip.encode_image(clip.normalize(x)).float(), dim=-1)
+        clip.net.class_embeddings[:n] = feats
+    oracle = Oracle([clip.freeze()], "openclip:ViT-B-32 (random weights)", "single")
+    labels = list(range(n))
+    samples = [(f"img{i}", i, x[i], labels[i]) for i in range(n)]
+    return samples, model, oracle, gen, 1e-3, torch.arange(1000)
+
+
+def run_mode(args) -> dict:
+    from fmr_bench.protocol import LoopConfig, run_batched, run_reference
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    samples, model, oracle, gen, lr, target_of = build(args.setup, args.n, torch.device("cpu"))
+    model, oracle, gen = model.to(device), oracle.to(device), gen.to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    lr = args.step_size or lr
+    start = time.perf_counter()
+    if args.mode == "reference":
+        samples = [(s[0], s[1], s[2].to(device), s[3]) for s in samples]
+        outs = run_reference(samples, model=model, oracle=oracle, generator=gen, target_of=target_of,
+                             budget=args.budget, step_size=lr, optimizer="adam")
+    else:
+        outs = []
+        cfg = LoopConfig(args.budget, lr, "adam", args.batch_size, args.precision)
+        run_batched(iter(samples), model=model, oracle=oracle, generator=gen, target_of=target_of, cfg=cfg,
+                    device=device, on_sample=lambda o, a, b: outs.append(o))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    # Gradient steps taken: a sample that stopped at its first rejection took steps + 1.
+    iters = sum(min(o.steps + 1, args.budget) for o in outs)
+    return {"mode": args.mode, "precision": args.precision, "seconds": seconds, "image_iterations": iters,
+            "s_per_image_iteration": seconds / max(iters, 1), "images_per_s": len(outs) / seconds,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "peak_cuda_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+            "outcomes": {o.id: [o.validated, o.steps, o.final_pred] for o in outs}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--setup", choices=["full", "digits"], default="digits")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--budget", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--step-size", type=float, default=None)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--modes", default="reference,fp32,bf16", help="comma list of reference, fp32, bf16")
+    p.add_argument("--mode", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args()
+    if args.mode:  # child process
+        print(json.dumps(run_mode(args)))
+        return
+    results = {}
+    for mode in args.modes.split(","):
+        child = [sys.executable, __file__, "--setup", args.setup, "--n", str(args.n), "--budget", str(args.budget),
+                 "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--device", args.device,
+                 "--mode", "reference" if mode == "reference" else "batched",
+                 "--precision", "fp32" if mode == "reference" else mode]
+        if args.step_size:
+            child += ["--step-size", str(args.step_size)]
+        out = subprocess.run(child, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            sys.exit(f"{mode} failed:\n{out.stderr[-2000:]}")
+        results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+        r = results[mode]
+        print(f"{mode:>9}: {r['s_per_image_iteration']:.4f} s/image-iteration, {r['images_per_s']:.2f} images/s, "
+              f"{r['image_iterations']} image-iterations in {r['seconds']:.1f} s, peak RSS {r['peak_rss_gb']:.2f} GB"
+              + (f", peak CUDA {r['peak_cuda_gb']:.2f} GB" if r["peak_cuda_gb"] else ""), flush=True)
+    if "reference" in results:
+        ref = results["reference"]
+        for mode, r in results.items():
+            if mode == "reference":
+                continue
+            agree = sum(r["outcomes"].get(k) == v for k, v in ref["outcomes"].items()) / len(ref["outcomes"])
+            speed = ref["s_per_image_iteration"] / r["s_per_image_iteration"]
+            print(f"{mode:>9}: {speed:.2f}x faster than the reference per image-iteration; "
+                  f"outcomes agree for {100 * agree:.1f} % of {len(ref['outcomes'])} samples")
+            r["speedup"], r["agreement"] = speed, agree
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -122,6 +122,7 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
                                 "or wrap it with fmr_bench.wrap_module")
         clf = wrap_module(model, **preprocess)
     was_training = clf.training
+    grad_flags = [p.requires_grad for p in clf.parameters()]
     clf = clf.to(device).freeze()
     gen = generator if isinstance(generator, Generator) else load_generator(gen_spec, default=world.generator,
                                                                              seed=settings.seed)
@@ -176,10 +177,9 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
     finally:
         if writer is not None:
             writer.close()
-        if was_training:
-            clf.train()
-            for p in clf.parameters():
-                p.requires_grad_(True)
+        clf.train(was_training)  # hand an in-memory model back as we found it
+        for p, flag in zip(clf.parameters(), grad_flags):
+            p.requires_grad_(flag)
 
     outcomes = select(done, ids)
     display = clf.class_names or (dataset.class_names if cmap.how.startswith("label space") else None)

@@ -89,3 +89,19 @@ def test_bad_settings_and_outputs_are_one_line_errors(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OutputError, match="--out"):
         _run(blocker)
+
+
+def test_in_memory_module_is_evaluated_and_handed_back_unchanged():
+    from conftest import BrightnessModel
+
+    data, model, oracle = brightness_world(6)
+    net = BrightnessModel(3)
+    net.train()
+    net.cnn[0].weight.requires_grad_(False)  # e.g. a partly frozen backbone
+    flags = [p.requires_grad for p in net.parameters()]
+    res = evaluate(net, data, generator=PixelGenerator(), oracle=oracle, out=None, budget=4, step_size=0.02,
+                   preprocess=dict(input_size=16, mean=(0, 0, 0), std=(1, 1, 1), class_names=data.class_names))
+    assert res.metrics["n"] == 6 and res.path is None
+    assert net.training and [p.requires_grad for p in net.parameters()] == flags
+    with pytest.raises(SettingsError, match="preprocess"):
+        evaluate(net, data, generator=PixelGenerator(), oracle=oracle, out=None)

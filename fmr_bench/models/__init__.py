@@ -45,13 +45,18 @@ def load_model(spec: str | Spec, *, class_names: Sequence[str] | None = None, pr
 
 def wrap_module(module: nn.Module, *, input_size: int | tuple[int, int], mean: Sequence[float] = (0.485, 0.456, 0.406),
                 std: Sequence[float] = (0.229, 0.224, 0.225), class_names: Sequence[str] | None = None,
-                name: str = "module") -> ImageClassifier:
-    """Wrap an in-memory ``nn.Module`` (e.g. from a training loop) with its preprocessing."""
+                name: str = "module", arch: str | None = None) -> ImageClassifier:
+    """Wrap an in-memory ``nn.Module`` (e.g. from a training loop) with its preprocessing.
+
+    Args:
+        arch: a spec that builds the untrained architecture (e.g. ``"timm:resnet50"``), so that
+            :func:`fmr_bench.save_model` files of this model load with ``file:PATH``.
+    """
     if isinstance(module, ImageClassifier):
         return module
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     return ImageClassifier(module, Preprocess(size, tuple(mean), tuple(std)), class_names=class_names,
-                           spec=f"module:{name}", arch=f"module:{type(module).__name__}")
+                           spec=f"module:{name}", arch=arch or f"module:{type(module).__name__}")
 
 
 __all__ = ["ImageClassifier", "Preprocess", "ClassMap", "map_classes", "load_model", "model_weight_refs", "wrap_module"]

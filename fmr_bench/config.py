@@ -21,7 +21,7 @@ class FmrSettings:
         metadata={"help": "eta: optimiser learning rate on the latent (paper: 0.001; digits world: 0.05)"},
     )
     optimizer: str = field(default="adam", metadata={"help": f"latent optimiser, one of {OPTIMIZERS}"})
-    batch_size: int = field(default=16, metadata={"help": "images perturbed at once (slots refilled as samples finish)"})
+    batch_size: int = field(default=32, metadata={"help": "images perturbed at once (slots refilled as samples finish)"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only this many images (a seeded random subset)"})
     seed: int = field(default=0, metadata={"help": "seed for the subset and for stochastic generators"})
     precision: str = field(default="fp32", metadata={"help": f"autocast precision, one of {PRECISIONS}"})

@@ -114,6 +114,7 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
     torch.manual_seed(settings.seed)
     if isinstance(model, str):
         clf = load_model(model, class_names=dataset.class_names, pretrained=pretrained)
+        clf.to(memory_format=torch.channels_last)  # ours to lay out; a caller's module is left as is
     elif isinstance(model, ImageClassifier):
         clf = model
     else:

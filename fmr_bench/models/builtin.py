@@ -28,7 +28,7 @@ def _digits_net(name: str, pretrained: bool) -> ImageClassifier:
                            label_space="digits")
 
 
-def _digits_clip(pretrained: bool, class_names: Sequence[str] | None, templates: str = "openai") -> ImageClassifier:
+def _digits_clip(pretrained: bool, class_names: Sequence[str] | None, templates: str = "single") -> ImageClassifier:
     from .. import digits
     from ..digits.clip import create_digits_clip
     from .openclip import templates_for, zero_shot_classifier
@@ -45,7 +45,7 @@ for _name, _help in (("digits-cnn", "small CNN trained on the digits world"),
     BUILTIN_MODELS.register(_name, (lambda n: lambda pretrained, **_: _digits_net(n, pretrained))(_name), help=_help)
 BUILTIN_MODELS.register(
     "digits-clip",
-    lambda pretrained, class_names=None, templates="openai": _digits_clip(pretrained, class_names, templates),
+    lambda pretrained, class_names=None, templates="single": _digits_clip(pretrained, class_names, templates),
     help="tiny open_clip model trained contrastively on captioned digits (the digits oracle)",
 )
 

@@ -220,7 +220,13 @@ def _samples(dataset: ImageDataset, indices: Sequence[int]):
         return
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, list(indices)), batch_size=None,
                                          num_workers=workers, prefetch_factor=4)
-    for k, (sid, img, label) in enumerate(loader):
+    it = iter(loader)
+    for k in range(len(indices)):
+        try:
+            sid, img, label = next(it)
+        except FmrBenchError as e:  # re-raised from a worker with its traceback in the message
+            lines = [ln for ln in str(e).splitlines() if ln.strip()]
+            raise type(e)(lines[-1].split(": ", 1)[-1] if lines else str(e)) from None
         yield sid, indices[k], img, int(label)
 
 

@@ -105,3 +105,30 @@ def test_in_memory_module_is_evaluated_and_handed_back_unchanged():
     assert net.training and [p.requires_grad for p in net.parameters()] == flags
     with pytest.raises(SettingsError, match="preprocess"):
         evaluate(net, data, generator=PixelGenerator(), oracle=oracle, out=None)
+
+
+def test_unreadable_image_stops_with_one_line_and_keeps_finished_samples(tmp_path):
+    from PIL import Image
+
+    from conftest import BrightnessOracle, identity_pre
+    from fmr_bench.errors import DataError
+    from fmr_bench.models import ImageClassifier
+    from fmr_bench.oracles import Oracle
+
+    root = tmp_path / "data"
+    for c, shade in (("band0", 50), ("band1", 200)):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (20, 20), (shade + i, shade, shade)).save(root / c / f"{i}.png")
+    (root / "band1" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    names = ["band0", "band1"]
+    model = ImageClassifier(BrightnessOracle(2), identity_pre(16), class_names=names, spec="module:b")
+    oracle = Oracle([ImageClassifier(BrightnessOracle(2), identity_pre(16), class_names=names)], "b", "single")
+    with pytest.raises(DataError) as err:
+        evaluate(model, f"folder:{root}", generator=PixelGenerator(), oracle=oracle, out=tmp_path / "runs",
+                 budget=2, step_size=0.01, batch_size=1)
+    msg = str(err.value)
+    assert "band1/2.png" in msg and "re-run" in msg and "\n" not in msg
+    (folder,) = (tmp_path / "runs").iterdir()
+    done = read_outcomes(folder / "samples.jsonl")
+    assert len(done) >= 4 and "band1/2.png" not in done

@@ -17,6 +17,7 @@ from .models import ImageClassifier, load_model, wrap_module
 from .models.file import save_model
 from .results import FmrResult
 from .runner import evaluate
+from .evaluators import run_evaluator
 
-__all__ = ["evaluate", "FmrSettings", "FmrResult", "FmrBenchError", "ImageClassifier", "load_model",
+__all__ = ["evaluate", "run_evaluator", "FmrSettings", "FmrResult", "FmrBenchError", "ImageClassifier", "load_model",
            "save_model", "wrap_module", "__version__"]

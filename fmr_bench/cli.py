@@ -39,9 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--cache-dir", default=None, help="where downloaded weights live (sets FMR_CACHE, HF_HOME, TORCH_HOME)")
     ev.add_argument("--no-grid", action="store_true", help="do not write the image grid PNG")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.add_argument("--evaluator", default="fmr",
+                    help="fmr (the dynamic FMR protocol, default) or static evaluator(s), comma-separated: "
+                         "ood-accuracy, imagenet-x, ood-detection, calibration, group-robustness, zero-shot "
+                         "(see fmr list evaluators)")
+    ev.add_argument("--ood", action="append", default=None, metavar="DATA",
+                    help="static evaluators: OOD / shifted dataset spec (repeatable)")
+    ev.add_argument("--option", action="append", default=None, metavar="KEY=VALUE",
+                    help="static evaluators: evaluator option, e.g. baseline=runs/ or scores=msp,mcm (repeatable)")
+    ev.add_argument("--no-cache", action="store_true", help="static evaluators: do not read/write the logits cache")
 
     ls = sub.add_parser("list", help="list models, generators, oracles or datasets")
-    ls.add_argument("what", choices=["models", "generators", "oracles", "datasets"])
+    ls.add_argument("what", choices=["models", "generators", "oracles", "datasets", "evaluators"])
     return parser
 
 
@@ -57,6 +66,10 @@ def _set_cache(path: str | None) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     _set_cache(args.cache_dir)
+    if args.evaluator != "fmr":
+        from .evaluators.cli import run_static
+
+        return run_static(args)
     from rich.console import Console
 
     from .runner import evaluate
@@ -81,10 +94,11 @@ def metrics_table(record: dict):
     t = Table(title=f"FMR — {record['model']['spec']} on {record['dataset']['spec']} "
                     f"(generator {record['generator']['spec']}, oracle {record['oracle']['spec']}, "
                     f"B={s['budget']}, eta={s['step_size']}, {s['optimizer']})")
-    cols = [("SA %", "sa"), ("VR %", "vr"), ("PA %", "pa"), ("FMR %", "fmr"), ("PA_all %", "pa_all"),
-            ("oracle acc %", "oracle_acc"), ("mean steps", "mean_steps"), ("validated", "n_validated"), ("n", "n")]
+    cols = [("SA", "sa"), ("VR", "vr"), ("PA", "pa"), ("FMR", "fmr"), ("PA_all", "pa_all"),
+            ("oracle", "oracle_acc"), ("steps", "mean_steps"), ("valid", "n_validated"), ("n", "n")]
+    t.caption = "percent: SA, VR, PA, FMR, PA_all, oracle (its clean accuracy); steps: mean survived; valid: validated"
     for name, _ in cols:
-        t.add_column(name, justify="right")
+        t.add_column(name, justify="right", no_wrap=True)
     t.add_row(*["-" if m[k] is None else (f"{m[k]:.2f}" if isinstance(m[k], float) else str(m[k])) for _, k in cols])
     return t
 
@@ -98,6 +112,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from .generators.cards import list_cards
     from .registry import BUILTIN_MODELS, DATASETS, GENERATORS, MODEL_SOURCES, ORACLE_SOURCES
 
+    if args.what == "evaluators":
+        from .evaluators.cli import list_evaluators
+
+        return list_evaluators()
     reg = {"models": MODEL_SOURCES, "generators": GENERATORS, "oracles": ORACLE_SOURCES, "datasets": DATASETS}[args.what]
     table = Table(title=args.what)
     table.add_column("spec")

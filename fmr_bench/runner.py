@@ -163,8 +163,12 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
         done[o.id] = o
         if writer is not None:
             writer.write(o)
-        if len(grid) < GRID_SIZE:
+        # The grid shows the first samples in dataset order, not the first to finish
+        # (those are the ones the oracle stopped early).
+        if len(grid) < GRID_SIZE or o.index < grid[-1][0].index:
             grid.append((o, clean, final.cpu()))
+            grid.sort(key=lambda item: item[0].index)
+            del grid[GRID_SIZE:]
         bar.advance()
 
     loop_cfg = LoopConfig(settings.budget, settings.step_size, settings.optimizer, settings.batch_size, settings.precision)

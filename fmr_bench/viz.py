@@ -26,19 +26,19 @@ def save_grid(items: Sequence[tuple[SampleOutcome, torch.Tensor, torch.Tensor]],
 
     cols = min(8, len(items))
     blocks = (len(items) + cols - 1) // cols
-    fig, axes = plt.subplots(2 * blocks, cols, figsize=(1.9 * cols, 4.2 * blocks), squeeze=False)
+    fig, axes = plt.subplots(2 * blocks, cols, figsize=(1.9 * cols, 4.6 * blocks), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for k, (o, clean, final) in enumerate(items):
         r, c = 2 * (k // cols), k % cols
-        for row, img, pred, tag in ((r, clean, o.clean_pred, "clean"), (r + 1, final, o.final_pred, f"{o.steps} steps")):
+        header = f"y = {class_names[o.label]}" + ("" if o.validated else " (not validated)")
+        for row, img, pred, tag in ((r, clean, o.clean_pred, f"{header}\nclean"),
+                                    (r + 1, final, o.final_pred, f"{o.steps} steps")):
             ax = axes[row][c]
             ax.imshow(img.clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
             ok = pred == o.target
             ax.set_title(f"{tag}\npred: {_name(model_classes or class_names, pred)}", fontsize=7,
                          color="green" if ok else "red")
-        axes[r][c].text(0.5, 1.35, f"y = {class_names[o.label]}" + ("" if o.validated else " (not validated)"),
-                        transform=axes[r][c].transAxes, ha="center", fontsize=7, weight="bold")
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -1,0 +1,38 @@
+"""OOD sets for detection: any folder of images, labels unused.
+
+``ood:PATH`` and the named sets ``inaturalist:``, ``sun:``, ``places:``, ``textures:``
+(the MCM subsets), ``imagenet-o:``, ``ninco:``. Images are found recursively, so both
+flat folders and class sub-folders (Textures/DTD, ImageNet-O, NINCO) work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DataError, SpecError
+from ..registry import DATASETS
+from .base import FileImages, list_images
+from .imagenet import IMAGENET_WORLD
+
+OOD_SETS = {"inaturalist": "iNaturalist (MCM subset)", "sun": "SUN (MCM subset)", "places": "Places (MCM subset)",
+            "textures": "Textures / DTD", "imagenet-o": "ImageNet-O", "ninco": "NINCO"}
+
+
+def build_ood(spec, name: str | None = None) -> FileImages:
+    if not spec.ident:
+        raise SpecError(f"{spec.source} spec needs a path, e.g. {spec.source}:/data/{spec.source}")
+    root = Path(spec.ident).expanduser()
+    if not root.is_dir():
+        raise DataError(f"OOD set path {root} does not exist or is not a folder; check the path in {spec}")
+    paths = list_images(root)
+    if not paths:
+        raise DataError(f"OOD set {root} holds no images (.jpg, .png, ...); point {spec.source}: at a folder of images")
+    ds = FileImages(root=root, paths=paths, spec=str(spec), class_names=["ood"], labels=[-1] * len(paths),
+                    world=IMAGENET_WORLD, label_space=None)
+    ds.ood_name = name or spec.opts.get("name") or root.name
+    return ds
+
+
+DATASETS.register("ood", lambda spec: build_ood(spec), help="ood:PATH[?name=NAME] — a folder of OOD images")
+for _key, _title in OOD_SETS.items():
+    DATASETS.register(_key, (lambda k: lambda spec: build_ood(spec, k))(_key), help=f"{_key}:PATH — {_title} OOD images")

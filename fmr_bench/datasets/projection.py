@@ -1,0 +1,40 @@
+"""How a dataset's classes are read off a model's outputs in another label space.
+
+ImageNet-R/A keep 200 of the 1000 ImageNet outputs (argmax over the subset); ObjectNet
+and ImageNet-Vid-Robust take, per class, the max over the ImageNet outputs it maps to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Dataset class ``k`` reads the model outputs ``groups[k]`` (max over them).
+
+    Attributes:
+        kind: ``"subset"`` (one output per class) or ``"max"`` (max over several).
+        groups: per dataset class, the indices in ``space``.
+        space: the model label space the indices refer to (``"imagenet-1k"``).
+        num_outputs: size of that space.
+    """
+
+    kind: str
+    groups: tuple[tuple[int, ...], ...]
+    space: str = "imagenet-1k"
+    num_outputs: int = 1000
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.kind == "subset":
+            from ..evaluators.metrics import restrict_to_subset
+
+            return restrict_to_subset(logits, [g[0] for g in self.groups])
+        from ..evaluators.metrics import max_project
+
+        return max_project(logits, self.groups)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "space": self.space, "num_classes": len(self.groups)}

@@ -1,0 +1,355 @@
+"""What every static evaluator shares: settings, model handle, class-space logits, records.
+
+An evaluator is a function registered in ``EVALUATORS``::
+
+    @EVALUATORS.register("ood-accuracy")
+    def evaluate(ctx: Context, data: list[ImageDataset], ood: list[ImageDataset], **options) -> Output
+
+It asks ``ctx.logits(dataset)`` for logits in the dataset's class space (one cached
+forward pass per model and dataset) and returns metrics; :func:`run_evaluator` turns
+them into a result record in the same shape as the FMR record.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..datasets import ImageDataset, load_dataset
+from ..errors import ClassMappingError, SettingsError
+from ..inference import Logits, compute_logits
+from ..models import ImageClassifier, load_model, map_classes
+from ..registry import EVALUATORS
+from ..results import SCHEMA_VERSION, run_dir, settings_hash, write_json
+
+ZERO_SHOT_SOURCES = ("openclip", "builtin")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Settings shared by the static evaluators (the CLI reads its defaults here)."""
+
+    batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
+    num_workers: int | None = field(default=None, metadata={"help": "DataLoader workers (default: all cores for files)"})
+    device: str = field(default="auto", metadata={"help": "torch device ('auto' picks cuda when available)"})
+    cache: bool = field(default=True, metadata={"help": "read/write the on-disk logits cache"})
+    seed: int = field(default=0, metadata={"help": "seed of random splits (calibration halves)"})
+
+    def validated(self) -> EvalSettings:
+        if self.batch_size < 1:
+            raise SettingsError(f"batch size must be >= 1 (got {self.batch_size})")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise SettingsError(f"num_workers must be >= 0 (got {self.num_workers})")
+        return self
+
+
+@dataclass
+class Output:
+    """What an evaluator returns: numeric metrics, extra record fields, files it wrote."""
+
+    metrics: dict[str, float | int | None]
+    details: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ClassLogits:
+    """Logits of one dataset in its own class space (after projection / class mapping)."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    ids: list[str]
+    raw: Logits
+    how: str
+    model: ImageClassifier
+
+
+def class_space(dataset: ImageDataset) -> tuple[list[str], Any]:
+    """(class names a model is built with, projection or None) of a dataset."""
+    return list(getattr(dataset, "model_classes", None) or dataset.class_names), getattr(dataset, "projection", None)
+
+
+def is_zero_shot(model: ImageClassifier) -> bool:
+    from ..models.openclip import ZeroShotHead
+
+    return isinstance(model.net, ZeroShotHead)
+
+
+class Context:
+    """The model under test, the settings, and a per-run memory of logits."""
+
+    def __init__(self, model: str | ImageClassifier, settings: EvalSettings, *, pretrained: bool = True,
+                 folder: Path | None = None, progress: Callable[[str, int, int], None] | None = None) -> None:
+        from ..runner import resolve_device
+
+        self.model = model
+        self.settings = settings
+        self.pretrained = pretrained
+        self.device = resolve_device(settings.device)
+        self.folder = folder
+        self.progress = progress
+        self._models: dict[Any, tuple[ImageClassifier, str]] = {}
+        self._logits: dict[tuple, Logits] = {}
+        self.inference: list[dict] = []  # per dataset pass: images/s or "cache"
+
+    @property
+    def spec(self) -> str:
+        return self.model if isinstance(self.model, str) else (self.model.spec or "module")
+
+    @property
+    def source(self) -> str:
+        return self.spec.partition(":")[0]
+
+    def classifier(self, class_names: Sequence[str] | None, templates: str | None = None) -> tuple[ImageClassifier, str]:
+        """The model built for these class names (zero-shot heads) and its weights hash."""
+        if not isinstance(self.model, str):
+            key: Any = "module"
+        else:
+            key = (tuple(class_names) if class_names else None, templates)
+        if key not in self._models:
+            if isinstance(self.model, str):
+                kwargs = {}
+                if templates and self.source in ZERO_SHOT_SOURCES:
+                    kwargs["templates"] = templates
+                torch.manual_seed(self.settings.seed)  # random-weight models are reproducible
+                clf = load_model(self.model, class_names=class_names, pretrained=self.pretrained, **kwargs)
+                clf.to(memory_format=torch.channels_last)  # ours to lay out (≈1.5x for CNNs on CPU too)
+            else:
+                clf = self.model
+            clf = clf.to(self.device).eval()
+            self._models[key] = (clf, clf.weights_hash())
+        return self._models[key]
+
+    def raw_logits(self, clf: ImageClassifier, whash: str, dataset: ImageDataset) -> Logits:
+        key = (id(clf), whash, dataset.spec, len(dataset))
+        if key in self._logits:  # an earlier evaluator of this suite ran it
+            out = self._logits[key]
+            self.inference.append({"dataset": dataset.spec, "n": len(out.ids), "cached": True, "seconds": 0.0,
+                                   "images_per_s": None, "key": out.key})
+            return out
+        cb = (lambda d, t: self.progress(dataset.spec, d, t)) if self.progress else None
+        out = compute_logits(clf, dataset, batch_size=self.settings.batch_size, num_workers=self.settings.num_workers,
+                             device=self.device, cache=self.settings.cache, weights_hash=whash, progress=cb)
+        self.inference.append({"dataset": dataset.spec, "n": len(out.ids), "cached": out.cached,
+                               "seconds": round(out.seconds, 3), "images_per_s": out.images_per_s, "key": out.key})
+        self._logits[key] = out
+        return out
+
+    def logits(self, dataset: ImageDataset, *, space_of: ImageDataset | None = None,
+               templates: str | None = None) -> ClassLogits:
+        """Logits of ``dataset`` in the class space of ``space_of`` (default: its own).
+
+        The model is built with that space's class names (zero-shot heads); 1000-way
+        ImageNet outputs are projected for ImageNet-R/A/ObjectNet; other outputs are
+        mapped onto the dataset classes by label space, names or count.
+        """
+        ref = space_of or dataset
+        names, projection = class_space(ref)
+        clf, whash = self.classifier(names, templates)
+        raw = self.raw_logits(clf, whash, dataset)
+        n_out = raw.logits.shape[-1] if raw.logits.numel() else (clf.num_classes or 0)
+        if projection is not None and n_out == projection.num_outputs:
+            return ClassLogits(projection.apply(raw.logits), raw.labels, raw.ids, raw,
+                               f"projection {projection.kind} from {projection.space}", clf)
+        if projection is not None and not (clf.class_names and len(clf.class_names) == n_out):
+            raise ClassMappingError(f"{clf.spec} has {n_out} outputs; {ref.spec} needs the {projection.num_outputs} "
+                                    f"{projection.space} outputs (or class names) to read its classes; "
+                                    "evaluate an ImageNet-1k classifier or a zero-shot model")
+        cmap = map_classes(clf.class_names, n_out, ref.class_names, label_space=ref.label_space,
+                           model_label_space=clf.label_space, model=clf.spec or "the model")
+        logits = raw.logits if list(cmap.index) == list(range(n_out)) else raw.logits[:, cmap.tensor()]
+        return ClassLogits(logits, raw.labels, raw.ids, raw, cmap.how, clf)
+
+
+@dataclass
+class StaticResult:
+    """The record of one static evaluation (``record``), and its folder."""
+
+    record: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.record["metrics"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.record
+
+    def row(self) -> dict[str, Any]:
+        return {"model": self.record["model"]["spec"], "evaluator": self.record["evaluator"],
+                "dataset": self.record["dataset"]["spec"], **self.metrics}
+
+    def to_pandas(self):
+        import pandas as pd
+
+        return pd.Series(self.row())
+
+    @classmethod
+    def load(cls, folder: str | Path) -> StaticResult:
+        folder = Path(folder)
+        return cls(json.loads((folder / "record.json").read_text()), folder)
+
+
+def _as_datasets(specs: str | ImageDataset | Sequence[str | ImageDataset] | None) -> list[ImageDataset]:
+    if specs is None:
+        return []
+    if isinstance(specs, (str, ImageDataset)):
+        specs = [specs]
+    return [s if isinstance(s, ImageDataset) else load_dataset(s) for s in specs]
+
+
+def _spec_list(specs) -> list[str]:
+    if specs is None:
+        return []
+    if isinstance(specs, (str, ImageDataset)):
+        specs = [specs]
+    return [s.spec if isinstance(s, ImageDataset) else str(s) for s in specs]
+
+
+def run_evaluator(model: str | ImageClassifier, evaluator: str, data: Any = "digits", ood: Any = None, *,
+                  out: str | Path | None = "runs", settings: EvalSettings | None = None, pretrained: bool = True,
+                  progress: Callable[[str, int, int], None] | None = None, context: Context | None = None,
+                  **options: Any) -> StaticResult:
+    """Run one static evaluator and write its record.
+
+    Args:
+        model: a model spec (``"timm:resnet50"``, ``"openclip:ViT-B-32/openai"``, ``"file:…"``,
+            ``"builtin:digits-cnn"``) or an :class:`ImageClassifier`.
+        evaluator: a name in ``EVALUATORS`` (``fmr list evaluators``).
+        data: the main dataset spec(s) (ID set, ImageNet val, group sets, zero-shot sets).
+        ood: further dataset specs: OOD / shifted sets (ood-accuracy, ood-detection, calibration).
+        out: folder for run folders; ``None`` writes nothing.
+        settings: :class:`EvalSettings`; ``options`` that name its fields replace them, the
+            rest go to the evaluator (e.g. ``baseline=``, ``scores=``, ``which_factor=``).
+        context: reuse the models and logits of an earlier call (suites).
+
+    Raises:
+        FmrBenchError: bad input, with the fix in the message.
+    """
+    fn = EVALUATORS.get(evaluator)
+    known = {f.name for f in fields(EvalSettings)}
+    settings = replace(settings or EvalSettings(), **{k: v for k, v in options.items() if k in known}).validated()
+    options = {k: v for k, v in options.items() if k not in known}
+    allowed = getattr(fn, "options", {})
+    unknown = set(options) - set(allowed)
+    if unknown:
+        valid = ", ".join(f"{k} ({v})" for k, v in allowed.items()) or "none"
+        raise SettingsError(f"{evaluator} has no option(s) {', '.join(sorted(unknown))}; valid: {valid}")
+    data_specs, ood_specs = _spec_list(data), _spec_list(ood)
+    defaults = getattr(fn, "digits_defaults", None)
+    if defaults is not None and not ood_specs and all(s.split("?")[0] in ("digits", "digits:test") for s in data_specs):
+        data, ood = defaults(data_specs)
+    datasets, ood_sets = _as_datasets(data), _as_datasets(ood)
+    if not datasets:
+        raise SettingsError(f"{evaluator} needs a dataset; pass --data")
+    ctx = context or Context(model, settings, pretrained=pretrained, progress=progress)
+    if isinstance(model, str) and pretrained and not ctx._models:
+        from ..models import model_weight_refs
+        from ..weights import preflight
+
+        preflight(model_weight_refs(model))  # offline and missing: stop before any work
+    run_settings = {"evaluator": evaluator, "model": ctx.spec, "data": _spec_list(datasets),
+                    "ood": _spec_list(ood_sets), "options": options, "seed": settings.seed, "pretrained": pretrained,
+                    # an in-memory model is named by its weights (e.g. one folder per training epoch)
+                    "weights": None if isinstance(model, str) else model.weights_hash()}
+    folder = run_dir(out, ctx.spec, f"{evaluator}-{datasets[0].spec}", run_settings) if out is not None else None
+    if folder is not None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            from ..errors import OutputError
+
+            raise OutputError(f"cannot create {folder} ({e.strerror or e}); pass --out to a writable folder") from None
+    ctx.folder = folder
+    started = _dt.datetime.now(_dt.timezone.utc)
+    n_inference = len(ctx.inference)
+    was_training = model.training if isinstance(model, torch.nn.Module) else None
+    try:
+        result = fn(ctx, datasets, ood_sets, **options)
+    except BaseException:
+        if folder is not None and not any(folder.iterdir()):
+            folder.rmdir()  # leave no empty run folder behind a failed run
+        raise
+    finally:
+        if was_training is not None:
+            model.train(was_training)  # hand an in-memory model back as we found it
+    main_clf, whash = next(iter(ctx._models.values())) if ctx._models else (None, None)
+    from ..runner import versions
+
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "evaluator": evaluator,
+        "run": folder.name if folder else None,
+        "model": {**(main_clf.describe() if main_clf else {"spec": ctx.spec}), "spec": ctx.spec,
+                  "weights_sha256_16": whash,
+                  "heads": [{"classes": len(k[0]) if isinstance(k, tuple) and k[0] else None,
+                             "templates": k[1] if isinstance(k, tuple) else None, "weights_sha256_16": h}
+                            for k, (_, h) in ctx._models.items()]},
+        "dataset": datasets[0].describe(),
+        "datasets": [d.describe() for d in datasets],
+        "ood": [d.describe() for d in ood_sets],
+        "settings": {**asdict(settings), "options": options, "pretrained": pretrained},
+        "metrics": {k: _num(v) for k, v in result.metrics.items()},
+        **result.details,
+        "inference": ctx.inference[n_inference:],
+        "versions": versions(),
+        "device": str(ctx.device),
+        "timestamp": started.isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("fmr") else None,
+        "files": result.files,
+    }
+    if folder is not None:
+        write_json(folder / "settings.json", run_settings)
+        write_json(folder / "record.json", record)
+    return StaticResult(record, folder)
+
+
+def _num(v: Any) -> float | int | None:
+    if v is None:
+        return None
+    if isinstance(v, (bool, int)):
+        return int(v)
+    v = float(v)
+    return None if math.isnan(v) else v  # NaN is not JSON
+
+
+def evaluate_suite(model: str | ImageClassifier, evaluators: Sequence[str], data: Any = "digits", ood: Any = None,
+                   **kwargs: Any) -> list[StaticResult]:
+    """Run several evaluators on one model, sharing loaded models and logits."""
+    settings = kwargs.pop("settings", None)
+    known = {f.name for f in fields(EvalSettings)}
+    settings = replace(settings or EvalSettings(), **{k: kwargs.pop(k) for k in list(kwargs) if k in known})
+    ctx = Context(model, settings.validated(), pretrained=kwargs.get("pretrained", True), progress=kwargs.get("progress"))
+    named = {"out", "pretrained", "progress"}
+    options = {k: v for k, v in kwargs.items() if k not in named}
+    accepted = {name: set(getattr(EVALUATORS.get(name), "options", {})) for name in evaluators}
+    stray = set(options) - set().union(*accepted.values())
+    if stray:
+        raise SettingsError(f"no evaluator of {', '.join(evaluators)} takes option(s) {', '.join(sorted(stray))}; "
+                            "see fmr list evaluators")
+    common = {k: v for k, v in kwargs.items() if k in named}
+    # each evaluator gets the options it knows, so a suite can mix e.g. baseline= and scores=
+    return [run_evaluator(model, name, data, ood, settings=settings, context=ctx, **common,
+                          **{k: v for k, v in options.items() if k in accepted[name]}) for name in evaluators]
+
+
+def ds_name(dataset: ImageDataset) -> str:
+    """A short key for metric names: the source, plus the ident for digits sets."""
+    spec = dataset.spec.split("?")[0]
+    source, _, ident = spec.partition(":")
+    if getattr(dataset, "ood_name", None):
+        return dataset.ood_name
+    if source in ("digits", "digits-shift", "digits-ood", "folder", "ood"):
+        return f"{source}:{ident}" if ident and source.startswith("digits") else (Path(ident).name or source)
+    return source
+
+
+__all__ = ["Context", "EvalSettings", "Output", "StaticResult", "evaluate_suite", "run_evaluator", "settings_hash"]

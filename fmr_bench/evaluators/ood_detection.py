@@ -1,0 +1,86 @@
+"""``ood-detection``: can the model tell in-distribution images from OOD images?
+
+Scores: MSP (max softmax), MaxLogit, Energy (``logsumexp``), and for CLIP zero-shot
+models MCM (Ming et al. 2022): ``max softmax(cos / T)``, T = 1, over the class prompts
+"a photo of a {c}". Metrics: AUROC, AUPR-In, AUPR-Out, FPR@95, in percent, with the
+convention of :data:`fmr_bench.evaluators.metrics.OOD_CONVENTION` (ID positive, higher
+score = more ID; FPR@95 = OOD accepted at 95 % ID acceptance) written into the record.
+OOD sets: ``inaturalist:``, ``sun:``, ``places:``, ``textures:``, ``imagenet-o:``,
+``ninco:`` or any ``ood:PATH``.
+"""
+
+from __future__ import annotations
+
+from ..errors import DataError, SettingsError
+from ..registry import EVALUATORS
+from . import metrics as M
+from .base import Context, Output, ds_name, is_zero_shot
+
+MCM_TEMPLATE = "a photo of a {}"
+SCORES = ("msp", "maxlogit", "energy", "mcm")
+
+
+def clip_templates(ctx: Context, templates: str) -> str | None:
+    """Templates to build the model with, when the spec names a CLIP zero-shot model."""
+    spec = ctx.spec
+    return templates if spec.startswith("openclip:") or spec.split("?")[0] == "builtin:digits-clip" else None
+
+
+def logit_scale(model) -> float:
+    clip = model.net.clip
+    return float(clip.logit_scale.detach().exp()) if hasattr(clip, "logit_scale") else 100.0
+
+
+def score(name: str, logits, model, temperature: float = 1.0):
+    if name == "msp":
+        return M.msp(logits)
+    if name == "maxlogit":
+        return M.max_logit(logits)
+    if name == "energy":
+        return M.energy(logits)
+    if name == "mcm":
+        return M.mcm(logits / logit_scale(model), temperature)
+    raise SettingsError(f"unknown OOD score {name!r}; use some of {', '.join(SCORES)}")
+
+
+@EVALUATORS.register("ood-detection", help="OOD detection: MSP, MaxLogit, Energy, MCM; AUROC, AUPR-In/Out, FPR@95")
+def evaluate(ctx: Context, data, ood, scores: str | None = None, temperature: float = 1.0) -> Output:
+    if not ood:
+        raise SettingsError("ood-detection needs OOD sets; pass --ood textures:PATH (repeatable)")
+    id_set = data[0]
+    templates = clip_templates(ctx, MCM_TEMPLATE)
+    id_cl = ctx.logits(id_set, templates=templates)
+    clip = is_zero_shot(id_cl.model)
+    names = [s.strip() for s in scores.split(",")] if scores else [*SCORES[:3], *(["mcm"] if clip else [])]
+    for s in names:
+        if s not in SCORES:
+            raise SettingsError(f"unknown OOD score {s!r}; use some of {', '.join(SCORES)}")
+    if "mcm" in names and not clip:
+        raise SettingsError(f"MCM needs a CLIP zero-shot model (cosine similarities to class prompts) and {ctx.spec} "
+                            "is not one; use scores=msp,maxlogit,energy or an openclip: model")
+    temperature = float(temperature)
+    metrics: dict = {"id_acc": M.accuracy(id_cl.logits, id_cl.labels), "id/n": len(id_set)}
+    id_scores = {s: score(s, id_cl.logits, id_cl.model, temperature) for s in names}
+    per: dict[str, dict[str, list[float]]] = {s: {} for s in names}
+    for ds in ood:
+        if len(ds) == 0:
+            raise DataError(f"OOD set {ds.spec} is empty; point it at a folder of images")
+        cl = ctx.logits(ds, space_of=id_set, templates=templates)
+        name = ds_name(ds)
+        metrics[f"{name}/n"] = len(ds)
+        for s in names:
+            for k, v in M.detection_metrics(id_scores[s], score(s, cl.logits, cl.model, temperature)).items():
+                metrics[f"{s}/{name}/{k}"] = v
+                per[s].setdefault(k, []).append(v)
+    for s in names:
+        for k, vs in per[s].items():
+            metrics[f"{s}/avg/{k}"] = sum(vs) / len(vs)
+    details = {"convention": M.OOD_CONVENTION, "scores": names,
+               "mcm": {"template": MCM_TEMPLATE, "temperature": temperature} if "mcm" in names else None,
+               "templates": templates}
+    return Output(metrics, details)
+
+
+evaluate.options = {"scores": f"comma list of {', '.join(SCORES)} (default: all that apply)",
+                    "temperature": "MCM temperature T (default 1)"}
+evaluate.digits_defaults = lambda data: (data, ["digits-ood:noise", "digits-ood:textures"])

@@ -27,10 +27,25 @@ from pathlib import Path
 import torch
 
 
+class _CentredHead(torch.nn.Module):
+    """Cosine logits between centred image features and centred class features."""
+
+    def __init__(self, clip: torch.nn.Module, class_feats: torch.Tensor) -> None:
+        super().__init__()
+        self.clip = clip
+        self.register_buffer("mu", class_feats.mean(0))
+        centred = torch.nn.functional.normalize(class_feats - class_feats.mean(0), dim=-1)
+        self.register_buffer("classes", torch.cat([centred, torch.zeros(1000 - len(centred), centred.shape[1])]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.nn.functional.normalize(self.clip.encode_image(x).float() - self.mu, dim=-1)
+        return 100 * f @ self.classes.t()
+
+
 def build(setup: str, n: int, device: torch.device, seed: int = 0):
     from fmr_bench.datasets import load_dataset
     from fmr_bench.generators import load_generator
-    from fmr_bench.models import load_model
+    from fmr_bench.models import ImageClassifier, load_model
     from fmr_bench.oracles import load_oracle
 
     torch.manual_seed(seed)
@@ -58,13 +73,15 @@ def build(setup: str, n: int, device: torch.device, seed: int = 0):
     # Smooth random images: low-resolution noise upsampled to 224 px.
     g = torch.Generator().manual_seed(seed)
     x = torch.nn.functional.interpolate(torch.rand(n, 3, 14, 14, generator=g), size=224, mode="bicubic").clamp(0, 1)
-    # A random CLIP flips its argmax under the smallest change; a trained one does not.
-    # To keep samples alive as a trained oracle would, class i's embedding is the image
-    # embedding of clean image i (same compute: one ViT-B/32 image forward per check).
+    # A random CLIP maps all images to nearly the same embedding, so its argmax flips under
+    # the smallest change; a trained one does not. To keep samples alive as a trained
+    # oracle would, class i's embedding is the *centred* image embedding of the generator's
+    # reconstruction of image i (same compute as the real oracle: one ViT-B/32 image
+    # forward per check).
     with torch.no_grad():
-        feats = torch.nn.functional.normalize(clip.net.clip.encode_image(clip.normalize(x)).float(), dim=-1)
-        clip.net.class_embeddings[:n] = feats
-    oracle = Oracle([clip.freeze()], "openclip:ViT-B-32 (random weights)", "single")
+        feats = clip.net.clip.encode_image(clip.normalize(gen.decode(gen.encode(x)))).float()
+    oracle = Oracle([ImageClassifier(_CentredHead(clip.net.clip, feats), clip.preprocess, class_names=names)],
+                    "openclip:ViT-B-32 (random weights, centred head)", "single")
     labels = list(range(n))
     samples = [(f"img{i}", i, x[i], labels[i]) for i in range(n)]
     return samples, model, oracle, gen, 1e-3, torch.arange(1000)

@@ -39,7 +39,7 @@ def _bilinear_matrix(n_in: int, factor: int) -> np.ndarray:
     m = np.zeros((n_out, n_in), dtype=np.float64)
     for i in range(n_out):
         src = max((i + 0.5) / factor - 0.5, 0.0)
-        lo = min(int(math.floor(src)), n_in - 1)
+        lo = min(math.floor(src), n_in - 1)
         hi = min(lo + 1, n_in - 1)
         w = src - lo
         m[i, lo] += 1.0 - w

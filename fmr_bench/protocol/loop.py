@@ -111,9 +111,9 @@ def run_batched(samples: Iterator[Sample], *, model: ImageClassifier, oracle: Or
             return
         x = torch.stack([s[2] for s in new]).to(device)
         labels = torch.tensor([s[3] for s in new], device=device)
-        with torch.no_grad(), autocast(device, cfg.precision):
-            clean_pred = model(x).argmax(-1)
+        with torch.no_grad():  # once per sample, so in full precision: bf16 only speeds up the steps
             oracle_clean = oracle.predict(x)
+            clean_pred = model(x).argmax(-1)
             z = generator.encode(x).float()
         meta = [{"id": s[0], "index": s[1], "label": s[3], "target": int(target_of[s[3]]),
                  "clean_pred": int(clean_pred[i]), "oracle_clean": int(oracle_clean[i]), "x": s[2].cpu()}
@@ -142,9 +142,11 @@ def run_batched(samples: Iterator[Sample], *, model: ImageClassifier, oracle: Or
         checked = [i for i, ti in enumerate(t) if ti >= 1]
         ok = {}
         if checked:
-            with torch.no_grad(), autocast(device, cfg.precision):
+            # The oracle decides in fp32 whatever the precision: its decisions define the
+            # protocol, and its forward is cheap next to the decoder's backward.
+            with torch.no_grad():
                 rows = torch.tensor(checked, device=device)
-                oracle_pred = oracle.predict(img.detach()[rows]).tolist()
+                oracle_pred = oracle.predict(img.detach()[rows].float()).tolist()
             ok = {i: oracle_pred[k] == slots.meta[i]["label"] for k, i in enumerate(checked)}
         cont = []
         for i, ti in enumerate(t):

@@ -121,17 +121,19 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 def augment(x: torch.Tensor, generator: torch.Generator, strength: float = 1.0) -> torch.Tensor:
     """Heavy random augmentation of a batch of digit images.
 
-    Applies, per image and with its own random parameters: an affine warp (rotation up
-    to 25 degrees, scale 0.75-1.2, shear, translation up to 4 px), colour changes
-    (per-channel gain and offset, contrast, channel permutation with probability
-    0.5, inversion with probability 0.2, greyscale with probability 0.15), Gaussian blur (probability 0.3)
-    and Gaussian noise (probability 0.5).
+    Applies, per image and with its own random parameters (ranges and probabilities as
+    at ``strength=1``): an affine warp (rotation up to 25 degrees, scale 0.75-1.2, shear,
+    translation up to 4 px, padded with the image's own paper colour), colour changes
+    (contrast, per-channel gain and offset, channel permutation p=0.5, greyscale p=0.15,
+    inversion p=0.2), Gaussian blur (p=0.3) and Gaussian noise (p=0.5).
 
     Args:
         x: float images in [0, 1], shape (N, 3, H, W).
-        generator: source of randomness (a seeded ``torch.Generator`` makes it repeatable).
-        strength: multiplies the geometric and photometric ranges (1.0 is the heavy
-            default, 0.3 a light variant).
+        generator: source of all randomness; a seeded ``torch.Generator`` makes the
+            result repeatable.
+        strength: scales the geometric and photometric ranges and, up to 1, the
+            probabilities: 0 returns ``x`` unchanged, 0.15-0.3 is a light variant, 1.0 the
+            heavy default.
 
     Returns:
         Augmented images in [0, 1], same shape as ``x``.

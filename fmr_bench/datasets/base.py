@@ -64,6 +64,10 @@ class FileImages(ImageDataset):
         super().__init__(ids=[str(p.relative_to(root)) for p in paths], **kw)
         self.root, self.paths, self.crop_pct = root, paths, crop_pct
 
+    def prepare(self, im):
+        """Hook for dataset-specific pixel work before resize and crop (a PIL image)."""
+        return im
+
     def load(self, i: int) -> torch.Tensor:
         from PIL import Image
         from torchvision.transforms import functional as TF
@@ -78,6 +82,7 @@ class FileImages(ImageDataset):
         except Exception as e:
             raise DataError(f"cannot read image {path} ({type(e).__name__}: {str(e)[:80]}); "
                             "replace or delete the file and re-run (finished samples are kept)") from None
+        im = self.prepare(im)
         r = self.resolution
         im = TF.resize(im, int(round(r / self.crop_pct)), interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
         return TF.to_tensor(TF.center_crop(im, [r, r])).clamp(0, 1)

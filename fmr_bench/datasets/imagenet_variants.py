@@ -27,7 +27,6 @@ import os
 from importlib import resources
 from pathlib import Path
 
-import torch
 
 from ..errors import DataError, SpecError
 from ..registry import DATASETS
@@ -59,24 +58,8 @@ class ProjectedImages(FileImages):
         self.model_classes = model_classes
         self.border = border
 
-    def load(self, i: int) -> torch.Tensor:
-        if not self.border:
-            return super().load(i)
-        from PIL import Image
-        from torchvision.transforms import functional as TF
-
-        path = self.paths[i]
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                im.load()
-        except Exception as e:
-            raise DataError(f"cannot read image {path} ({type(e).__name__}: {str(e)[:80]}); "
-                            "replace or delete the file and re-run") from None
-        im = border_crop(im, self.border)
-        r = self.resolution
-        im = TF.resize(im, int(round(r / self.crop_pct)), interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
-        return TF.to_tensor(TF.center_crop(im, [r, r])).clamp(0, 1)
+    def prepare(self, im):
+        return border_crop(im, self.border) if self.border else im
 
     def describe(self) -> dict:
         return super().describe() | {"projection": self.projection.describe(), "border_crop": self.border}

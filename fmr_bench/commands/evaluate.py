@@ -1,0 +1,64 @@
+"""``fmr evaluate``: the FMR protocol on one model, or static evaluators with ``--evaluator``."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import Command
+from .common import add_settings_arguments, add_world_arguments, set_cache, settings_overrides
+
+
+def add_arguments(ev: argparse.ArgumentParser) -> None:
+    add_world_arguments(ev)
+    add_settings_arguments(ev)
+    ev.add_argument("--no-grid", action="store_true", help="do not write the image grid PNG")
+    ev.add_argument("--evaluator", default="fmr",
+                    help="fmr (the dynamic FMR protocol, default) or static evaluator(s), comma-separated: "
+                         "ood-accuracy, imagenet-x, ood-detection, calibration, group-robustness, zero-shot "
+                         "(see fmr list evaluators)")
+    ev.add_argument("--ood", action="append", default=None, metavar="DATA",
+                    help="static evaluators: OOD / shifted dataset spec (repeatable)")
+    ev.add_argument("--option", action="append", default=None, metavar="KEY=VALUE",
+                    help="static evaluators: evaluator option, e.g. baseline=runs/ or scores=msp,mcm (repeatable)")
+    ev.add_argument("--no-cache", action="store_true", help="static evaluators: do not read/write the logits cache")
+
+
+def run(args: argparse.Namespace) -> int:
+    set_cache(args.cache_dir)
+    if args.evaluator != "fmr":
+        from ..evaluators.cli import run_static
+
+        return run_static(args)
+    from rich.console import Console
+
+    from ..runner import evaluate
+
+    result = evaluate(args.model, args.data, generator=args.generator, oracle=args.oracle, out=args.out,
+                      progress=not args.quiet, write_grid=not args.no_grid, **settings_overrides(args))
+    console = Console()
+    console.print(metrics_table(result.record))
+    if result.path is not None:
+        console.print(f"record: {result.path / 'record.json'}")
+        if (result.path / "grid.png").is_file():
+            console.print(f"grid:   {result.path / 'grid.png'}")
+    return 0
+
+
+def metrics_table(record: dict):
+    from rich.table import Table
+
+    m = record["metrics"]
+    s = record["settings"]
+    t = Table(title=f"FMR — {record['model']['spec']} on {record['dataset']['spec']} "
+                    f"(generator {record['generator']['spec']}, oracle {record['oracle']['spec']}, "
+                    f"B={s['budget']}, eta={s['step_size']}, {s['optimizer']})")
+    cols = [("SA", "sa"), ("VR", "vr"), ("PA", "pa"), ("FMR", "fmr"), ("PA_all", "pa_all"),
+            ("oracle", "oracle_acc"), ("steps", "mean_steps"), ("valid", "n_validated"), ("n", "n")]
+    t.caption = "percent: SA, VR, PA, FMR, PA_all, oracle (its clean accuracy); steps: mean survived; valid: validated"
+    for name, _ in cols:
+        t.add_column(name, justify="right", no_wrap=True)
+    t.add_row(*["-" if m[k] is None else (f"{m[k]:.2f}" if isinstance(m[k], float) else str(m[k])) for _, k in cols])
+    return t
+
+
+COMMAND = Command(help="run the FMR protocol on a model and dataset", add_arguments=add_arguments, run=run)

@@ -106,7 +106,7 @@ def run_mode(args) -> dict:
         outs = []
         cfg = LoopConfig(args.budget, lr, "adam", args.batch_size, args.precision)
         run_batched(iter(samples), model=model, oracle=oracle, generator=gen, target_of=target_of, cfg=cfg,
-                    device=device, on_sample=lambda o, a, b: outs.append(o))
+                    device=device, on_sample=lambda o, *_: outs.append(o))
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

@@ -8,6 +8,7 @@ from typing import Any
 from .errors import SettingsError
 
 OPTIMIZERS = ("adam", "sgd", "sign")
+INITS = ("none", "fgsm")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -26,6 +27,9 @@ class FmrSettings:
     seed: int = field(default=0, metadata={"help": "seed for the subset and for stochastic generators"})
     precision: str = field(default="fp32", metadata={"help": f"autocast precision, one of {PRECISIONS}"})
     device: str = field(default="auto", metadata={"help": "torch device ('auto' picks cuda when available)"})
+    init: str = field(default="none", metadata={"help": f"starting image, one of {INITS}: fgsm starts from an "
+                                                       "FGSM adversarial image of the evaluated model (paper App. E)"})
+    fgsm_eps: float = field(default=0.003, metadata={"help": "FGSM step (pixels in [0, 1]) for --init fgsm"})
 
     def validated(self) -> "FmrSettings":
         """Return self after range checks; raises :class:`SettingsError` naming the fix."""
@@ -37,6 +41,10 @@ class FmrSettings:
             raise SettingsError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
         if self.precision not in PRECISIONS:
             raise SettingsError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        if self.init not in INITS:
+            raise SettingsError(f"unknown init {self.init!r}; use one of {', '.join(INITS)}")
+        if not self.fgsm_eps > 0:
+            raise SettingsError(f"fgsm eps must be > 0 (got {self.fgsm_eps}); pass e.g. --fgsm-eps 0.003")
         if self.batch_size < 1:
             raise SettingsError(f"batch size must be >= 1 (got {self.batch_size})")
         if self.limit is not None and self.limit < 1:

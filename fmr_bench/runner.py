@@ -21,6 +21,7 @@ from .metrics import fmr_metrics, per_class_metrics
 from .models import ImageClassifier, load_model, map_classes, model_weight_refs, wrap_module
 from .oracles import Oracle, load_oracle, oracle_weight_refs
 from .protocol import LoopConfig, SampleOutcome, run_batched
+from .protocol.loop import OnSample
 from .results import (SCHEMA_VERSION, FmrResult, OutcomeWriter, prepare_run_dir, read_outcomes, run_dir, select,
                       write_json)
 from .viz import save_grid
@@ -69,7 +70,8 @@ def _infer_outputs(model: ImageClassifier, res: int, device: torch.device) -> in
 def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, generator: str | Generator | None = None,
              oracle: str | Oracle | None = None, out: str | Path | None = "runs", settings: FmrSettings | None = None,
              preprocess: dict[str, Any] | None = None, progress: bool | Callable[[int, int], None] = False,
-             pretrained: bool = True, write_grid: bool = True, **overrides: Any) -> FmrResult:
+             pretrained: bool = True, write_grid: bool = True, sample_hook: OnSample | None = None,
+             **overrides: Any) -> FmrResult:
     """Run the FMR protocol and return its record.
 
     Args:
@@ -84,6 +86,9 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
         settings: an :class:`FmrSettings`; keyword ``overrides`` (``budget=20``...) replace fields.
         progress: True for a rich progress bar, or a callable ``(done, total)``.
         pretrained: False builds models from specs with random weights (benchmarks, tests).
+        sample_hook: called as ``(outcome, clean, final, final_latent)`` for each sample
+            this call perturbs (not for samples resumed from disk): image export,
+            sparse-mask fitting.
 
     Raises:
         FmrBenchError: for bad input; finished samples are on disk before it propagates.
@@ -145,6 +150,8 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
         "step_size": settings.step_size, "optimizer": settings.optimizer, "seed": settings.seed,
         "limit": settings.limit, "precision": settings.precision, "resolution": resolution,
     }
+    if settings.init != "none":  # only then, so that earlier run folders keep their names
+        run_settings.update(init=settings.init, fgsm_eps=settings.fgsm_eps)
     folder = run_dir(out, clf.spec, dataset.spec, run_settings) if out is not None else None
     done: dict[str, SampleOutcome] = {}
     writer = None
@@ -159,7 +166,9 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
     total, finished = len(indices), sum(1 for i in ids if i in done)
     bar = _Progress(progress, total, finished)
 
-    def on_sample(o: SampleOutcome, clean: torch.Tensor, final: torch.Tensor) -> None:
+    def on_sample(o: SampleOutcome, clean: torch.Tensor, final: torch.Tensor, latent: torch.Tensor) -> None:
+        if sample_hook is not None:  # before the outcome is written: a resumed run redoes what the hook missed
+            sample_hook(o, clean, final, latent)
         done[o.id] = o
         if writer is not None:
             writer.write(o)
@@ -171,7 +180,8 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
             del grid[GRID_SIZE:]
         bar.advance()
 
-    loop_cfg = LoopConfig(settings.budget, settings.step_size, settings.optimizer, settings.batch_size, settings.precision)
+    loop_cfg = LoopConfig(settings.budget, settings.step_size, settings.optimizer, settings.batch_size, settings.precision,
+                          init=settings.init, fgsm_eps=settings.fgsm_eps)
     try:
         with bar:
             run_batched(_samples(dataset, pending), model=clf, oracle=ora, generator=gen, target_of=cmap.tensor(),

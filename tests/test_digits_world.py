@@ -42,7 +42,7 @@ def test_batched_loop_matches_reference_on_the_digits_world():
     ref = run_reference(samples, budget=12, step_size=data.world.step_size, **kw)
     out = []
     run_batched(iter(samples), cfg=LoopConfig(12, data.world.step_size, "adam", 4), device=torch.device("cpu"),
-                on_sample=lambda o, a, b: out.append(o), **kw)
+                on_sample=lambda o, *_: out.append(o), **kw)
     out.sort(key=lambda o: o.index)
     assert [o.key() for o in out] == [o.key() for o in ref]
 

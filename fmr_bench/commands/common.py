@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import FmrSettings
 
-_TYPES = {"budget": int, "batch_size": int, "limit": int, "seed": int, "step_size": float}
+_TYPES = {"budget": int, "batch_size": int, "limit": int, "seed": int, "step_size": float, "fgsm_eps": float}
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:

@@ -37,6 +37,19 @@ class Generator(nn.Module):
         """Hook after each optimiser step (stochastic generators add noise here)."""
         return z
 
+    #: True for generators that make their own steps (:meth:`steer`) instead of the latent
+    #: optimiser following the gradient through :meth:`decode` (diffusion with guidance).
+    steers: bool = False
+
+    def steer(self, z: torch.Tensor, loss_fn, sample_ids: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """One budget step of a self-steering generator: the next latent for rows ``z``.
+
+        ``loss_fn(pixels) -> per-sample loss`` is the evaluated model's loss (to be
+        increased), differentiable with respect to the pixels; ``steps`` is the 1-based
+        step number of each row. Only called when :attr:`steers` is True.
+        """
+        raise NotImplementedError
+
     def settings(self) -> dict[str, Any]:
         """What is needed to reproduce this generator, for result records."""
         return {"name": self.name}

@@ -29,7 +29,9 @@ from .outcome import SampleOutcome
 
 # (id, index, image (3,H,W) in [0,1], label)
 Sample = tuple[str, int, torch.Tensor, int]
-OnSample = Callable[[SampleOutcome, torch.Tensor, torch.Tensor], None]
+#: Called as each sample finishes with (outcome, clean image, final image x-hat, final latent):
+#: the latent the decoder consumed for x-hat (``generator.final_latent``), all on the CPU.
+OnSample = Callable[[SampleOutcome, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
 @dataclass
@@ -41,6 +43,9 @@ class LoopConfig:
     precision: str = "fp32"
     #: Run the generator's convolutions in channels-last layout (faster with oneDNN and cuDNN).
     channels_last: bool = True
+    #: Starting point: ``none`` (the encoder latent of x) or ``fgsm`` (of an FGSM image, App. E).
+    init: str = "none"
+    fgsm_eps: float = 0.003
 
 
 def autocast(device: torch.device, precision: str):
@@ -56,7 +61,7 @@ class _Slots:
         self.z: torch.Tensor | None = None
         self.opt: dict[str, torch.Tensor] = {}
         self.meta: list[dict] = []  # per row: id, index, label, target, clean_pred, oracle_clean, x
-        self.accepted: list[tuple[torch.Tensor, int] | None] = []
+        self.accepted: list[tuple[torch.Tensor, int, torch.Tensor] | None] = []  # image, pred, latent
 
     def __len__(self) -> int:
         return len(self.meta)
@@ -111,32 +116,38 @@ def run_batched(samples: Iterator[Sample], *, model: ImageClassifier, oracle: Or
             return
         x = torch.stack([s[2] for s in new]).to(device)
         labels = torch.tensor([s[3] for s in new], device=device)
+        targets = target_of[labels]
         with torch.no_grad():  # once per sample, so in full precision: bf16 only speeds up the steps
             oracle_clean = oracle.predict(x)
             clean_pred = model(x).argmax(-1)
-            z = generator.encode(x).float()
+        start = starting_image(x, model, targets, cfg)
+        with torch.no_grad():
+            z = generator.encode(start).float()
+            z0 = generator.final_latent(z).float().cpu()
         meta = [{"id": s[0], "index": s[1], "label": s[3], "target": int(target_of[s[3]]),
-                 "clean_pred": int(clean_pred[i]), "oracle_clean": int(oracle_clean[i]), "x": s[2].cpu()}
+                 "clean_pred": int(clean_pred[i]), "oracle_clean": int(oracle_clean[i]), "x": s[2].cpu(), "z0": z0[i]}
                 for i, s in enumerate(new)]
         slots.add(z, opt.init_state(z), meta)
         del labels
 
-    def finish(row: int, validated: bool, steps: int, final_img: torch.Tensor | None, final_pred: int | None) -> None:
+    def finish(row: int, validated: bool, steps: int, accepted: tuple | None) -> None:
         m = slots.meta[row]
+        final_img, final_pred, final_z = accepted if accepted is not None else (None, None, m["z0"])
         outcome = SampleOutcome(
             id=m["id"], index=m["index"], label=m["label"], target=m["target"], clean_pred=m["clean_pred"],
             oracle_clean=m["oracle_clean"], validated=validated, steps=steps,
             final_pred=m["clean_pred"] if final_pred is None else final_pred)
-        on_sample(outcome, m["x"], m["x"] if final_img is None else final_img)
+        on_sample(outcome, m["x"], m["x"] if final_img is None else final_img, final_z)
 
+    steers = generator.steers
     refill()
     while len(slots):
-        z = slots.z.detach().requires_grad_(True)
+        z = slots.z.detach().requires_grad_(not steers)
         t = slots.opt["t"].tolist()
-        with autocast(device, cfg.precision):
+        targets = torch.tensor([m["target"] for m in slots.meta], device=device)
+        with torch.set_grad_enabled(not steers), autocast(device, cfg.precision):
             img = generator.decode(z)
             logits = model(img)
-        targets = torch.tensor([m["target"] for m in slots.meta], device=device)
         loss = F.cross_entropy(logits.float(), targets, reduction="none")
         preds = logits.argmax(-1).tolist()
         checked = [i for i, ti in enumerate(t) if ti >= 1]
@@ -148,32 +159,41 @@ def run_batched(samples: Iterator[Sample], *, model: ImageClassifier, oracle: Or
                 rows = torch.tensor(checked, device=device)
                 oracle_pred = oracle.predict(img.detach()[rows].float()).tolist()
             ok = {i: oracle_pred[k] == slots.meta[i]["label"] for k, i in enumerate(checked)}
+        accepted = [i for i in checked if ok[i]]
+        if accepted:
+            with torch.no_grad():
+                zq = dict(zip(accepted, generator.final_latent(z.detach()[torch.tensor(accepted, device=device)])
+                              .float().cpu()))
         cont = []
         for i, ti in enumerate(t):
             if ti == 0:
                 cont.append(True)  # the reconstruction: nothing to check yet
             elif not ok[i]:
-                acc = slots.accepted[i]
                 if ti == 1:
-                    finish(i, False, 0, None, None)  # not validated: x-hat = x
+                    finish(i, False, 0, None)  # not validated: x-hat = x
                 else:
-                    finish(i, True, ti - 1, acc[0], acc[1])
+                    finish(i, True, ti - 1, slots.accepted[i])
                 cont.append(False)
             else:
-                slots.accepted[i] = (img[i].detach().float().cpu(), preds[i])
+                slots.accepted[i] = (img[i].detach().float().cpu(), preds[i], zq[i])
                 if ti >= cfg.budget:
-                    finish(i, True, ti, slots.accepted[i][0], preds[i])
+                    finish(i, True, ti, slots.accepted[i])
                     cont.append(False)
                 else:
                     cont.append(True)
         if any(cont):
             sel = torch.tensor([i for i, c in enumerate(cont) if c], device=device)
-            (grad,) = torch.autograd.grad(loss[sel].sum(), z)
+            if not steers:
+                (grad,) = torch.autograd.grad(loss[sel].sum(), z)
             slots.z = z.detach()
             slots.keep(cont)
-            slots.z = opt.step(slots.z, grad[sel], slots.opt)
             ids = torch.tensor([m["index"] for m in slots.meta])
-            slots.z = generator.post_step(slots.z, ids, slots.opt["t"].cpu())
+            if steers:
+                slots.opt["t"] += 1
+                slots.z = generator.steer(slots.z, _loss_fn(model, targets[sel]), ids, slots.opt["t"].cpu())
+            else:
+                slots.z = opt.step(slots.z, grad[sel], slots.opt)
+                slots.z = generator.post_step(slots.z, ids, slots.opt["t"].cpu())
         else:
             slots.z = z.detach()
             slots.keep(cont)
@@ -181,3 +201,18 @@ def run_batched(samples: Iterator[Sample], *, model: ImageClassifier, oracle: Or
         refill()
         if on_iteration is not None:
             on_iteration(len(slots))
+
+
+def _loss_fn(model: ImageClassifier, targets: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Per-sample loss of the evaluated model on pixels, for generators that steer themselves."""
+    return lambda img: F.cross_entropy(model(img).float(), targets, reduction="none")
+
+
+def starting_image(x: torch.Tensor, model: ImageClassifier, targets: torch.Tensor, cfg: LoopConfig) -> torch.Tensor:
+    """Where the perturbation starts: x itself, or an FGSM image x + eps * sign(grad_x loss) (App. E)."""
+    if cfg.init == "none":
+        return x
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(F.cross_entropy(model(x).float(), targets, reduction="sum"), x)
+    return (x + cfg.fgsm_eps * g.sign()).clamp(0, 1).detach()

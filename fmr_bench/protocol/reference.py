@@ -30,41 +30,57 @@ def _optimizer(kind: str, z: torch.Tensor, lr: float):
 
 
 def reference_one(sample: Sample, *, model: ImageClassifier, oracle: Oracle, generator: Generator,
-                  target: int, budget: int, step_size: float, optimizer: str = "adam") -> tuple[SampleOutcome, torch.Tensor]:
-    """Algorithm 1 for one sample; returns the outcome and the final image."""
+                  target: int, budget: int, step_size: float, optimizer: str = "adam", init: str = "none",
+                  fgsm_eps: float = 0.003) -> tuple[SampleOutcome, torch.Tensor, torch.Tensor]:
+    """Algorithm 1 for one sample; returns the outcome, the final image and its latent."""
     sid, index, x, label = sample
     x = x[None]
     with torch.no_grad():
         clean_pred = int(model(x).argmax(-1))
         oracle_clean = int(oracle.predict(x))
-        z = generator.encode(x).float()
-    z.requires_grad_(True)
-    opt = _optimizer(optimizer, z, step_size)
+    start = x
+    if init == "fgsm":
+        xg = x.clone().requires_grad_(True)
+        F.cross_entropy(model(xg), torch.tensor([target])).backward()
+        start = (x + fgsm_eps * xg.grad.sign()).clamp(0, 1)
+    with torch.no_grad():
+        z = generator.encode(start).float()
+        z_hat = generator.final_latent(z)
+    z.requires_grad_(not generator.steers)
+    opt = None if generator.steers else _optimizer(optimizer, z, step_size)
     x_hat, steps, validated = x, 0, False
     for t in range(budget):
-        loss = F.cross_entropy(model(generator.decode(z)), torch.tensor([target]))
-        if opt is not None:
+        if generator.steers:  # e.g. guided diffusion: the generator makes the step itself
+            z = generator.steer(z, lambda img: F.cross_entropy(model(img), torch.tensor([target]), reduction="none"),
+                                torch.tensor([index]), torch.tensor([t + 1])).detach()
+        elif opt is not None:
+            loss = F.cross_entropy(model(generator.decode(z)), torch.tensor([target]))
             opt.zero_grad()
             loss.backward()
             opt.step()
         else:
+            loss = F.cross_entropy(model(generator.decode(z)), torch.tensor([target]))
             (grad,) = torch.autograd.grad(loss, z)
             with torch.no_grad():
                 z += step_size * grad.sign()
         with torch.no_grad():
-            z.copy_(generator.post_step(z, torch.tensor([index]), torch.tensor([t + 1])))
+            if not generator.steers:
+                z.copy_(generator.post_step(z, torch.tensor([index]), torch.tensor([t + 1])))
             candidate = generator.decode(z)
             if int(oracle.predict(candidate)) != label:
                 break
+            z_hat = generator.final_latent(z)
         x_hat, steps, validated = candidate, t + 1, True
     with torch.no_grad():
         final_pred = int(model(x_hat).argmax(-1)) if validated else clean_pred
     outcome = SampleOutcome(id=sid, index=index, label=label, target=target, clean_pred=clean_pred,
                             oracle_clean=oracle_clean, validated=validated, steps=steps, final_pred=final_pred)
-    return outcome, x_hat[0].detach()
+    return outcome, x_hat[0].detach(), z_hat[0].detach()
 
 
 def run_reference(samples: Iterable[Sample], *, model: ImageClassifier, oracle: Oracle, generator: Generator,
-                  target_of: torch.Tensor, budget: int, step_size: float, optimizer: str = "adam") -> list[SampleOutcome]:
+                  target_of: torch.Tensor, budget: int, step_size: float, optimizer: str = "adam",
+                  init: str = "none", fgsm_eps: float = 0.003) -> list[SampleOutcome]:
     return [reference_one(s, model=model, oracle=oracle, generator=generator, target=int(target_of[s[3]]),
-                          budget=budget, step_size=step_size, optimizer=optimizer)[0] for s in samples]
+                          budget=budget, step_size=step_size, optimizer=optimizer, init=init, fgsm_eps=fgsm_eps)[0]
+            for s in samples]

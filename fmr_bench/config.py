@@ -59,6 +59,11 @@ class FmrSettings:
 
 PAPER_STEP_SIZE = 1e-3
 
+#: On a CPU the loop caps its batch at this many pixels (batch x height x width): the
+#: 224-px VQGAN decoder's activations overflow the caches, and batch 1 measured faster
+#: per image than 2 or 4 (docs/benchmarks.md); the 32-px digits world keeps batch 32.
+CPU_BATCH_PIXELS = 32 * 32 * 32
+
 # Defaults for the oracle prompt; the paper queries CLIP with "an image of {class}".
 ORACLE_TEMPLATE = "an image of {}"
 

@@ -31,8 +31,10 @@ def run(args: argparse.Namespace) -> int:
         return run_static(args)
     from rich.console import Console
 
+    from ..protocol.cpu import keep_freed_memory
     from ..runner import evaluate
 
+    keep_freed_memory()  # a process of its own: the loop may keep its peak memory reserved
     result = evaluate(args.model, args.data, generator=args.generator, oracle=args.oracle, out=args.out,
                       progress=not args.quiet, write_grid=not args.no_grid, **settings_overrides(args))
     console = Console()

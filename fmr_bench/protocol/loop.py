@@ -21,9 +21,11 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from ..config import CPU_BATCH_PIXELS
 from ..generators.base import Generator
 from ..models.base import ImageClassifier
 from ..oracles import Oracle
+from .cpu import flush_denormals
 from .optim import LatentOptimizer, concat_state, select_state
 from .outcome import SampleOutcome
 
@@ -46,6 +48,14 @@ class LoopConfig:
     #: Starting point: ``none`` (the encoder latent of x) or ``fgsm`` (of an FGSM image, App. E).
     init: str = "none"
     fgsm_eps: float = 0.003
+    #: On a CPU, at most this many pixels per batch (``None``: no cap); see config.CPU_BATCH_PIXELS.
+    cpu_batch_pixels: int | None = CPU_BATCH_PIXELS
+
+    def capacity(self, device: torch.device, height: int, width: int) -> int:
+        """Slots in flight for images of this size on ``device``."""
+        if device.type != "cpu" or self.cpu_batch_pixels is None:
+            return self.batch_size
+        return max(1, min(self.batch_size, self.cpu_batch_pixels // (height * width)))
 
 
 def autocast(device: torch.device, precision: str):
@@ -95,23 +105,25 @@ def run_batched(samples: Iterator[Sample], *, model: ImageClassifier, oracle: Or
         on_iteration: receives the number of samples in flight after each iteration.
     """
     opt = LatentOptimizer(cfg.optimizer, cfg.step_size)
-    # Tiny gradients deep in the decoder's backward become subnormal floats, which CPUs
-    # process many times slower; flushing them to zero changes no decision in practice.
-    torch.set_flush_denormal(True)
+    flush_denormals()
     if cfg.channels_last:
         generator.to(memory_format=torch.channels_last)
     slots = _Slots()
     exhausted = False
+    capacity = cfg.batch_size  # set from the first image's size
     target_of = target_of.to(device)
 
     def refill() -> None:
-        nonlocal exhausted
+        nonlocal exhausted, capacity
         new: list[Sample] = []
-        while not exhausted and len(slots) + len(new) < cfg.batch_size:
+        while not exhausted and len(slots) + len(new) < capacity:
             try:
                 new.append(next(samples))
             except StopIteration:
                 exhausted = True
+            else:
+                if len(new) == 1 and len(slots) == 0:
+                    capacity = cfg.capacity(device, *new[0][2].shape[-2:])
         if not new:
             return
         x = torch.stack([s[2] for s in new]).to(device)

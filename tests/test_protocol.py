@@ -162,3 +162,16 @@ def test_fgsm_start_batched_matches_reference_and_changes_the_start(batch_size):
             torch.testing.assert_close(latents[o.index].clamp(0, 1), finals[o.index])
         else:
             assert latents[o.index].shape == finals[o.index].shape
+
+
+def test_exact_fp32_turns_tf32_off_and_restores_the_flags():
+    from fmr_bench.protocol.loop import exact_fp32
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with exact_fp32():
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

@@ -64,6 +64,23 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def exact_fp32():
+    """fp32 that is fp32 on a GPU too: no TF32 in cuDNN convolutions and cuBLAS matmuls.
+
+    PyTorch lets cuDNN use TF32 (10-bit mantissa) for fp32 convolutions by default; the
+    result then depends on the kernel cuDNN picks for each batch size, and the oracle's
+    accept/reject decisions drift between batch sizes (a GPU run measured 59-77 % of
+    outcomes agreeing with the one-image loop). Restores the previous flags on exit.
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 class _Slots:
     """Row-aligned state of the samples in flight."""
 
@@ -96,6 +113,14 @@ class _Slots:
 def run_batched(samples: Iterator[Sample], *, model: ImageClassifier, oracle: Oracle, generator: Generator,
                 target_of: torch.Tensor, cfg: LoopConfig, device: torch.device,
                 on_sample: OnSample, on_iteration: Callable[[int], None] | None = None) -> None:
+    with exact_fp32():  # bf16 autocast still runs its ops in bf16; fp32 ones (oracle, encoder) stay exact
+        _run_batched(samples, model=model, oracle=oracle, generator=generator, target_of=target_of, cfg=cfg,
+                     device=device, on_sample=on_sample, on_iteration=on_iteration)
+
+
+def _run_batched(samples: Iterator[Sample], *, model: ImageClassifier, oracle: Oracle, generator: Generator,
+                 target_of: torch.Tensor, cfg: LoopConfig, device: torch.device,
+                 on_sample: OnSample, on_iteration: Callable[[int], None] | None = None) -> None:
     """Run the protocol over ``samples``, calling ``on_sample`` as each one finishes.
 
     Args:

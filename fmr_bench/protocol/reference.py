@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ..generators.base import Generator
 from ..models.base import ImageClassifier
 from ..oracles import Oracle
+from .loop import exact_fp32
 from .outcome import SampleOutcome
 
 Sample = tuple[str, int, torch.Tensor, int]
@@ -35,13 +36,14 @@ def reference_one(sample: Sample, *, model: ImageClassifier, oracle: Oracle, gen
     """Algorithm 1 for one sample; returns the outcome, the final image and its latent."""
     sid, index, x, label = sample
     x = x[None]
+    y = torch.tensor([target], device=x.device)
     with torch.no_grad():
         clean_pred = int(model(x).argmax(-1))
         oracle_clean = int(oracle.predict(x))
     start = x
     if init == "fgsm":
         xg = x.clone().requires_grad_(True)
-        F.cross_entropy(model(xg), torch.tensor([target])).backward()
+        F.cross_entropy(model(xg), y).backward()
         start = (x + fgsm_eps * xg.grad.sign()).clamp(0, 1)
     with torch.no_grad():
         z = generator.encode(start).float()
@@ -51,15 +53,15 @@ def reference_one(sample: Sample, *, model: ImageClassifier, oracle: Oracle, gen
     x_hat, steps, validated = x, 0, False
     for t in range(budget):
         if generator.steers:  # e.g. guided diffusion: the generator makes the step itself
-            z = generator.steer(z, lambda img: F.cross_entropy(model(img), torch.tensor([target]), reduction="none"),
+            z = generator.steer(z, lambda img: F.cross_entropy(model(img), y, reduction="none"),
                                 torch.tensor([index]), torch.tensor([t + 1])).detach()
         elif opt is not None:
-            loss = F.cross_entropy(model(generator.decode(z)), torch.tensor([target]))
+            loss = F.cross_entropy(model(generator.decode(z)), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
         else:
-            loss = F.cross_entropy(model(generator.decode(z)), torch.tensor([target]))
+            loss = F.cross_entropy(model(generator.decode(z)), y)
             (grad,) = torch.autograd.grad(loss, z)
             with torch.no_grad():
                 z += step_size * grad.sign()
@@ -81,6 +83,8 @@ def reference_one(sample: Sample, *, model: ImageClassifier, oracle: Oracle, gen
 def run_reference(samples: Iterable[Sample], *, model: ImageClassifier, oracle: Oracle, generator: Generator,
                   target_of: torch.Tensor, budget: int, step_size: float, optimizer: str = "adam",
                   init: str = "none", fgsm_eps: float = 0.003) -> list[SampleOutcome]:
-    return [reference_one(s, model=model, oracle=oracle, generator=generator, target=int(target_of[s[3]]),
-                          budget=budget, step_size=step_size, optimizer=optimizer, init=init, fgsm_eps=fgsm_eps)[0]
-            for s in samples]
+    with exact_fp32():
+        return [reference_one(s, model=model, oracle=oracle, generator=generator, target=int(target_of[s[3]]),
+                              budget=budget, step_size=step_size, optimizer=optimizer, init=init,
+                              fgsm_eps=fgsm_eps)[0]
+                for s in samples]

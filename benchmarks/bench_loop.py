@@ -27,6 +27,20 @@ from pathlib import Path
 import torch
 
 
+class _AcceptHead(torch.nn.Module):
+    """Runs the CLIP image tower for its cost, then always answers class 0 (never rejects)."""
+
+    def __init__(self, clip: torch.nn.Module) -> None:
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.clip.encode_image(x).float()
+        logits = torch.zeros(len(x), 1000, device=x.device)
+        logits[:, 0] = 100 + 0 * f.sum(-1)
+        return logits
+
+
 class _CentredHead(torch.nn.Module):
     """Cosine logits between centred image features and centred class features."""
 
@@ -42,7 +56,7 @@ class _CentredHead(torch.nn.Module):
         return 100 * f @ self.classes.t()
 
 
-def build(setup: str, n: int, device: torch.device, seed: int = 0):
+def build(setup: str, n: int, device: torch.device, seed: int = 0, oracle_head: str = "centred"):
     from fmr_bench.datasets import load_dataset
     from fmr_bench.generators import load_generator
     from fmr_bench.models import ImageClassifier, load_model
@@ -80,9 +94,14 @@ def build(setup: str, n: int, device: torch.device, seed: int = 0):
     # forward per check).
     with torch.no_grad():
         feats = clip.net.clip.encode_image(clip.normalize(gen.decode(gen.encode(x)))).float()
-    oracle = Oracle([ImageClassifier(_CentredHead(clip.net.clip, feats), clip.preprocess, class_names=names)],
-                    "openclip:ViT-B-32 (random weights, centred head)", "single")
-    labels = list(range(n))
+    if oracle_head == "accept":  # steady-state speed: every sample runs its whole budget
+        oracle = Oracle([ImageClassifier(_AcceptHead(clip.net.clip), clip.preprocess, class_names=names)],
+                        "openclip:ViT-B-32 (random weights, accept-all head)", "single")
+        labels = [0] * n
+    else:
+        oracle = Oracle([ImageClassifier(_CentredHead(clip.net.clip, feats), clip.preprocess, class_names=names)],
+                        "openclip:ViT-B-32 (random weights, centred head)", "single")
+        labels = list(range(n))
     samples = [(f"img{i}", i, x[i], labels[i]) for i in range(n)]
     return samples, model, oracle, gen, 1e-3, torch.arange(1000)
 
@@ -92,7 +111,8 @@ def run_mode(args) -> dict:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    samples, model, oracle, gen, lr, target_of = build(args.setup, args.n, torch.device("cpu"))
+    samples, model, oracle, gen, lr, target_of = build(args.setup, args.n, torch.device("cpu"),
+                                                       oracle_head=args.oracle_head)
     model, oracle, gen = model.to(device), oracle.to(device), gen.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -125,6 +145,9 @@ def run_mode(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--setup", choices=["full", "digits"], default="digits")
+    p.add_argument("--oracle-head", choices=["centred", "accept"], default="centred",
+                   help="full setup: centred (decisions like a trained oracle's) or accept (never rejects: "
+                        "every sample runs its whole budget, for steady-state speed)")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--budget", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=32)
@@ -141,7 +164,8 @@ def main() -> None:
         return
     results = {}
     for mode in args.modes.split(","):
-        child = [sys.executable, __file__, "--setup", args.setup, "--n", str(args.n), "--budget", str(args.budget),
+        child = [sys.executable, __file__, "--setup", args.setup, "--oracle-head", args.oracle_head,
+                 "--n", str(args.n), "--budget", str(args.budget),
                  "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--device", args.device,
                  "--mode", "reference" if mode == "reference" else "batched",
                  "--precision", "fp32" if mode == "reference" else mode]

@@ -23,3 +23,10 @@ class Command:
 
 COMMANDS.register("evaluate", "fmr_bench.commands.evaluate:COMMAND", help="run the FMR protocol (or static evaluators) on a model")
 COMMANDS.register("list", "fmr_bench.commands.listing:COMMAND", help="list models, generators, oracles, datasets or evaluators")
+COMMANDS.register("fit-sparse", "fmr_bench.commands.fit_sparse:COMMAND", help="fit a sparse-VQGAN mask on a fit split")
+COMMANDS.register("export", "fmr_bench.commands.export:COMMAND", help="export a run's validated perturbed images as a static benchmark (App. O)")
+COMMANDS.register("transfer", "fmr_bench.commands.transfer:COMMAND", help="score models on images generated for another model (App. D/F/G)")
+COMMANDS.register("sweep", "fmr_bench.commands.sweep:COMMAND", help="FMR over a grid of step sizes and budgets: table and plot (App. J)")
+COMMANDS.register("per-class", "fmr_bench.commands.per_class:COMMAND", help="per-class VR/SA/PA/FMR table of an FMR run (App. J)")
+COMMANDS.register("compare-generators", "fmr_bench.commands.compare_generators:COMMAND",
+                  help="PA/FMR of several models under several generators, and Kendall tau between them (Table 3)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -10,6 +11,7 @@ from ..specs import Spec, parse_spec
 from ..weights import WeightRef, cache_dir, download, sha256_file
 from .base import Generator
 from .cards import PACKAGE_DIR, load_card
+from .sparse import mask_help
 
 
 def _vqgan_card(spec: Spec, default: str) -> dict:
@@ -69,11 +71,72 @@ def build_noise(spec: Spec, default: str, seed: int = 0) -> Generator:
     return NoiseGenerator(sigma=float(spec.opts.get("sigma", 0.02)), seed=seed)
 
 
+def _world_vqgan_card(default: str) -> str | None:
+    """Card name of the dataset world's generator when it is a VQGAN (the mask must fit it)."""
+    world = parse_spec(default, GENERATORS, what="generator")
+    return _vqgan_card(world, default)["name"] if world.source == "vqgan" else None
+
+
+def _mask_base(card: dict) -> Spec:
+    from ..errors import SpecError
+
+    base = parse_spec(card["generator"], GENERATORS, what="generator")
+    if base.source == "sparse-vqgan":
+        raise SpecError(f"mask card {card['name']} names another sparse generator; fit masks on the dense one (vqgan:CARD)")
+    return base
+
+
+def build_sparse_vqgan(spec: Spec, default: str, seed: int = 0) -> Generator:
+    import torch
+
+    from .sparse import SparseGenerator, check_card_fits, find_mask_card, read_mask
+
+    world_card = _world_vqgan_card(default)
+    card = find_mask_card(spec.ident, world_card)
+    check_card_fits(card, world_card, default)
+    base = GENERATORS.get(_mask_base(card).source)(_mask_base(card), default, seed)
+    g = SparseGenerator(base, torch.from_numpy(read_mask(card)), card=card["name"],
+                        info={"generator": card["generator"], "mask_sha256": card["mask"].get("sha256"),
+                              "mask_sparsity": card.get("sparsity"), "mask_dataset": card.get("dataset")})
+    if base.resolution:  # a mask of another latent shape fails here, not mid-run
+        with torch.no_grad():
+            g._check(base.encode(torch.zeros(1, 3, base.resolution, base.resolution)))
+    return g
+
+
+def sparse_vqgan_weight_refs(spec: Spec, default: str) -> list[WeightRef]:
+    from .sparse import find_mask_card, mask_path
+
+    card = find_mask_card(spec.ident, _world_vqgan_card(default))
+    path = mask_path(card)
+    base = _mask_base(card)
+    mask = WeightRef(f"generator {spec}", str(path), path.is_file, host="", how="re-run fmr fit-sparse")
+    return _REFS.get(base.source, lambda s, d: [])(base, default) + [mask]
+
+
 GENERATORS.register("vqgan", build_vqgan, help="vqgan[:CARD][?weights=PATH] — taming VQGAN (cards in generators/)")
+GENERATORS.register("sparse-vqgan", build_sparse_vqgan,
+                    help="sparse-vqgan[:MASK|CARD.json] — VQGAN stepping only a fitted mask's latent dims "
+                         f"(fmr fit-sparse; {mask_help()})")
 GENERATORS.register("pixel", build_pixel, help="pixel — step the pixels themselves")
 GENERATORS.register("noise", build_noise, help="noise[?sigma=0.02] — pixel steps plus seeded Gaussian noise")
+GENERATORS.register("diffusion", "fmr_bench.generators.diffusion:build",
+                    help="diffusion[:digits|FOLDER|ORG/REPO][?strength=0.3&steps=10&guidance=1&class_cond=K] — "
+                         "diffusers UNet, guided SDEdit steps")
+GENERATORS.register("vae", "fmr_bench.generators.vae:build",
+                    help="vae[:digits|FOLDER|ORG/REPO] — diffusers AutoencoderKL / VQModel latent")
 
-_REFS = {"vqgan": vqgan_weight_refs}
+
+def _lazy_refs(target: str):
+    def refs(spec: Spec, default: str) -> list[WeightRef]:
+        module, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module), attr)(spec, default)
+    return refs
+
+
+_REFS = {"vqgan": vqgan_weight_refs, "sparse-vqgan": sparse_vqgan_weight_refs}
+_REFS.update(diffusion=_lazy_refs("fmr_bench.generators.diffusion:weight_refs"),
+             vae=_lazy_refs("fmr_bench.generators.vae:weight_refs"))
 
 
 def generator_weight_refs(spec: str | Spec, default: str) -> list[WeightRef]:

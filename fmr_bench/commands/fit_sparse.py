@@ -1,0 +1,89 @@
+"""``fmr fit-sparse``: fit a sparse-VQGAN mask (FMR paper §3.2.1, App. I) on a fit split.
+
+Runs the dense loop, saves the 2n-row latent dataset (``--latents``, before any fitting,
+so that a failed fit loses no loop work: refit with ``--from-latents``), fits the L1
+logistic regression and writes ``sparse-vqgan-NAME.json`` plus ``.mask.npy`` into
+``--out`` (default: the generator cards folder, where ``--generator sparse-vqgan:NAME``
+finds it; elsewhere pass the card's path: ``--generator sparse-vqgan:PATH.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import Command
+from .common import add_settings_arguments, set_cache, settings_overrides
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="the evaluated model whose loss the dense loop follows "
+                                                  "(timm:NAME, builtin:NAME, ...)")
+    p.add_argument("--data", default="digits:train",
+                   help="the fit split; not the split you evaluate on (default: digits:train)")
+    p.add_argument("--generator", default=None, help="the dense generator vqgan[:CARD] (default: the dataset world's)")
+    p.add_argument("--oracle", default=None, help="oracle spec (default: the dataset world's)")
+    p.add_argument("--out", default=None, help="folder for the card and mask (default: the generator cards folder)")
+    p.add_argument("--name", default=None,
+                   help="mask name; the card is sparse-vqgan-NAME.json (default: the dataset source, e.g. digits)")
+    p.add_argument("--latents", default=None,
+                   help="where the latent dataset (.npz) goes (default: runs/fit-sparse/sparse-vqgan-NAME.latents.npz)")
+    p.add_argument("--from-latents", default=None, metavar="NPZ",
+                   help="refit from a saved latent dataset instead of running the dense loop")
+    p.add_argument("--lam", type=float, default=36.36, help="L1 regularisation strength, C = 1/lam (paper: 36.36)")
+    p.add_argument("--test-size", type=float, default=0.2, help="share of images held out (paper: 0.2)")
+    p.add_argument("--original", choices=["encoder", "quantised"], default="encoder",
+                   help="label-0 row: the continuous encoder latent (SPEC, default) or its quantised codes")
+    p.add_argument("--standardize", action="store_true", help="standardise every latent dim before fitting")
+    p.add_argument("--max-iter", type=int, default=1000, help="saga iterations (default: 1000)")
+    p.add_argument("--cache-dir", default=None, help="where downloaded weights live (sets FMR_CACHE, HF_HOME, TORCH_HOME)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_settings_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ..generators.cards import cards_dir
+    from ..generators.sparse import KIND
+    from ..sparse import LatentSet, collect_latents, fit_mask, write_mask_card
+
+    set_cache(args.cache_dir)
+    console = Console()
+    overrides = settings_overrides(args)
+    if args.from_latents:
+        latents = LatentSet.load(args.from_latents)
+        source = latents.meta.get("dataset", "data")
+    else:
+        source = args.data
+    name = args.name or source.partition(":")[0].partition("?")[0]
+    name = name if name.startswith(KIND + "-") else f"{KIND}-{name}"
+    if not args.from_latents:
+        if args.data.rstrip("/").endswith(":test") or args.data == "digits":
+            console.print(f"[yellow]note:[/] fitting on {args.data}, the split evaluations use; prefer a train split")
+        latents = collect_latents(args.model, args.data, generator=args.generator, oracle=args.oracle,
+                                  progress=not args.quiet, **overrides)
+        path = latents.save(args.latents or Path("runs") / "fit-sparse" / f"{name}.latents.npz")
+        console.print(f"latent dataset: {path} ({len(latents.ids)} images x 2 rows, latent {latents.latent_shape})")
+    fit = fit_mask(latents, seed=overrides.get("seed", 0), lam=args.lam, test_size=args.test_size,
+                   original=args.original, standardize=args.standardize, max_iter=args.max_iter)
+    command = "fmr fit-sparse " + " ".join(sys.argv[2:]) if sys.argv and sys.argv[0].endswith("fmr") else None
+    card = write_mask_card(fit, latents, args.out or cards_dir(), name,
+                           extra={"command": command, "latents_from": args.from_latents})
+    console.print(f"mask: {int(fit.mask.sum())} of {fit.mask.size} dims move; sparsity {fit.sparsity:.2f} %, "
+                  f"test score {fit.test_score:.2f} %, train score {fit.train_score:.2f} % "
+                  f"({fit.n_train_images}/{fit.n_test_images} images train/test)")
+    if not fit.converged:
+        console.print(f"[yellow]note:[/] saga did not converge in {args.max_iter} iterations; raise --max-iter "
+                      f"(refit with --from-latents)")
+    if fit.mask.sum() == 0:
+        console.print("[yellow]note:[/] no dim has a non-zero weight (nothing would move): use more images or a "
+                      "smaller --lam (refit with --from-latents)")
+    console.print(f"card: {card}")
+    spec = card.stem.removeprefix(KIND + "-") if args.out is None else str(card)
+    console.print(f"use: --generator sparse-vqgan:{spec}")
+    return 0
+
+
+COMMAND = Command(help="fit a sparse-VQGAN mask (paper §3.2.1) on a fit split", add_arguments=add_arguments, run=run)

@@ -1,0 +1,160 @@
+"""Does the ranking of models depend on the generator? (FMR paper §4.5, Table 3)
+
+:func:`compare_generators` runs the FMR protocol for every (model, generator) pair, each
+a normal run folder under ``out`` (so a comparison resumes, and reuses runs made by
+``fmr evaluate``), and measures how well the generators agree on the ranking of the
+models: Kendall's τ (τ-b, :func:`scipy.stats.kendalltau`) between the FMR (and the PA)
+of the models under each pair of generators. It writes to its folder::
+
+    compare.csv    one row per (model, generator): SA, VR, PA, FMR, ... and the run folder
+    table.csv      the Table 3 layout: one row per model, PA and FMR per generator
+    tau.csv        one row per pair of generators: τ on FMR and on PA, p-values, n models
+    compare.json   the request, all rows, the τ table and a timestamp
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import FmrSettings
+from ..datasets import ImageDataset, load_dataset
+from ..errors import SettingsError
+from ..results import run_dir, write_json
+from .export import merge_settings
+from .tables import write_csv
+
+METRIC_COLUMNS = ("sa", "vr", "pa", "fmr", "pa_all", "oracle_acc", "mean_steps", "n_validated", "n")
+ROW_COLUMNS = ("model", "generator", *METRIC_COLUMNS, "run")
+TAU_COLUMNS = ("generator_a", "generator_b", "tau_fmr", "p_fmr", "tau_pa", "p_pa", "n_models")
+
+
+@dataclass
+class CompareResult:
+    """Rows per (model, generator), the τ table, and the folder written."""
+
+    rows: list[dict[str, Any]]
+    tau: list[dict[str, Any]]
+    path: Path
+
+    def wide(self) -> list[dict[str, Any]]:
+        """One row per model with ``<generator> PA`` / ``<generator> FMR`` columns (Table 3)."""
+        return wide_rows(self.rows)
+
+
+def split_list(text: str | Sequence[str] | None, what: str) -> list[str]:
+    """``"a,b"`` or ``["a,b", "c"]`` -> ``["a", "b", "c"]`` (unique, in order); a one-line error when empty."""
+    parts = [text] if isinstance(text, str) else list(text or [])
+    items = [s.strip() for p in parts for s in p.split(",") if s.strip()]
+    if not items:
+        raise SettingsError(f"{what} is empty; pass a comma-separated list, e.g. {what} a,b")
+    return list(dict.fromkeys(items))
+
+
+def kendall_tau(a: Sequence[float | None], b: Sequence[float | None]) -> tuple[float | None, float | None, int]:
+    """Kendall's τ-b of two score lists over the entries both have; (τ, p, n). τ is None below 2
+    entries or when one side is constant."""
+    from scipy.stats import kendalltau
+
+    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+    if len(pairs) < 2 or len({x for x, _ in pairs}) < 2 or len({y for _, y in pairs}) < 2:
+        return None, None, len(pairs)
+    res = kendalltau([x for x, _ in pairs], [y for _, y in pairs])
+    return float(res.statistic), float(res.pvalue), len(pairs)
+
+
+def tau_table(rows: Sequence[dict[str, Any]], generators: Sequence[str], models: Sequence[str]) -> list[dict[str, Any]]:
+    """τ between every pair of generators, over the models, on FMR and on PA."""
+    by = {(r["model"], r["generator"]): r for r in rows}
+    out = []
+    for ga, gb in itertools.combinations(generators, 2):
+        row: dict[str, Any] = {"generator_a": ga, "generator_b": gb}
+        for key in ("fmr", "pa"):
+            tau, p, n = kendall_tau([by[(m, ga)][key] for m in models], [by[(m, gb)][key] for m in models])
+            row.update({f"tau_{key}": tau, f"p_{key}": p, "n_models": n})
+        out.append(row)
+    return out
+
+
+def wide_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    out = []
+    for m in models:
+        row: dict[str, Any] = {"model": m}
+        for r in rows:
+            if r["model"] == m:
+                row[f"{r['generator']} PA"], row[f"{r['generator']} FMR"] = r["pa"], r["fmr"]
+        out.append(row)
+    return out
+
+
+def check_specs(models: Sequence[str], generators: Sequence[str], oracle: str | None, default_generator: str) -> None:
+    """Parse every spec and check every weight file is at hand, before the first run starts."""
+    from ..generators import generator_weight_refs
+    from ..models import model_weight_refs
+    from ..oracles import oracle_weight_refs
+    from ..weights import preflight
+
+    refs = []
+    for m in models:
+        refs += model_weight_refs(m)
+    for g in generators:
+        refs += generator_weight_refs(g, default_generator)
+    if oracle is not None:
+        refs += oracle_weight_refs(oracle)
+    preflight(refs)
+
+
+def compare_generators(models: str | Sequence[str], generators: str | Sequence[str], data: str | ImageDataset = "digits",
+                       *, to: str | Path | None = None, out: str | Path = "runs", oracle: str | None = None,
+                       settings: FmrSettings | None = None, progress: Any = False, pretrained: bool = True,
+                       write_grid: bool = True, log=None, **overrides: Any) -> CompareResult:
+    """Run FMR for every (model, generator) pair; tabulate PA/FMR and the rank agreement.
+
+    Args:
+        models: model specs (a list or a comma-separated string).
+        generators: generator specs (a list or a comma-separated string), e.g.
+            ``"vqgan:digits,vae:digits,diffusion:digits"``.
+        data, oracle, out, settings, overrides, progress, pretrained, write_grid:
+            as for :func:`fmr_bench.evaluate`.
+        to: output folder; default ``OUT/compare__<data>__<hash of the request>``.
+        log: optional ``callable(str)`` for progress lines.
+
+    Raises:
+        SpecError, WeightsError, SettingsError: a bad spec, missing weights or a bad
+            setting, before any run starts.
+    """
+    from ..runner import evaluate
+
+    models = split_list(models, "--models")
+    generators = split_list(generators, "--generators")
+    merged = merge_settings(settings, overrides)
+    dataset = data if isinstance(data, ImageDataset) else load_dataset(data)
+    check_specs(models, generators, oracle, dataset.world.generator)
+    request = {"models": models, "generators": generators, "dataset": dataset.spec, "oracle": oracle,
+               "settings": {k: v for k, v in asdict(merged).items() if k not in ("device", "batch_size")}}
+    to = Path(to) if to is not None else run_dir(Path(out), "compare", dataset.spec, request)
+    say = log or (lambda _msg: None)
+    started = _dt.datetime.now(_dt.timezone.utc)
+    rows = []
+    for g in generators:
+        for m in models:
+            say(f"{m} with generator {g}")
+            res = evaluate(m, dataset, generator=g, oracle=oracle, out=out, progress=progress, pretrained=pretrained,
+                           write_grid=write_grid, settings=merged)
+            rows.append({"model": m, "generator": g, **{k: res.metrics[k] for k in METRIC_COLUMNS},
+                         "run": str(res.path) if res.path else None})
+    taus = tau_table(rows, generators, models)
+    write_csv(to / "compare.csv", rows, ROW_COLUMNS)
+    wide = wide_rows(rows)
+    write_csv(to / "table.csv", wide, list(wide[0]))
+    write_csv(to / "tau.csv", taus, TAU_COLUMNS)
+    write_json(to / "compare.json", json.loads(json.dumps(
+        {"study": "compare-generators", "request": request, "rows": rows, "tau": taus,
+         "timestamp": started.isoformat(timespec="seconds")})))
+    return CompareResult(rows, taus, to)

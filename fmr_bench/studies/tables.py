@@ -1,0 +1,66 @@
+"""Small output helpers shared by the studies: atomic CSV files and rich tables of rows."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import OutputError
+
+
+def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
+    """Write ``rows`` (missing keys and ``None`` as empty cells) atomically; returns the path."""
+    path = Path(path)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+    tmp = path.with_name(path.name + ".part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(buf.getvalue())
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path} ({e.strerror or e}); pass a writable folder") from None
+    return path
+
+
+#: Short column headers of the printed tables (as ``fmr evaluate`` prints them).
+HEADERS = {"step_size": "eta", "budget": "B", "sa": "SA", "vr": "VR", "pa": "PA", "fmr": "FMR", "pa_all": "PA_all",
+           "oracle_acc": "oracle", "mean_steps": "steps", "n_validated": "valid", "n": "n", "label": "label",
+           "class": "class"}
+
+
+_TEXT = ("class", "source", "model")
+
+
+def columns_for(keys: Sequence[str]) -> list[tuple[str, str]]:
+    """``(header, key)`` pairs for :func:`rich_table`."""
+    return [(HEADERS.get(k, k), k) for k in keys]
+
+
+def fmt(value: Any) -> str:
+    """Numbers as the tables show them: floats with two decimals, ``None`` as ``-``."""
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def rich_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], *, title: str = "",
+               caption: str = ""):
+    """A :class:`rich.table.Table` with one row per dict; ``columns`` are ``(header, key)`` pairs."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title or None, caption=caption or None, box=box.SIMPLE_HEAD, pad_edge=False)
+    for header, key in columns:
+        table.add_column(header, justify="left" if key in _TEXT else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*[f"{row[key]:g}" if key == "step_size" and row.get(key) is not None else fmt(row.get(key))
+                        for _, key in columns])
+    return table

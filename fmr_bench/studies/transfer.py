@@ -1,0 +1,181 @@
+"""Transferability of generated images (FMR paper App. D, F, G): images made for A, scored by B.
+
+For each source model A, one FMR run generates images (exported as a static benchmark,
+:mod:`.export`; an existing run and export with the same settings are reused). Every scored
+model M (the sources included) is then scored on
+
+* the clean images of the run's samples: ``SA(M)``, over all selected samples;
+* A's validated perturbed images: ``PA(A, M)``, over the samples A's run validated;
+
+and ``FMR(A, M) = 100 * PA(A, M) / SA(M)``. Predictions are argmax over all of M's outputs,
+compared with the output that stands for the true class, as in the run. The diagonal
+(M = A) is A's normal FMR run: its cells are that run's own SA/PA/FMR; the score of A on its
+exported PNGs is kept beside them (``pa_export``) as a check of the export (8-bit rounding
+can flip a borderline prediction).
+
+Output folder (``to``): ``transfer.json`` (matrices and cells), ``transfer.csv`` (one row
+per cell), ``sa_matrix.csv`` / ``pa_matrix.csv`` / ``fmr_matrix.csv`` (rows source, columns
+scored model). The exports live under ``OUT/exports/`` (named by a hash of what determines
+their images), so later transfers with other scored models reuse them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import FmrSettings
+from ..datasets import ImageDataset, load_dataset
+from ..errors import SettingsError
+from ..inference import compute_logits
+from ..models import ImageClassifier, load_model, map_classes
+from ..results import run_dir, write_json
+from .data import read_export, subset
+from .export import Export, default_export_dir, export_request, export_run, merge_settings
+from .tables import write_csv
+
+METRICS = ("sa", "pa", "fmr")
+CELL_COLUMNS = ("source", "model", "n", "n_validated", "sa", "pa", "fmr", "from", "pa_export")
+
+
+@dataclass
+class TransferResult:
+    """Cells of the transfer matrix, and where they were written."""
+
+    sources: list[str]
+    models: list[str]
+    cells: list[dict[str, Any]]
+    path: Path | None = None
+    exports: dict[str, Export] = field(default_factory=dict)
+
+    def cell(self, source: str, model: str) -> dict[str, Any]:
+        return next(c for c in self.cells if c["source"] == source and c["model"] == model)
+
+    def matrix(self, metric: str) -> list[list[float | None]]:
+        """Rows ``sources``, columns ``models``."""
+        return [[self.cell(s, m)[metric] for m in self.models] for s in self.sources]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sources": self.sources, "models": self.models,
+                "matrices": {k: self.matrix(k) for k in METRICS}, "cells": self.cells}
+
+
+def split_specs(text: str | Sequence[str] | None) -> list[str]:
+    """``"a,b"`` or a list -> unique non-empty specs, in order."""
+    items = text.split(",") if isinstance(text, str) else list(text or [])
+    return list(dict.fromkeys(s.strip() for s in items if s and s.strip()))
+
+
+def _pct(num: int, den: int) -> float | None:
+    return 100.0 * num / den if den else None
+
+
+def predictions(clf: ImageClassifier, dataset: ImageDataset, *, batch_size: int, device: torch.device,
+                cache: bool = True) -> tuple[list[int], int | None]:
+    """(argmax over all outputs of ``clf`` per image of ``dataset`` at its current resolution, number of outputs)."""
+    workers = 0 if len(dataset) < 256 else None
+    out = compute_logits(clf, dataset, batch_size=batch_size, num_workers=workers, device=device, cache=cache)
+    if not len(out.ids):
+        return [], None
+    return out.logits.argmax(-1).tolist(), int(out.logits.shape[-1])
+
+
+def transfer(sources: str | Sequence[str], models: str | Sequence[str] | None = None,
+             data: str | ImageDataset = "digits", *, to: str | Path | None = None, out: str | Path = "runs",
+             generator: str | None = None, oracle: str | None = None, settings: FmrSettings | None = None,
+             progress: Any = False, pretrained: bool = True, cache: bool = True, log=None,
+             **overrides: Any) -> TransferResult:
+    """Generate with each source model and score every model on every source's images.
+
+    Args:
+        sources: the generating model(s) A (specs, or ``"a,b"``).
+        models: further scored models B, C... (the sources are always scored too).
+        data, generator, oracle, out, settings, overrides, progress, pretrained: as for
+            :func:`fmr_bench.evaluate` (one normal run per source under ``out``).
+        to: output folder; default ``OUT/transfer__<data>__<hash of the request>``.
+        cache: use the on-disk logits cache for the scoring passes.
+        log: optional ``callable(str)`` for progress lines.
+
+    Raises:
+        FmrBenchError: bad input (before any work) or a failed run.
+    """
+    srcs, scored = split_specs(sources), split_specs(models)
+    if not srcs:
+        raise SettingsError("transfer needs at least one source model; pass --source SPEC or --sources A,B")
+    columns = list(dict.fromkeys(srcs + scored))
+    merged = merge_settings(settings, overrides)
+    dataset = data if isinstance(data, ImageDataset) else load_dataset(data)
+    from ..models import model_weight_refs
+    from ..weights import preflight
+
+    refs = [ref for m in columns for ref in model_weight_refs(m)]  # a bad spec stops before any run
+    if pretrained:
+        preflight(refs)  # and so do missing weights when offline
+    request = {"sources": srcs, "models": columns, "dataset": dataset.spec, "generator": generator, "oracle": oracle,
+               "settings": {k: v for k, v in asdict(merged).items() if k not in ("device", "batch_size")}}
+    to = Path(to) if to is not None else run_dir(out, "transfer", dataset.spec, request)
+    say = log or (lambda _msg: None)
+    started = _dt.datetime.now(_dt.timezone.utc)
+
+    exports: dict[str, Export] = {}
+    for a in srcs:
+        say(f"generating with {a}")
+        where = default_export_dir(out, export_request(a, dataset, generator=generator, oracle=oracle,
+                                                       settings=merged, pretrained=pretrained))
+        exports[a] = export_run(a, dataset, where, generator=generator, oracle=oracle, out=out, settings=merged,
+                                progress=progress, pretrained=pretrained)
+    first = exports[srcs[0]].result
+    indices = [o.index for o in first.outcomes]
+    resolution = int(first.record["settings"]["resolution"])
+    dataset.set_resolution(resolution)
+    clean = subset(dataset, indices)
+    perturbed = {a: read_export(e.path) for a, e in exports.items()}
+
+    from ..runner import resolve_device
+
+    device = resolve_device(merged.device)
+    cells = []
+    for m in columns:
+        say(f"scoring {m}")
+        torch.manual_seed(merged.seed)  # random-weight models (pretrained=False) as in the run
+        clf = load_model(m, class_names=dataset.class_names, pretrained=pretrained).to(device).eval()
+        clean_pred, n_out = predictions(clf, clean, batch_size=merged.batch_size, device=device, cache=cache)
+        cmap = map_classes(clf.class_names, n_out, dataset.class_names, label_space=dataset.label_space,
+                           model_label_space=clf.label_space, model=clf.spec or m)
+        targets = cmap.index
+        sa = _pct(sum(p == targets[y] for p, y in zip(clean_pred, clean.labels)), len(clean))
+        for a in srcs:
+            ds = perturbed[a]
+            pred, _ = predictions(clf, ds, batch_size=merged.batch_size, device=device, cache=cache)
+            pa = _pct(sum(p == targets[y] for p, y in zip(pred, ds.labels)), len(ds))
+            cell = {"source": a, "model": m, "n": len(clean), "n_validated": len(ds), "sa": sa, "pa": pa,
+                    "fmr": 100.0 * pa / sa if pa is not None and sa else None, "from": "export", "pa_export": None}
+            if m == a:  # the diagonal is the source's own run
+                run = exports[a].result.metrics
+                cell.update(sa=run["sa"], pa=run["pa"], fmr=run["fmr"], pa_export=pa, **{"from": "run"})
+            cells.append(cell)
+        del clf
+    cells.sort(key=lambda c: (srcs.index(c["source"]), columns.index(c["model"])))
+    result = TransferResult(srcs, columns, cells, to, exports)
+    _write(result, request, started, {a: e.result.path for a, e in exports.items()})
+    return result
+
+
+def _write(result: TransferResult, request: dict, started: _dt.datetime, runs: dict[str, Path | None]) -> None:
+    to = result.path
+    write_csv(to / "transfer.csv", result.cells, CELL_COLUMNS)
+    for metric in METRICS:
+        rows = [{"source": s, **{m: v for m, v in zip(result.models, vals)}}
+                for s, vals in zip(result.sources, result.matrix(metric))]
+        write_csv(to / f"{metric}_matrix.csv", rows, ["source", *result.models])
+    record = {"study": "transfer", "request": request, **result.to_dict(),
+              "runs": {a: str(p) if p else None for a, p in runs.items()},
+              "exports": {a: str(e.path) for a, e in result.exports.items()},
+              "timestamp": started.isoformat(timespec="seconds")}
+    write_json(to / "transfer.json", json.loads(json.dumps(record, default=str)))

@@ -1,0 +1,169 @@
+"""Sparse VQGAN: masked steps, mask cards and their errors, the L1 fit, ``fmr fit-sparse``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import brightness_world, tiny_vqgan
+
+from fmr_bench.cli import main
+from fmr_bench.errors import SettingsError, SpecError
+from fmr_bench.generators import load_generator
+from fmr_bench.generators.sparse import SparseGenerator
+from fmr_bench.protocol import LoopConfig, run_batched, run_reference
+from fmr_bench.sparse import LatentSet, fit_mask
+
+
+class Recording(SparseGenerator):
+    """Remembers every encoder latent (in sample order) and every latent after a step."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.encoded: list[torch.Tensor] = []
+        self.stepped: list[tuple[int, torch.Tensor]] = []
+
+    def encode(self, x):
+        z = super().encode(x)
+        self.encoded.append(z.detach().clone())
+        return z
+
+    def post_step(self, z, sample_ids, steps):
+        self.stepped += [(int(i), row.detach().clone()) for i, row in zip(sample_ids, z)]
+        return z
+
+
+def _samples(data):
+    return [(data.ids[i], i, data.load(i), data.labels[i]) for i in range(len(data))]
+
+
+def _random_mask(seed: int = 0, share: float = 0.1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(8, 8, 8, generator=g) < share  # tiny_vqgan: 8 channels, 16 px / 2
+
+
+@pytest.mark.parametrize("opt,lr", [("adam", 0.3), ("sgd", 2.0), ("sign", 0.05)])
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_unmasked_dims_stay_exactly_at_the_encoder_value(opt, lr, batch_size):
+    data, model, oracle = brightness_world(8)
+    mask = _random_mask()
+    samples = _samples(data)
+    gen = Recording(tiny_vqgan(), mask).freeze()
+    outcomes = []
+    run_batched(iter(samples), model=model, oracle=oracle, generator=gen, target_of=torch.arange(3),
+                cfg=LoopConfig(6, lr, opt, batch_size), device=torch.device("cpu"),
+                on_sample=lambda o, *_: outcomes.append(o))
+    start = torch.cat(gen.encoded)  # row i = sample i (refills take samples in order)
+    assert gen.stepped, "no step was taken"
+    moved = False
+    for i, z in gen.stepped:
+        assert torch.equal(z[~mask], start[i][~mask])
+        moved |= not torch.equal(z[mask], start[i][mask])
+    assert moved
+
+    ref_gen = Recording(tiny_vqgan(), mask).freeze()
+    ref = run_reference(samples, model=model, oracle=oracle, generator=ref_gen, target_of=torch.arange(3), budget=6,
+                        step_size=lr, optimizer=opt)
+    ref_start = torch.cat(ref_gen.encoded)
+    for i, z in ref_gen.stepped:
+        assert torch.equal(z[~mask], ref_start[i][~mask])
+    assert [o.key() for o in sorted(outcomes, key=lambda o: o.index)] == [o.key() for o in ref]
+
+
+def test_full_mask_is_the_dense_vqgan():
+    data, model, oracle = brightness_world(6)
+    samples = _samples(data)
+    kw = {"model": model, "oracle": oracle, "target_of": torch.arange(3), "budget": 5, "step_size": 0.3,
+          "optimizer": "adam"}
+    dense = run_reference(samples, generator=tiny_vqgan(), **kw)
+    full = run_reference(samples, generator=SparseGenerator(tiny_vqgan(), torch.ones(8, 8, 8, dtype=bool)).freeze(), **kw)
+    assert [o.key() for o in full] == [o.key() for o in dense]
+
+
+def test_mask_of_another_latent_shape_is_a_clear_error():
+    gen = SparseGenerator(tiny_vqgan(), torch.ones(4, 8, 8, dtype=bool), card="sparse-vqgan-x").freeze()
+    with pytest.raises(SettingsError, match="fmr fit-sparse"):
+        gen.decode(gen.encode(torch.rand(1, 3, 16, 16)))
+
+
+def _write_card(tmp_path, *, generator="vqgan:digits", generator_card="vqgan-digits", shape=(16, 8, 8)):
+    np.save(tmp_path / "m.mask.npy", np.ones(shape, np.uint8))
+    card = {"name": "sparse-vqgan-t", "kind": "sparse-vqgan", "generator": generator, "generator_card": generator_card,
+            "dataset": "x:train", "latent_shape": list(shape), "mask": {"file": "m.mask.npy", "sha256": None}}
+    path = tmp_path / "sparse-vqgan-t.json"
+    path.write_text(json.dumps(card))
+    return path
+
+
+def test_card_mask_shape_mismatch_names_the_fix(tmp_path):
+    card = _write_card(tmp_path, shape=(4, 8, 8))
+    with pytest.raises(SettingsError, match="fmr fit-sparse"):
+        load_generator(f"sparse-vqgan:{card}", default="vqgan:digits")
+
+
+def test_card_for_another_generator_is_a_clear_error(tmp_path):
+    card = _write_card(tmp_path, generator="vqgan:imagenet-f16-16384", generator_card="vqgan-imagenet-f16-16384")
+    with pytest.raises(SettingsError, match="fitted for generator vqgan:imagenet-f16-16384.*fmr fit-sparse"):
+        load_generator(f"sparse-vqgan:{card}", default="vqgan:digits")
+
+
+def test_card_loads_and_records_its_mask(tmp_path):
+    card = _write_card(tmp_path)
+    gen = load_generator(f"sparse-vqgan:{card}", default="vqgan:digits")
+    s = gen.settings()
+    assert (s["name"], s["mask_card"], s["mask_dims"], s["card"]) == ("sparse-vqgan", "sparse-vqgan-t", 1024,
+                                                                      "vqgan-digits")
+
+
+def test_unknown_mask_name_lists_the_cards():
+    with pytest.raises(SpecError, match="no sparse-vqgan card"):
+        load_generator("sparse-vqgan:no-such-mask", default="vqgan:digits")
+
+
+def test_l1_fit_recovers_the_dims_that_differ():
+    rng = np.random.default_rng(0)
+    n, shape = 300, (2, 4, 4)
+    originals = rng.normal(size=(n, 32)).astype(np.float32)
+    finals = rng.normal(size=(n, 32)).astype(np.float32)
+    finals[:, [3, 17]] += 1.5
+    latents = LatentSet(originals, originals, finals, [str(i) for i in range(n)], np.ones(n, bool), np.ones(n, int),
+                        shape)
+    fit = fit_mask(latents, seed=0)
+    assert set(np.flatnonzero(fit.mask.ravel())) == {3, 17}
+    assert fit.sparsity == pytest.approx(100 * 30 / 32)
+    assert fit.test_score > 80 and fit.converged
+    assert (fit.n_train_images, fit.n_test_images) == (240, 60)
+
+
+def test_fit_split_too_small_is_one_line(capsys, tmp_path):
+    code = main(["fit-sparse", "--model", "builtin:digits-cnn", "--data", "digits:train", "--limit", "1",
+                 "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "digits:train" in err
+
+
+def test_cli_fit_then_evaluate_with_the_mask(tmp_path, capsys):
+    latents = tmp_path / "lat.npz"
+    code = main(["fit-sparse", "--model", "builtin:digits-cnn", "--data", "digits:train", "--limit", "10",
+                 "--budget", "3", "--lam", "0.05", "--out", str(tmp_path), "--name", "tiny", "--latents", str(latents),
+                 "--quiet"])
+    assert code == 0 and latents.is_file()
+    card_path = tmp_path / "sparse-vqgan-tiny.json"
+    card = json.loads(card_path.read_text())
+    mask = np.load(tmp_path / card["mask"]["file"])
+    assert mask.shape == (16, 8, 8) and mask.dtype == np.uint8
+    assert card["n"] == 10 and card["generator"] == "vqgan:digits" and card["dataset"] == "digits:train"
+    assert 0 <= card["sparsity"] <= 100 and card["mask"]["dims"] == int(mask.sum())
+    # A refit from the saved latents needs no loop and writes the same mask.
+    assert main(["fit-sparse", "--model", "builtin:digits-cnn", "--from-latents", str(latents), "--lam", "0.05",
+                 "--out", str(tmp_path / "refit"), "--name", "tiny"]) == 0
+    assert np.array_equal(np.load(tmp_path / "refit" / "sparse-vqgan-tiny.mask.npy"), mask)
+    capsys.readouterr()
+    code = main(["evaluate", "--model", "builtin:digits-cnn", "--data", "digits", "--generator",
+                 f"sparse-vqgan:{card_path}", "--limit", "4", "--budget", "3", "--out", str(tmp_path / "runs"),
+                 "--quiet", "--no-grid"])
+    assert code == 0
+    record = json.loads(next((tmp_path / "runs").rglob("record.json")).read_text())
+    assert record["generator"]["name"] == "sparse-vqgan" and record["generator"]["mask_card"] == "sparse-vqgan-tiny"

@@ -205,3 +205,27 @@ def test_shipped_digits_generators_load_from_safetensors(monkeypatch):
         gen = load_generator(spec)
         assert gen.resolution == 32 and gen.settings()["source"] == "digits"
     preflight(generator_weight_refs("vae:digits", "vqgan:digits") + generator_weight_refs("diffusion:digits", "x"))
+
+
+def test_class_cond_label_conditions_each_sample_on_its_true_class(tmp_path):
+    folder = _unet(tmp_path / "cond", num_class_embeds=3)
+    gen = load_generator(f"diffusion:{folder}?class_cond=label&strength=0.2&steps=1")
+    fixed = {c: load_generator(f"diffusion:{folder}?class_cond={c}&strength=0.2&steps=1") for c in range(3)}
+    z = gen.encode(torch.rand(3, 3, 16, 16))
+    loss = lambda img: img.mean((1, 2, 3))  # noqa: E731
+    ids, step = torch.arange(3), torch.ones(3, dtype=torch.long)
+    labels = torch.tensor([2, 0, 1])
+    out = gen.steer(z, loss, ids, step, labels=labels)
+    for row, c in enumerate(labels.tolist()):  # row r equals the fixed-class model of its own label
+        torch.testing.assert_close(out[row], fixed[c].steer(z, loss, ids, step)[row])
+    assert not torch.allclose(fixed[0].steer(z, loss, ids, step), fixed[2].steer(z, loss, ids, step))
+    assert gen.settings()["class_cond"] == "label"
+    # and through both loops, which pass the labels
+    data, model, oracle = brightness_world(6)
+    samples = _samples(data)
+    ref = run_reference(samples, model=model, oracle=oracle, generator=gen, target_of=torch.arange(3), budget=3,
+                        step_size=0.1)
+    out_b = []
+    run_batched(iter(samples), model=model, oracle=oracle, generator=gen, target_of=torch.arange(3),
+                cfg=LoopConfig(3, 0.1, "adam", 4), device=torch.device("cpu"), on_sample=lambda o, *_: out_b.append(o))
+    assert sorted(o.key() for o in out_b) == sorted(o.key() for o in ref)

@@ -115,9 +115,11 @@ class SteeringPixels(PixelGenerator):
         super().__init__()
         self.lr = lr
         self.calls = 0
+        self.labels = []
 
-    def steer(self, z, loss_fn, sample_ids, steps):
+    def steer(self, z, loss_fn, sample_ids, steps, labels=None):
         self.calls += 1
+        self.labels.append(labels.tolist())
         z = z.detach().requires_grad_(True)
         (g,) = torch.autograd.grad(loss_fn(self.decode(z)).sum(), z)
         return (z + self.lr * g.sign()).detach()
@@ -137,6 +139,9 @@ def test_self_steering_generator_batched_matches_reference(batch_size):
                           target_of=torch.arange(3), budget=8, step_size=0.02, optimizer="sign")
     assert [o.key() for o in out] == [o.key() for o in plain]
     assert gen.calls > 0
+    # each row's true label reaches the generator (for class-conditional models)
+    steered = sorted({lab for call in gen.labels for lab in call})
+    assert steered and set(steered) <= set(data.labels)
 
 
 @pytest.mark.parametrize("batch_size", [1, 5])

@@ -41,12 +41,15 @@ class Generator(nn.Module):
     #: optimiser following the gradient through :meth:`decode` (diffusion with guidance).
     steers: bool = False
 
-    def steer(self, z: torch.Tensor, loss_fn, sample_ids: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    def steer(self, z: torch.Tensor, loss_fn, sample_ids: torch.Tensor, steps: torch.Tensor,
+              labels: torch.Tensor | None = None) -> torch.Tensor:
         """One budget step of a self-steering generator: the next latent for rows ``z``.
 
         ``loss_fn(pixels) -> per-sample loss`` is the evaluated model's loss (to be
         increased), differentiable with respect to the pixels; ``steps`` is the 1-based
-        step number of each row. Only called when :attr:`steers` is True.
+        step number of each row; ``labels`` the rows' true classes in the dataset's label
+        space (a class-conditional generator may condition on them). Only called when
+        :attr:`steers` is True.
         """
         raise NotImplementedError
 

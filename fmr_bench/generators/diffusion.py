@@ -19,8 +19,9 @@ each result as in Algorithm 1. The latent optimiser and its step size are not us
 
 Options: ``strength`` (0.3), ``steps`` (10), ``guidance`` (scale, 1.0; 0 = plain SDEdit),
 ``normalize`` (1: RMS-normalised gradient, 0: raw),
-``class_cond`` (class index fed to a class-conditional UNet for every sample, e.g. its
-null class; required for such models), ``scheduler=default`` (the standard linear
+``class_cond`` (for a class-conditional UNet, required: ``label`` conditions each sample
+on its true class — ADM on ImageNet folders, whose labels are the 1000 ImageNet indices — or
+a fixed class index, e.g. the null class of a model trained with label dropout), ``scheduler=default`` (the standard linear
 1000-step schedule for a model that ships no scheduler config), ``resolution``,
 ``subfolder``. A shipped model's ``card.json`` may set other defaults.
 """
@@ -71,7 +72,8 @@ class GuidedDiffusion(Generator):
         steps: DDIM steps per edit.
         guidance: classifier-guidance scale (0 = no guidance).
         normalize: divide the guidance gradient by its per-sample RMS.
-        class_cond: class label fed to a class-conditional UNet, or None.
+        class_cond: for a class-conditional UNet, ``"label"`` (each sample's true class) or a
+            fixed class index; None for an unconditional one.
         seed: seed of the noise.
         source: how records name the model.
         clip_sample: clamp predicted x0 to [-1, 1], as the scheduler config says.
@@ -81,7 +83,7 @@ class GuidedDiffusion(Generator):
     steers = True
 
     def __init__(self, unet: torch.nn.Module, alphas_cumprod: torch.Tensor, *, prediction_type: str = "epsilon",
-                 strength: float = 0.3, steps: int = 10, guidance: float = 1.0, class_cond: int | None = None,
+                 strength: float = 0.3, steps: int = 10, guidance: float = 1.0, class_cond: int | str | None = None,
                  normalize: bool = True, seed: int = 0, source: str = "", clip_sample: bool = True,
                  resolution: int | None = None) -> None:
         super().__init__()
@@ -120,11 +122,16 @@ class GuidedDiffusion(Generator):
         grid = torch.linspace(t_start, 0, self.steps + 1)[:-1].round().long().tolist()
         return sorted({max(t, 0) for t in grid}, reverse=True)
 
-    def _eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
+    def _eps(self, x: torch.Tensor, t: int, labels: torch.Tensor | None = None) -> torch.Tensor:
         a = self.alphas_cumprod[t]
-        labels = None
-        if self.class_cond is not None:
+        if self.class_cond == "label":  # each sample on its own true class (ADM-style models)
+            if labels is None:
+                raise SettingsError("class_cond=label needs the samples' labels; the FMR loops pass them to steer()")
+            labels = labels.to(device=x.device, dtype=torch.long)
+        elif self.class_cond is not None:
             labels = torch.full((x.shape[0],), self.class_cond, dtype=torch.long, device=x.device)
+        else:
+            labels = None
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         out = self.unet(x, tt, class_labels=labels).sample
         if out.shape[1] == 2 * x.shape[1]:  # learned variance (improved DDPM): keep the mean part
@@ -147,7 +154,7 @@ class GuidedDiffusion(Generator):
         return ((z + 1) / 2).clamp(0, 1)
 
     def steer(self, z: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor], sample_ids: torch.Tensor,
-              steps: torch.Tensor) -> torch.Tensor:
+              steps: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         ts = self.timesteps()
         ac = self.alphas_cumprod
         a = ac[ts[0]]
@@ -158,7 +165,7 @@ class GuidedDiffusion(Generator):
             a_prev = ac[ts[i + 1]] if i + 1 < len(ts) else torch.ones_like(a_t)
             with torch.set_grad_enabled(self.guidance > 0):
                 x_in = x.detach().requires_grad_(self.guidance > 0)
-                eps = self._eps(x_in, t)
+                eps = self._eps(x_in, t, labels)
                 if self.guidance > 0:
                     # The evaluated model is not noise-aware: score the predicted clean image
                     # and carry the gradient back through the UNet to x_t.
@@ -179,6 +186,15 @@ class GuidedDiffusion(Generator):
                 "resolution": self.resolution}
 
 
+def _class_cond(value: Any) -> int | str | None:
+    """``none`` (unconditional), ``label`` (each sample's true class) or a fixed class index."""
+    if value in (None, "", "none"):
+        return None
+    if value == "label":
+        return "label"
+    return int(value)
+
+
 def _options(spec: Spec, card: dict | None) -> dict[str, Any]:
     opts = {**DEFAULTS, **((card or {}).get("defaults", {}))}
     opts.update(spec.opts)
@@ -192,7 +208,7 @@ def _options(spec: Spec, card: dict | None) -> dict[str, Any]:
             raise ValueError(f"normalize must be 0 or 1, not {opts['normalize']!r}")
         return {"strength": float(opts["strength"]), "steps": int(opts["steps"]), "guidance": float(opts["guidance"]),
                 "normalize": str(opts["normalize"]) in ("1", "true"),
-                "class_cond": None if opts.get("class_cond") in (None, "", "none") else int(opts["class_cond"]),
+                "class_cond": _class_cond(opts.get("class_cond")),
                 "resolution": int(opts["resolution"]) if opts.get("resolution") else None}
     except ValueError as e:
         raise SpecError(f"diffusion spec {spec}: bad option value ({e}); e.g. ?strength=0.3&steps=10&guidance=1")

@@ -227,7 +227,9 @@ def _run_batched(samples: Iterator[Sample], *, model: ImageClassifier, oracle: O
             ids = torch.tensor([m["index"] for m in slots.meta])
             if steers:
                 slots.opt["t"] += 1
-                slots.z = generator.steer(slots.z, _loss_fn(model, targets[sel]), ids, slots.opt["t"].cpu())
+                labels = torch.tensor([m["label"] for m in slots.meta], device=device)
+                slots.z = generator.steer(slots.z, _loss_fn(model, targets[sel]), ids, slots.opt["t"].cpu(),
+                                          labels=labels)
             else:
                 slots.z = opt.step(slots.z, grad[sel], slots.opt)
                 slots.z = generator.post_step(slots.z, ids, slots.opt["t"].cpu())

@@ -54,7 +54,8 @@ def reference_one(sample: Sample, *, model: ImageClassifier, oracle: Oracle, gen
     for t in range(budget):
         if generator.steers:  # e.g. guided diffusion: the generator makes the step itself
             z = generator.steer(z, lambda img: F.cross_entropy(model(img), y, reduction="none"),
-                                torch.tensor([index]), torch.tensor([t + 1])).detach()
+                                torch.tensor([index]), torch.tensor([t + 1]),
+                                labels=torch.tensor([label], device=x.device)).detach()
         elif opt is not None:
             loss = F.cross_entropy(model(generator.decode(z)), y)
             opt.zero_grad()

@@ -9,6 +9,7 @@ line and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from .registry import COMMANDS
 
+    if not sys.stdout.isatty():  # logs and pipes: rich would cut wide tables at 80 columns
+        os.environ.setdefault("COLUMNS", "160")
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS.get(args.command).run(args)

@@ -89,6 +89,15 @@ def save(model: torch.nn.Module, folder: Path, card: dict, scheduler=None) -> No
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
 
 
+def update(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
+    """One optimiser step at learning rate ``lr``."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
 def train_vae(train: torch.Tensor, test: torch.Tensor, n_steps: int, seed: int) -> tuple[torch.nn.Module, dict]:
     from diffusers import AutoencoderKL
 
@@ -97,15 +106,11 @@ def train_vae(train: torch.Tensor, test: torch.Tensor, n_steps: int, seed: int) 
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     t0 = time.time()
     for step, xb in enumerate(batches(train, n_steps, BATCH, seed)):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, n_steps, 2e-3)
         post = vae.encode(xb * 2 - 1).latent_dist
         rec = (vae.decode(post.sample()).sample + 1) / 2
         kl = post.kl().mean() / xb[0].numel()
         loss = (rec - xb).abs().mean() + F.mse_loss(rec, xb) + 1e-3 * kl
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        update(opt, loss, lr_at(step, n_steps, 2e-3))
         if step % 200 == 0 or step == n_steps - 1:
             print(f"vae step {step}: loss {loss.item():.4f} kl/dim {kl.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
     vae.eval()
@@ -133,17 +138,13 @@ def train_unet(train: torch.Tensor, n_steps: int, seed: int) -> tuple[torch.nn.M
     g = torch.Generator().manual_seed(seed + 1)
     t0 = time.time()
     for step, xb in enumerate(batches(train, n_steps, BATCH, seed)):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, n_steps, 2e-3)
         x0 = xb * 2 - 1
         t = torch.randint(0, 1000, (len(x0),), generator=g).to(x0.device)
         noise = torch.randn(x0.shape, generator=g).to(x0.device)
         a = ac[t][:, None, None, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         loss = F.mse_loss(unet(xt, t).sample, noise)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        update(opt, loss, lr_at(step, n_steps, 2e-3))
         if step % 200 == 0 or step == n_steps - 1:
             print(f"unet step {step}: loss {loss.item():.4f} ({time.time() - t0:.0f} s)", flush=True)
     unet.eval()

@@ -160,7 +160,13 @@ def test_cli_fit_then_evaluate_with_the_mask(tmp_path, capsys):
     assert main(["fit-sparse", "--model", "builtin:digits-cnn", "--from-latents", str(latents), "--lam", "0.05",
                  "--out", str(tmp_path / "refit"), "--name", "tiny"]) == 0
     assert np.array_equal(np.load(tmp_path / "refit" / "sparse-vqgan-tiny.mask.npy"), mask)
+    # A regularisation so strong that no dim survives: one-line error, no card, latents kept.
     capsys.readouterr()
+    assert main(["fit-sparse", "--model", "builtin:digits-cnn", "--from-latents", str(latents), "--lam", "1e6",
+                 "--out", str(tmp_path / "empty"), "--name", "tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "kept no latent dim" in err and "--from-latents" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "empty" / "sparse-vqgan-tiny.json").exists() and latents.is_file()
     code = main(["evaluate", "--model", "builtin:digits-cnn", "--data", "digits", "--generator",
                  f"sparse-vqgan:{card_path}", "--limit", "4", "--budget", "3", "--out", str(tmp_path / "runs"),
                  "--quiet", "--no-grid"])

@@ -68,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"latent dataset: {path} ({len(latents.ids)} images x 2 rows, latent {latents.latent_shape})")
     fit = fit_mask(latents, seed=overrides.get("seed", 0), lam=args.lam, test_size=args.test_size,
                    original=args.original, standardize=args.standardize, max_iter=args.max_iter)
+    if fit.mask.sum() == 0:  # a mask that moves nothing is no generator; the latents are kept
+        from ..errors import SettingsError
+
+        saved = args.from_latents or path
+        raise SettingsError(f"the L1 fit kept no latent dim (nothing would move); refit on more images or with a "
+                            f"smaller --lam: fmr fit-sparse --from-latents {saved} --lam {args.lam / 4:g}")
     command = "fmr fit-sparse " + " ".join(sys.argv[2:]) if sys.argv and sys.argv[0].endswith("fmr") else None
     card = write_mask_card(fit, latents, args.out or cards_dir(), name,
                            extra={"command": command, "latents_from": args.from_latents})
@@ -77,9 +83,6 @@ def run(args: argparse.Namespace) -> int:
     if not fit.converged:
         console.print(f"[yellow]note:[/] saga did not converge in {args.max_iter} iterations; raise --max-iter "
                       f"(refit with --from-latents)")
-    if fit.mask.sum() == 0:
-        console.print("[yellow]note:[/] no dim has a non-zero weight (nothing would move): use more images or a "
-                      "smaller --lam (refit with --from-latents)")
     console.print(f"card: {card}")
     spec = card.stem.removeprefix(KIND + "-") if args.out is None else str(card)
     console.print(f"use: --generator sparse-vqgan:{spec}")

@@ -124,8 +124,29 @@ class OutcomeWriter:
             pass
 
 
+class RecordResult:
+    """What every result object offers over its JSON ``record``: metrics, dict, one pandas row."""
+
+    record: dict[str, Any]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.record["metrics"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.record
+
+    def row(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_pandas(self):
+        import pandas as pd
+
+        return pd.Series(self.row())
+
+
 @dataclass
-class FmrResult:
+class FmrResult(RecordResult):
     """The record of one run, with its per-sample outcomes.
 
     ``result.metrics["fmr"]``, ``result.to_dict()`` (the JSON record),
@@ -137,24 +158,12 @@ class FmrResult:
     outcomes: list[SampleOutcome] = field(default_factory=list)
     path: Path | None = None
 
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return self.record["metrics"]
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.record
-
     def row(self) -> dict[str, Any]:
         r = self.record
         row = {"model": r["model"]["spec"], "dataset": r["dataset"]["spec"], "generator": r["generator"]["spec"],
                "oracle": r["oracle"]["spec"], **{k: r["settings"][k] for k in ("budget", "step_size", "optimizer", "seed")}}
         row.update(r["metrics"])
         return row
-
-    def to_pandas(self):
-        import pandas as pd
-
-        return pd.Series(self.row())
 
     def samples_frame(self):
         import pandas as pd

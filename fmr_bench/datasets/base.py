@@ -105,6 +105,26 @@ def class_folders(root: Path, spec: str) -> list[Path]:
     return folders
 
 
+def collect_images(root: Path, folders: Sequence[Path], label_of: dict[str, int], spec: str
+                   ) -> tuple[list[Path], list[int]]:
+    """Image paths under ``folders`` and their labels (``label_of[folder name]``)."""
+    paths, labels = [], []
+    for folder in folders:
+        files = list_images(folder)
+        paths += files
+        labels += [label_of[folder.name]] * len(files)
+    if not paths:
+        raise DataError(f"{root} holds no images (.jpg, .png, ...) in its class folders; check the path in {spec}")
+    return paths, labels
+
+
+def folder_images(root: Path, folders: Sequence[Path], spec: str, world, **kw) -> FileImages:
+    """Images under class folders: label = position in ``folders``, class name = folder name."""
+    paths, labels = collect_images(root, folders, {f.name: k for k, f in enumerate(folders)}, spec)
+    names = [f.name.replace("_", " ") for f in folders]
+    return FileImages(root=root, paths=paths, spec=spec, class_names=names, labels=labels, world=world, **kw)
+
+
 class TensorImages(ImageDataset):
     """In-memory images (N, 3, H, W) in [0, 1] or uint8, e.g. from a training script."""
 

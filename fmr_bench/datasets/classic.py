@@ -19,7 +19,7 @@ import torch
 
 from ..errors import DataError, SpecError
 from ..registry import DATASETS
-from .base import FileImages, TensorImages, class_folders, list_images
+from .base import FileImages, TensorImages, class_folders, folder_images
 from .imagenet import IMAGENET_WORLD
 
 
@@ -56,15 +56,7 @@ def _folder_set(spec, root: Path, expected: int | None, drop: tuple[str, ...] = 
     if expected is not None and len(folders) != expected:
         raise DataError(f"{root} has {len(folders)} class folders but {spec.source} has {expected} classes; "
                         f"point {spec.source}: at the published layout")
-    paths, labels = [], []
-    for k, folder in enumerate(folders):
-        files = list_images(folder)
-        paths += files
-        labels += [k] * len(files)
-    if not paths:
-        raise DataError(f"the class folders of {root} hold no images")
-    names = [f.name.replace("_", " ") for f in folders]
-    return FileImages(root=root, paths=paths, spec=str(spec), class_names=names, labels=labels, world=IMAGENET_WORLD)
+    return folder_images(root, folders, str(spec), IMAGENET_WORLD)
 
 
 def _cifar(spec, sub: str, batch: str, meta: str, label_key: bytes, names_key: bytes, n: int):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DataError, SpecError
+from ..errors import SpecError
 from ..registry import DATASETS
-from .base import FileImages, class_folders, list_images
+from .base import FileImages, class_folders, folder_images
 from .imagenet import IMAGENET_WORLD
 
 
@@ -22,14 +22,4 @@ def build(spec) -> FileImages:
         raise SpecError(f"crop_pct must be a number in (0, 1] (got {spec.opts['crop_pct']!r}); "
                         "use folder:PATH?crop_pct=1 for images already at the generator's size (fmr export)")
     root = Path(spec.ident).expanduser()
-    folders = class_folders(root, str(spec))
-    paths, labels = [], []
-    for label, folder in enumerate(folders):
-        files = list_images(folder)
-        paths += files
-        labels += [label] * len(files)
-    if not paths:
-        raise DataError(f"{root} holds no images ({', '.join(s for s in ('.jpg', '.png'))}...) in its class folders")
-    names = [f.name.replace("_", " ") for f in folders]
-    return FileImages(root=root, paths=paths, spec=str(spec), class_names=names, labels=labels, world=IMAGENET_WORLD,
-                      crop_pct=crop_pct)
+    return folder_images(root, class_folders(root, str(spec)), str(spec), IMAGENET_WORLD, crop_pct=crop_pct)

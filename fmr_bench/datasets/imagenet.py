@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import DataError, SpecError
 from ..registry import DATASETS
-from .base import FileImages, WorldDefaults, class_folders, list_images
+from .base import FileImages, WorldDefaults, class_folders, collect_images
 
 IMAGENET_WORLD = WorldDefaults(generator="vqgan:imagenet-f16-16384", oracle="openclip:ViT-B-32/openai", step_size=1e-3)
 WNID = re.compile(r"^n\d{8}$")
@@ -48,12 +48,6 @@ def build(spec) -> FileImages:
         kind = "are not ImageNet wnids" if any(not WNID.match(b) for b in bad) else "are not among the 1000 ImageNet-1k classes"
         raise DataError(f"{len(bad)} folders of {root} (e.g. {bad[0]!r}) {kind}; imagenet: expects "
                         f"{root}/nXXXXXXXX/*.JPEG (use folder:{root} for other class folders)")
-    paths, labels = [], []
-    for folder in folders:
-        files = list_images(folder)
-        paths += files
-        labels += [index[folder.name]] * len(files)
-    if not paths:
-        raise DataError(f"the wnid folders of {root} hold no images")
+    paths, labels = collect_images(root, folders, index, str(spec))
     return FileImages(root=root, paths=paths, spec=str(spec), class_names=imagenet_class_names(), labels=labels,
                       world=IMAGENET_WORLD, label_space="imagenet-1k")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..errors import DataError, SpecError
 from ..registry import DATASETS
-from .base import FileImages, class_folders, list_images
+from .base import FileImages, class_folders, collect_images
 from .imagenet import IMAGENET_WORLD, WNID, imagenet_class_names, imagenet_wnids
 from .projection import Projection
 
@@ -77,17 +77,6 @@ def _root(spec) -> Path:
     return Path(spec.ident).expanduser()
 
 
-def _collect(folders: list[Path], label_of: dict[str, int], root: Path, spec) -> tuple[list[Path], list[int]]:
-    paths, labels = [], []
-    for folder in folders:
-        files = list_images(folder)
-        paths += files
-        labels += [label_of[folder.name]] * len(files)
-    if not paths:
-        raise DataError(f"the class folders of {root} hold no images; check the path in {spec}")
-    return paths, labels
-
-
 def _subset_source(spec, which: str) -> ProjectedImages:
     root = _root(spec)
     folders = class_folders(root, str(spec))
@@ -100,7 +89,7 @@ def _subset_source(spec, which: str) -> ProjectedImages:
                  if len(folders) > len(synsets) else "")
         raise DataError(f"{len(bad)} folders of {root} (e.g. {bad[0]!r}) are not among the 200 ImageNet-{which.upper()} "
                         f"classes{extra}; imagenet-{which}: expects the published layout {root}/nXXXXXXXX/*.jpg")
-    paths, labels = _collect(folders, pos, root, spec)
+    paths, labels = collect_images(root, folders, pos, str(spec))
     names = imagenet_class_names()
     return ProjectedImages(root=root, paths=paths, spec=str(spec), class_names=[names[i] for i in indices],
                            labels=labels, world=IMAGENET_WORLD, label_space=f"imagenet-{which}",
@@ -133,7 +122,7 @@ def build_v2(spec) -> FileImages:
         hint = " (wnid folders: use imagenet:PATH)" if WNID.match(bad[0]) else ""
         raise DataError(f"{len(bad)} folders of {root} (e.g. {bad[0]!r}) are not class indices 0..999{hint}; "
                         f"imagenet-v2: expects the published layout {root}/<0..999>/*.jpeg")
-    paths, labels = _collect(folders, {f.name: int(f.name) for f in folders}, root, spec)
+    paths, labels = collect_images(root, folders, {f.name: int(f.name) for f in folders}, str(spec))
     return FileImages(root=root, paths=paths, spec=str(spec), class_names=imagenet_class_names(), labels=labels,
                       world=IMAGENET_WORLD, label_space="imagenet-1k")
 
@@ -171,7 +160,7 @@ def build_objectnet(spec) -> ProjectedImages:
     kept = [f for f in folders if folder_to_label[f.name] in pos]
     if not kept:
         raise DataError(f"none of the folders of {root} is one of the 113 ObjectNet classes that overlap ImageNet")
-    paths, labels = _collect(kept, {f.name: pos[folder_to_label[f.name]] for f in kept}, root, spec)
+    paths, labels = collect_images(root, kept, {f.name: pos[folder_to_label[f.name]] for f in kept}, str(spec))
     return ProjectedImages(root=root, paths=paths, spec=str(spec), class_names=labels_sorted, labels=labels,
                            world=IMAGENET_WORLD, label_space="objectnet-113",
                            projection=Projection("max", tuple(label_to_ids[k] for k in labels_sorted)),

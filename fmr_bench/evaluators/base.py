@@ -28,7 +28,7 @@ from ..errors import ClassMappingError, SettingsError
 from ..inference import Logits, compute_logits
 from ..models import ImageClassifier, load_model, map_classes
 from ..registry import EVALUATORS
-from ..results import SCHEMA_VERSION, run_dir, settings_hash, write_json
+from ..results import SCHEMA_VERSION, RecordResult, run_dir, settings_hash, write_json
 
 ZERO_SHOT_SOURCES = ("openclip", "builtin")
 
@@ -170,27 +170,15 @@ class Context:
 
 
 @dataclass
-class StaticResult:
+class StaticResult(RecordResult):
     """The record of one static evaluation (``record``), and its folder."""
 
     record: dict[str, Any]
     path: Path | None = None
 
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return self.record["metrics"]
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.record
-
     def row(self) -> dict[str, Any]:
         return {"model": self.record["model"]["spec"], "evaluator": self.record["evaluator"],
                 "dataset": self.record["dataset"]["spec"], **self.metrics}
-
-    def to_pandas(self):
-        import pandas as pd
-
-        return pd.Series(self.row())
 
     @classmethod
     def load(cls, folder: str | Path) -> StaticResult:

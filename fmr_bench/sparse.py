@@ -226,7 +226,7 @@ def write_mask_card(fit: MaskFit, latents: LatentSet, out_dir: str | Path, name:
                     extra: dict[str, Any] | None = None) -> Path:
     """Write ``NAME.mask.npy`` and ``NAME.json`` into ``out_dir``; return the card's path."""
     from .generators.sparse import KIND
-    from .runner import versions
+    from .runtime import versions
 
     out_dir = Path(out_dir)
     name = name if name.startswith(KIND + "-") else f"{KIND}-{name}"

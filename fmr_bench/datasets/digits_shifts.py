@@ -147,7 +147,7 @@ def _factor_table(ids: list[str], parts: list[str], n: int, labels: list[int]):
     """One row per shifted image: ``file_name``, ``class`` and one 0/1 column per ImageNet-X factor."""
     import pandas as pd
 
-    from ..evaluators.imagenet_x import FACTORS
+    from .factors import FACTORS
 
     rows = []
     for k, part in enumerate(parts):

@@ -6,6 +6,7 @@ and ImageNet-Vid-Robust take, per class, the max over the ImageNet outputs it ma
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,12 +30,27 @@ class Projection:
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if self.kind == "subset":
-            from ..evaluators.metrics import restrict_to_subset
-
             return restrict_to_subset(logits, [g[0] for g in self.groups])
-        from ..evaluators.metrics import max_project
-
         return max_project(logits, self.groups)
 
     def describe(self) -> dict:
         return {"kind": self.kind, "space": self.space, "num_classes": len(self.groups)}
+
+
+def restrict_to_subset(logits: torch.Tensor, subset: Sequence[int]) -> torch.Tensor:
+    """Keep only the columns ``subset`` (e.g. the 200 ImageNet-R classes), in that order.
+
+    The argmax of the result indexes ``subset``; map it back with ``subset[argmax]``.
+    """
+    return logits[:, torch.as_tensor(list(subset), dtype=torch.long)]
+
+
+def max_project(logits: torch.Tensor, groups: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(N, len(groups)) logits: column g is the max over the source columns ``groups[g]``.
+
+    Used for ObjectNet, whose classes each map to one or more ImageNet classes.
+    """
+    out = torch.empty(logits.shape[0], len(groups), dtype=logits.dtype)
+    for g, cols in enumerate(groups):
+        out[:, g] = logits[:, list(cols)].max(-1).values
+    return out

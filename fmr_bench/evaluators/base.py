@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ from ..inference import Logits, compute_logits
 from ..models import ImageClassifier, load_model, map_classes
 from ..registry import EVALUATORS
 from ..results import SCHEMA_VERSION, RecordResult, run_dir, settings_hash, write_json
+from ..runtime import command_line, resolve_device, versions
 
 ZERO_SHOT_SOURCES = ("openclip", "builtin")
 
@@ -88,8 +88,6 @@ class Context:
 
     def __init__(self, model: str | ImageClassifier, settings: EvalSettings, *, pretrained: bool = True,
                  folder: Path | None = None, progress: Callable[[str, int, int], None] | None = None) -> None:
-        from ..runner import resolve_device
-
         self.model = model
         self.settings = settings
         self.pretrained = pretrained
@@ -270,8 +268,6 @@ def run_evaluator(model: str | ImageClassifier, evaluator: str, data: Any = "dig
         if was_training is not None:
             model.train(was_training)  # hand an in-memory model back as we found it
     main_clf, whash = next(iter(ctx._models.values())) if ctx._models else (None, None)
-    from ..runner import versions
-
     record = {
         "schema_version": SCHEMA_VERSION,
         "evaluator": evaluator,
@@ -291,7 +287,7 @@ def run_evaluator(model: str | ImageClassifier, evaluator: str, data: Any = "dig
         "versions": versions(),
         "device": str(ctx.device),
         "timestamp": started.isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("fmr") else None,
+        "command": command_line(),
         "files": result.files,
     }
     if folder is not None:

@@ -20,13 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..datasets.factors import FACTORS
 from ..errors import DataError, MissingDependencyError, SettingsError
 from ..registry import EVALUATORS
 from .base import Context, Output
 
-#: The 16 factors, in the order of ``imagenet_x.FACTORS``.
-FACTORS = ["pose", "background", "pattern", "color", "smaller", "shape", "partial_view", "subcategory", "texture",
-           "larger", "darker", "object_blocking", "person_blocking", "style", "brighter", "multiple_objects"]
 
 
 def load_annotations(which_factor: str = "top", filter_prototypes: bool = True):

@@ -45,23 +45,8 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * (logits.argmax(-1) == labels).double().mean().item()
 
 
-def restrict_to_subset(logits: torch.Tensor, subset: Sequence[int]) -> torch.Tensor:
-    """Keep only the columns ``subset`` (e.g. the 200 ImageNet-R classes), in that order.
-
-    The argmax of the result indexes ``subset``; map it back with ``subset[argmax]``.
-    """
-    return logits[:, torch.as_tensor(list(subset), dtype=torch.long)]
-
-
-def max_project(logits: torch.Tensor, groups: Sequence[Sequence[int]]) -> torch.Tensor:
-    """(N, len(groups)) logits: column g is the max over the source columns ``groups[g]``.
-
-    Used for ObjectNet, whose classes each map to one or more ImageNet classes.
-    """
-    out = torch.empty(logits.shape[0], len(groups), dtype=logits.dtype)
-    for g, cols in enumerate(groups):
-        out[:, g] = logits[:, list(cols)].max(-1).values
-    return out
+# The two kernels live with the projections that use them (datasets never import evaluators).
+from ..datasets.projection import max_project, restrict_to_subset  # noqa: E402,F401
 
 
 # --- calibration ------------------------------------------------------------------------------

@@ -137,7 +137,7 @@ def transfer(sources: str | Sequence[str], models: str | Sequence[str] | None = 
     clean = subset(dataset, indices)
     perturbed = {a: read_export(e.path) for a, e in exports.items()}
 
-    from ..runner import resolve_device
+    from ..runtime import resolve_device
 
     device = resolve_device(merged.device)
     cells = []

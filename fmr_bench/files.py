@@ -101,3 +101,71 @@ def save_figure(fig: Any, path: str | Path, **savefig_kw: Any) -> Path:
 def save_image(image: Any, path: str | Path, fmt: str = "PNG", **kw: Any) -> Path:
     """A PIL image, atomically."""
     return atomic_write(path, lambda f: image.save(f, format=fmt), **kw)
+
+
+# --- content hashes ------------------------------------------------------------------------
+#: Name of the hash cache under the FMR cache folder (``$FMR_CACHE`` or ``~/.cache/fmr_bench``).
+HASH_CACHE = "content-sha256.json"
+
+
+def _hash_cache_path() -> Path:
+    from .weights import cache_dir
+
+    return cache_dir() / HASH_CACHE
+
+
+def _read_hash_cache(path: Path) -> dict[str, list]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):  # absent, unreadable or torn: the cache only saves time
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_hashes(paths: list[str | Path]) -> list[str]:
+    """Full sha256 of each file's content.
+
+    Digests are cached under the FMR cache folder, keyed by absolute path, size and
+    ``st_mtime_ns``: a file is read again only when one of them changed, so large weight
+    files and big image folders are hashed once. A torn, foreign or unwritable cache is
+    ignored (the digests are then computed again, never taken from it blindly).
+
+    Raises:
+        OSError: a file cannot be read (callers turn it into their own one-line error).
+    """
+    cache_path = _hash_cache_path()
+    cache = _read_hash_cache(cache_path)
+    out, fresh = [], {}
+    for p in paths:
+        p = Path(p).resolve()
+        st = p.stat()
+        key = str(p)
+        hit = cache.get(key)
+        if isinstance(hit, list) and len(hit) == 3 and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            out.append(str(hit[2]))
+            continue
+        digest = _sha256(p)
+        fresh[key] = [st.st_size, st.st_mtime_ns, digest]
+        out.append(digest)
+    if fresh:
+        merged = {**_read_hash_cache(cache_path), **fresh}  # keep what other processes added meanwhile
+        try:
+            atomic_write(cache_path, json.dumps(merged, separators=(",", ":")))
+        except OutputError:
+            pass  # a cache we cannot write only costs time
+    return out
+
+
+def file_sha256(path: str | Path) -> str:
+    """Full sha256 of one file's content, cached as in :func:`file_hashes`."""
+    return file_hashes([path])[0]

@@ -45,3 +45,31 @@ def per_class_metrics(outcomes: Iterable[SampleOutcome], class_names: Sequence[s
     for o in outcomes:
         by_class[o.label].append(o)
     return [{"label": c, "class": class_names[c], **fmr_metrics(by_class[c])} for c in sorted(by_class)]
+
+
+#: FMR = PA / SA is flagged when SA is below this multiple of chance accuracy ...
+NEAR_CHANCE_FACTOR = 2.0
+#: ... or when fewer than this many clean images are classified correctly.
+MIN_CLEAN_CORRECT = 10
+
+
+def fmr_warnings(metrics: dict, num_classes: int) -> list[str]:
+    """Why the FMR ratio of a run may mislead, as lines for the console and the record.
+
+    FMR divides PA by SA; when SA is near chance (below ``NEAR_CHANCE_FACTOR`` x 100/C %)
+    or rests on fewer than ``MIN_CLEAN_CORRECT`` correctly classified clean images, the
+    ratio says little about robustness (an untrained net can score FMR 100).
+    """
+    out = []
+    sa, n = metrics.get("sa"), metrics.get("n") or 0
+    if sa is None or not num_classes:
+        return out
+    chance = 100.0 / num_classes
+    n_correct = round(sa * n / 100.0)
+    if sa < NEAR_CHANCE_FACTOR * chance:
+        out.append(f"SA {sa:.2f} % is near chance ({chance:.2f} % for {num_classes} classes): FMR = PA/SA is not "
+                   "meaningful for this model")
+    if n_correct < MIN_CLEAN_CORRECT:
+        out.append(f"only {n_correct} clean image(s) classified correctly: FMR rests on too few samples; "
+                   "evaluate more images")
+    return out

@@ -2,30 +2,35 @@
 
 Layout of a run folder ``OUT/<model>__<data>__<hash>/``::
 
-    settings.json   everything that determines the outcomes (its hash names the folder)
-    samples.jsonl   one line per finished sample, flushed as each finishes
-    record.json     the result record (schema below), written when the run completes
-    grid.png        clean vs perturbed images
+    settings.json        everything that determines the outcomes (its hash names the folder)
+    samples.jsonl        one line per finished sample of the current sample set, flushed as it finishes
+    samples.stale.jsonl  outcomes of samples that left the set or whose file changed (kept, not counted)
+    record.json          the result record (schema below), written last, when the run completes
+    grid.png             clean vs perturbed images
+    .lock                flock held by the running process (holds its PID)
+    replaced-<time>/     files of an earlier run set aside by ``--fresh``
 
 Re-running the same command finds the folder, skips finished samples and yields the
 same final numbers. Record schema (``schema_version`` 1): ``run``, ``evaluator``,
 ``model``, ``dataset``, ``generator``, ``oracle``, ``settings``, ``metrics`` (numbers,
-percentages for accuracies), ``per_class`` (list of rows), ``versions``, ``device``,
-``timestamp``, ``files``.
+percentages for accuracies), ``per_class`` (list of rows), ``warnings``, ``versions``,
+``device``, ``timestamp``, ``files``.
 """
 
 from __future__ import annotations
 
-import errno
+import datetime as _dt
 import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import OutputError
+from .files import atomic_write, output_error, write_json
 from .protocol.outcome import SampleOutcome
 
 SCHEMA_VERSION = 1
@@ -44,84 +49,243 @@ def run_dir(out: str | Path, model: str, data: str, settings: dict[str, Any]) ->
     return Path(out) / f"{_slug(model)}__{_slug(data)}__{settings_hash(settings)}"
 
 
-def _disk_error(e: OSError, path: Path) -> OutputError:
-    if e.errno == errno.ENOSPC:
-        return OutputError(f"disk full while writing {path}; free space and re-run the same command to resume "
-                           "(finished samples are kept)")
-    return OutputError(f"cannot write {path} ({e.strerror or e}); pass --out to a writable folder")
-
-
 def prepare_run_dir(path: Path, settings: dict[str, Any]) -> None:
     """Create the run folder and its settings file, or check an existing one matches."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
     except OSError as e:
-        raise _disk_error(e, path) from None
+        raise output_error(e, path) from None
     sfile = path / "settings.json"
-    if sfile.is_file():
-        old = json.loads(sfile.read_text())
-        if old != json.loads(json.dumps(settings, default=str)):
-            raise OutputError(f"{path} belongs to a run with other settings; pass another --out")
-    else:
+    old = _read_json(sfile)
+    if old is None:  # absent, or torn by a crash before this writer was atomic
         write_json(sfile, settings)
+    elif old != json.loads(json.dumps(settings, default=str)):
+        raise OutputError(f"{path} belongs to a run with other settings; pass another --out")
 
 
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".part")
+def _read_json(path: Path) -> Any:
     try:
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise _disk_error(e, path) from None
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return None
+
+
+# --- the run-folder lock ---------------------------------------------------------------------
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``FOLDER/.lock`` that holds the owner's PID.
+
+    A second process that asks for the folder while the first holds it stops at once
+    (it does not wait) with one line naming the holder's PID. The kernel drops the lock
+    when its holder exits, even after ``kill -9``, so a stale lock file blocks nothing.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.path = folder / LOCK_FILE
+        self._f = None
+
+    def acquire(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover  (not POSIX: no lock, as before)
+            return self
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "a+", encoding="utf-8")
+        except OSError as e:
+            raise output_error(e, self.folder) from None
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise OutputError(f"another run (PID {holder}) is writing {self.folder}; wait for it to finish, "
+                              "or pass another --out") from None
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+        except OSError:
+            pass  # the PID is a courtesy for the message; the flock is what counts
+        self._f = f
+        return self
+
+    def release(self) -> None:
+        if self._f is not None:
+            self._f.close()  # closing the descriptor releases the flock
+            self._f = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+# --- per-sample outcomes -------------------------------------------------------------------
+SAMPLES_FILE = "samples.jsonl"
+#: Outcomes of samples that left the current sample set (or whose file changed): kept, not counted.
+STALE_FILE = "samples.stale.jsonl"
+
+_DECODER = json.JSONDecoder()
+
+
+def _parse_line(raw: str) -> list[dict]:
+    """The JSON objects on one line; two glued objects (``{...}{...}``) are both read."""
+    out, pos, raw = [], 0, raw.strip()
+    while pos < len(raw):
+        try:
+            obj, end = _DECODER.raw_decode(raw, pos)
+        except ValueError:
+            break  # a torn tail: what came before it is kept
+        if isinstance(obj, dict):
+            out.append(obj)
+        pos = end
+        while pos < len(raw) and raw[pos].isspace():
+            pos += 1
+    return out
+
+
+def read_outcome_rows(path: Path) -> list[tuple[SampleOutcome, str | None]]:
+    """Every finished outcome in a JSONL file, with its sample fingerprint, in file order.
+
+    Never writes. A torn last line (crash mid-write) is skipped; a last line that only
+    lost its newline is a finished outcome and is kept; lines glued together by an older
+    writer are split.
+    """
+    rows: list[tuple[SampleOutcome, str | None]] = []
+    try:
+        f = open(path, encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return rows
+    with f:
+        for raw in f:
+            for d in _parse_line(raw):
+                try:
+                    rows.append((SampleOutcome.from_dict(d), d.get("fp")))
+                except (KeyError, TypeError):
+                    continue
+    return rows
 
 
 def read_outcomes(path: Path) -> dict[str, SampleOutcome]:
-    """Finished samples of a JSONL file; a torn last line (crash mid-write) is dropped."""
-    done: dict[str, SampleOutcome] = {}
-    if not path.is_file():
-        return done
-    good_bytes = 0
-    with open(path, "rb") as f:
-        for raw in f:
-            try:
-                o = SampleOutcome.from_dict(json.loads(raw))
-            except (ValueError, KeyError, TypeError):
-                break
-            done[o.id] = o
-            good_bytes += len(raw)
-    if good_bytes != path.stat().st_size:
-        with open(path, "r+b") as f:
-            f.truncate(good_bytes)
-    return done
+    """Finished samples of a JSONL file by id (the last line of an id wins); never writes."""
+    return {o.id: o for o, _ in read_outcome_rows(path)}
+
+
+def _line(outcome: SampleOutcome, fp: str | None) -> str:
+    return json.dumps({**outcome.to_dict(), "fp": fp}) + "\n"
+
+
+def reconcile_outcomes(folder: Path, ids: list[str], indices: list[int], fps: list[str | None]
+                       ) -> dict[str, SampleOutcome]:
+    """The finished outcomes of the current sample set, and a samples file that holds just them.
+
+    An outcome is reused only if its sample's fingerprint is the current one; its
+    ``index`` is refreshed to the sample's current position. Outcomes of samples no longer
+    in the set, or of files whose content changed, move to ``samples.stale.jsonl``
+    (kept, not counted; reused if the same content comes back). Call with the run lock held.
+    """
+    samples, stale = folder / SAMPLES_FILE, folder / STALE_FILE
+    current = read_outcome_rows(samples)
+    candidates = read_outcome_rows(stale) + current  # later lines win
+    want = {sid: (i, fp) for sid, i, fp in zip(ids, indices, fps)}
+    chosen: dict[str, SampleOutcome] = {}
+    for o, fp in candidates:
+        if o.id in want and fp == want[o.id][1]:
+            chosen[o.id] = o if o.index == want[o.id][0] else replace(o, index=want[o.id][0])
+    kept = [(chosen[sid], want[sid][1]) for sid in ids if sid in chosen]
+    if Counter(current) != Counter(kept):  # file order does not matter; extra, stale or moved lines do
+        leftovers, seen = [], {(o.id, fp) for o, fp in kept}
+        for o, fp in candidates:
+            if (o.id, fp) not in seen:
+                seen.add((o.id, fp))
+                leftovers.append((o, fp))
+        if leftovers:  # first, so that a crash in between loses nothing
+            atomic_write(stale, "".join(_line(o, fp) for o, fp in leftovers))
+        atomic_write(samples, "".join(_line(o, fp) for o, fp in kept))
+    return chosen
 
 
 class OutcomeWriter:
-    """Appends one JSON line per finished sample and makes it durable at once."""
+    """Appends one JSON line per finished sample and makes it durable at once.
+
+    On opening, a file whose last line lost only its newline gets the newline (that line
+    is a finished outcome); a torn last line (no complete JSON object) is cut off. The
+    caller holds the run lock, so no other process appends at the same time.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
+            self._repair_tail()
             self._f = open(path, "a", encoding="utf-8")
         except OSError as e:
-            raise _disk_error(e, path) from None
+            raise output_error(e, path) from None
 
-    def write(self, outcome: SampleOutcome) -> None:
+    def _repair_tail(self) -> None:
+        if not self.path.is_file():
+            return
+        with open(self.path, "r+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(max(0, size - 1))
+            if f.read(1) == b"\n":
+                return
+            back = min(size, 1 << 20)
+            f.seek(size - back)
+            tail = f.read(back)
+            start = tail.rfind(b"\n") + 1
+            last = tail[start:].decode("utf-8", errors="replace")
+            if _parse_line(last) and last.rstrip().endswith("}"):
+                f.write(b"\n")  # a finished outcome that only lost its newline
+            else:
+                f.truncate(size - back + start)  # torn mid-write: no finished outcome in it
+            f.flush()
+            os.fsync(f.fileno())
+
+    def write(self, outcome: SampleOutcome, fp: str | None = None) -> None:
         try:
-            self._f.write(json.dumps(outcome.to_dict()) + "\n")
+            self._f.write(_line(outcome, fp))
             self._f.flush()
             os.fsync(self._f.fileno())
         except OSError as e:
-            raise _disk_error(e, self.path) from None
+            raise output_error(e, self.path) from None
 
     def close(self) -> None:
         try:
             self._f.close()
         except OSError:
             pass
+
+
+def set_aside(folder: Path) -> Path | None:
+    """Move a run folder's outcomes and artefacts into ``folder/replaced-<UTC time>/`` (``--fresh``).
+
+    Nothing is deleted: the earlier run's files stay readable there. Returns that folder,
+    or None when there was nothing to move.
+    """
+    names = [p for p in folder.iterdir() if p.name not in ("settings.json", LOCK_FILE)
+             and not p.name.startswith("replaced-")] if folder.is_dir() else []
+    if not names:
+        return None
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    dest = folder / f"replaced-{stamp}"
+    try:
+        dest.mkdir()
+        for p in names:
+            os.replace(p, dest / p.name)
+    except OSError as e:
+        raise output_error(e, dest) from None
+    return dest
 
 
 class RecordResult:
@@ -157,11 +321,18 @@ class FmrResult(RecordResult):
     record: dict[str, Any]
     outcomes: list[SampleOutcome] = field(default_factory=list)
     path: Path | None = None
+    #: True when this call found the run already finished in its folder and computed nothing.
+    reused: bool = False
 
     def row(self) -> dict[str, Any]:
         r = self.record
+        s = r["settings"]
         row = {"model": r["model"]["spec"], "dataset": r["dataset"]["spec"], "generator": r["generator"]["spec"],
-               "oracle": r["oracle"]["spec"], **{k: r["settings"][k] for k in ("budget", "step_size", "optimizer", "seed")}}
+               "oracle": r["oracle"]["spec"],
+               **{k: s.get(k) for k in ("budget", "step_size", "optimizer", "seed", "limit", "precision", "init")},
+               "fgsm_eps": s.get("fgsm_eps") if s.get("init") == "fgsm" else None,
+               "resolution": s.get("resolution"), "run": r.get("run"),
+               "path": str(self.path) if self.path is not None else None}
         row.update(r["metrics"])
         return row
 
@@ -178,8 +349,15 @@ class FmrResult(RecordResult):
     @classmethod
     def load(cls, folder: str | Path) -> "FmrResult":
         folder = Path(folder)
-        record = json.loads((folder / "record.json").read_text())
-        outcomes = list(read_outcomes(folder / "samples.jsonl").values())
+        try:
+            record = json.loads((folder / "record.json").read_text())
+        except FileNotFoundError:
+            raise OutputError(f"{folder} holds no record.json (the run did not finish); re-run its command "
+                              "to resume it") from None
+        except ValueError:
+            raise OutputError(f"{folder}/record.json is not valid JSON; re-run the run's command to rewrite "
+                              "it") from None
+        outcomes = list(read_outcomes(folder / SAMPLES_FILE).values())  # reads only, never repairs
         return cls(record, outcomes, folder)
 
 

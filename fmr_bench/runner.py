@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
-import platform
-import random
-import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -17,42 +13,23 @@ from .config import FmrSettings
 from .datasets import ImageDataset, load_dataset
 from .errors import FmrBenchError, SettingsError
 from .generators import Generator, generator_weight_refs, load_generator
-from .metrics import fmr_metrics, per_class_metrics
+from .metrics import fmr_metrics, fmr_warnings, per_class_metrics
 from .models import ImageClassifier, load_model, map_classes, model_weight_refs, wrap_module
 from .oracles import Oracle, load_oracle, oracle_weight_refs
 from .protocol import LoopConfig, SampleOutcome, run_batched
 from .protocol.loop import OnSample
-from .results import (SCHEMA_VERSION, FmrResult, OutcomeWriter, prepare_run_dir, read_outcomes, run_dir, select,
-                      write_json)
+from .results import (SAMPLES_FILE, SCHEMA_VERSION, FmrResult, OutcomeWriter, RunLock, prepare_run_dir,
+                      reconcile_outcomes, run_dir, select, set_aside, write_json)
+from .runtime import command_line, describe_device, now, resolve_device, seed_everything, versions
 from .viz import save_grid
-from .weights import preflight
+from .weights import module_sha256, preflight, weights_identity
 
 GRID_SIZE = 16
 DEFAULT_FILE_RESOLUTION = 224
+GRID_FILE = "grid.png"
 
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("fmr_bench", "torch", "torchvision", "timm", "open_clip_torch", "taming-transformers-rom1504"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise SettingsError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SettingsError("device cuda requested but no GPU is visible; use --device cpu")
-    return dev
+# resolve_device and versions live in runtime; importing them from here still works
+__all__ = ["evaluate", "resolve_device", "select_indices", "versions"]
 
 
 def select_indices(n: int, limit: int | None, seed: int) -> list[int]:
@@ -71,7 +48,7 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
              oracle: str | Oracle | None = None, out: str | Path | None = "runs", settings: FmrSettings | None = None,
              preprocess: dict[str, Any] | None = None, progress: bool | Callable[[int, int], None] = False,
              pretrained: bool = True, write_grid: bool = True, sample_hook: OnSample | None = None,
-             **overrides: Any) -> FmrResult:
+             fresh: bool = False, **overrides: Any) -> FmrResult:
     """Run the FMR protocol and return its record.
 
     Args:
@@ -89,9 +66,12 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
         sample_hook: called as ``(outcome, clean, final, final_latent)`` for each sample
             this call perturbs (not for samples resumed from disk): image export,
             sparse-mask fitting.
+        fresh: redo the run even if its folder holds finished outcomes; the earlier files
+            are moved into ``replaced-<time>/`` inside the run folder, never deleted.
 
     Raises:
         FmrBenchError: for bad input; finished samples are on disk before it propagates.
+            ``OutputError`` when another process holds the run folder (its PID is named).
     """
     known = {f.name for f in fields(FmrSettings)}
     unknown = set(overrides) - known
@@ -116,7 +96,7 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
     preflight(refs)
 
     device = resolve_device(settings.device)
-    torch.manual_seed(settings.seed)
+    seed_everything(settings.seed)
     if isinstance(model, str):
         clf = load_model(model, class_names=dataset.class_names, pretrained=pretrained)
         clf.to(memory_format=torch.channels_last)  # ours to lay out; a caller's module is left as is
@@ -149,78 +129,133 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
         "generator": gen.settings(), "oracle": ora.settings(), "budget": settings.budget,
         "step_size": settings.step_size, "optimizer": settings.optimizer, "seed": settings.seed,
         "limit": settings.limit, "precision": settings.precision, "resolution": resolution,
+        # what the weights are, not only where they come from (a spec may point at other files)
+        "weights": _weights_identity(refs, generator, oracle, gen, ora),
     }
     if settings.init != "none":  # only then, so that earlier run folders keep their names
         run_settings.update(init=settings.init, fgsm_eps=settings.fgsm_eps)
     folder = run_dir(out, clf.spec, dataset.spec, run_settings) if out is not None else None
     done: dict[str, SampleOutcome] = {}
-    writer = None
-    if folder is not None:
-        prepare_run_dir(folder, run_settings)
-        done = read_outcomes(folder / "samples.jsonl")
-        writer = OutcomeWriter(folder / "samples.jsonl")
-    pending = [i for i in indices if dataset.ids[i] not in done]
-
-    grid: list[tuple[SampleOutcome, torch.Tensor, torch.Tensor]] = []
-    started = _dt.datetime.now(_dt.timezone.utc)
-    total, finished = len(indices), sum(1 for i in ids if i in done)
-    bar = _Progress(progress, total, finished)
-
-    def on_sample(o: SampleOutcome, clean: torch.Tensor, final: torch.Tensor, latent: torch.Tensor) -> None:
-        if sample_hook is not None:  # before the outcome is written: a resumed run redoes what the hook missed
-            sample_hook(o, clean, final, latent)
-        done[o.id] = o
-        if writer is not None:
-            writer.write(o)
-        # The grid shows the first samples in dataset order, not the first to finish
-        # (those are the ones the oracle stopped early).
-        if len(grid) < GRID_SIZE or o.index < grid[-1][0].index:
-            grid.append((o, clean, final.cpu()))
-            grid.sort(key=lambda item: item[0].index)
-            del grid[GRID_SIZE:]
-        bar.advance()
-
-    loop_cfg = LoopConfig(settings.budget, settings.step_size, settings.optimizer, settings.batch_size, settings.precision,
-                          init=settings.init, fgsm_eps=settings.fgsm_eps)
+    writer = lock = None
+    fps: list[str | None] = [None] * len(indices)
+    reused_run = False
     try:
-        with bar:
-            run_batched(_samples(dataset, pending), model=clf, oracle=ora, generator=gen, target_of=cmap.tensor(),
-                        cfg=loop_cfg, device=device, on_sample=on_sample, on_iteration=bar.iteration)
-    except KeyboardInterrupt:
-        raise FmrBenchError(f"interrupted; {sum(1 for i in ids if i in done)}/{total} samples are saved in "
-                            f"{folder}; re-run the same command to resume") from None
+        if folder is not None:
+            lock = RunLock(folder).acquire()  # before reading: a second process stops here, naming this one
+            if fresh:
+                set_aside(folder)
+            prepare_run_dir(folder, run_settings)
+            fps = dataset.fingerprints(indices)
+            reused_run = (folder / "record.json").is_file()
+            done = reconcile_outcomes(folder, ids, indices, fps)
+            writer = OutcomeWriter(folder / SAMPLES_FILE)
+        fp_of = dict(zip(ids, fps))
+        pending = [i for i in indices if dataset.ids[i] not in done]
+        reused_run = reused_run and not pending
+
+        grid: dict[str, tuple[SampleOutcome, torch.Tensor, torch.Tensor]] = {}
+        grid_ids = set(ids[:GRID_SIZE])  # the grid shows the first samples in dataset order
+        started = now()
+        total, finished = len(indices), sum(1 for i in ids if i in done)
+        if reused_run and progress is True:
+            _say(f"reused finished run ({folder}): all {total} samples were done; pass --fresh to redo it")
+        bar = _Progress(progress if pending else False, total, finished)
+
+        def on_sample(o: SampleOutcome, clean: torch.Tensor, final: torch.Tensor, latent: torch.Tensor) -> None:
+            if sample_hook is not None:  # before the outcome is written: a resumed run redoes what the hook missed
+                sample_hook(o, clean, final, latent)
+            done[o.id] = o
+            if writer is not None:
+                writer.write(o, fp_of.get(o.id))
+            if o.id in grid_ids:
+                grid[o.id] = (o, clean, final.cpu())
+            bar.advance()
+
+        loop_cfg = LoopConfig(settings.budget, settings.step_size, settings.optimizer, settings.batch_size,
+                              settings.precision, init=settings.init, fgsm_eps=settings.fgsm_eps)
+        try:
+            with bar:
+                run_batched(_samples(dataset, pending), model=clf, oracle=ora, generator=gen, target_of=cmap.tensor(),
+                            cfg=loop_cfg, device=device, on_sample=on_sample, on_iteration=bar.iteration)
+        except KeyboardInterrupt:
+            raise FmrBenchError(f"interrupted; {sum(1 for i in ids if i in done)}/{total} samples are saved in "
+                                f"{folder}; re-run the same command to resume") from None
+        finally:
+            if writer is not None:
+                writer.close()
+
+        outcomes = select(done, ids)
+        display = clf.class_names or (dataset.class_names if cmap.how.startswith("label space") else None)
+        metrics = fmr_metrics(outcomes)
+        files = {}
+        if folder is not None:
+            files["samples"] = SAMPLES_FILE
+            grid_path = folder / GRID_FILE
+            if write_grid and ids and (pending or not _nonempty(grid_path)):
+                # a resumed run redraws the same first samples: those finished earlier are re-run for their images
+                missing = [i for i in indices[:GRID_SIZE] if dataset.ids[i] not in grid]
+                if missing:
+                    def keep(o, clean, final, latent):
+                        grid[o.id] = (done[o.id], clean, final.cpu())
+
+                    run_batched(_samples(dataset, missing), model=clf, oracle=ora, generator=gen,
+                                target_of=cmap.tensor(), cfg=loop_cfg, device=device, on_sample=keep)
+                items = [grid[i] for i in ids[:GRID_SIZE] if i in grid]
+                save_grid(items, grid_path, class_names=dataset.class_names, model_classes=display,
+                          title=f"{clf.spec} on {dataset.spec} — top: clean, bottom: perturbed (B={settings.budget})")
+            if _nonempty(grid_path):
+                files["grid"] = GRID_FILE
+        record = {
+            "schema_version": SCHEMA_VERSION,
+            "evaluator": "fmr",
+            "run": folder.name if folder else None,
+            "model": {**clf.describe(), "weights_sha256_16": run_settings["model_weights"], "class_map": cmap.how},
+            "dataset": dataset.describe() | {"n_selected": total},
+            "generator": {"spec": str(gen_spec) if gen_spec else gen.name, **gen.settings()},
+            "oracle": ora.settings(),
+            "weights": run_settings["weights"],
+            "settings": {**asdict(settings), "resolution": resolution},
+            "metrics": metrics,
+            "per_class": per_class_metrics(outcomes, dataset.class_names),
+            "warnings": fmr_warnings(metrics, len(dataset.class_names)),
+            "versions": versions(),
+            "device": describe_device(device),
+            "timestamp": started.isoformat(timespec="seconds"),
+            "command": command_line(),
+            "files": files,
+        }
+        if folder is not None:
+            write_json(folder / "record.json", record)  # last: a record means every listed file is complete
     finally:
-        if writer is not None:
-            writer.close()
+        if lock is not None:
+            lock.release()
         clf.train(was_training)  # hand an in-memory model back as we found it
         for p, flag in zip(clf.parameters(), grad_flags):
             p.requires_grad_(flag)
+    return FmrResult(record, outcomes, folder, reused=reused_run)
 
-    outcomes = select(done, ids)
-    display = clf.class_names or (dataset.class_names if cmap.how.startswith("label space") else None)
-    record = {
-        "schema_version": SCHEMA_VERSION,
-        "evaluator": "fmr",
-        "run": folder.name if folder else None,
-        "model": {**clf.describe(), "weights_sha256_16": run_settings["model_weights"], "class_map": cmap.how},
-        "dataset": dataset.describe() | {"n_selected": total},
-        "generator": {"spec": str(gen_spec) if gen_spec else gen.name, **gen.settings()},
-        "oracle": ora.settings(),
-        "settings": {**asdict(settings), "resolution": resolution},
-        "metrics": fmr_metrics(outcomes),
-        "per_class": per_class_metrics(outcomes, dataset.class_names),
-        "versions": versions(),
-        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
-        "timestamp": started.isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("fmr") else None,
-        "files": {"samples": "samples.jsonl", "grid": "grid.png"} if folder else {},
-    }
-    if folder is not None:
-        if write_grid and grid:
-            save_grid(grid, folder / "grid.png", class_names=dataset.class_names, model_classes=display,
-                      title=f"{clf.spec} on {dataset.spec} — top: clean, bottom: perturbed (B={settings.budget})")
-        write_json(folder / "record.json", record)
-    return FmrResult(record, outcomes, folder)
+
+def _nonempty(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _say(line: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(line, highlight=False, soft_wrap=True)
+
+
+def _weights_identity(refs: list, generator: Any, oracle: Any, gen: Generator, ora: Oracle) -> dict[str, str]:
+    """Content hashes of every local weight file, and of in-memory generators / oracles."""
+    out = weights_identity(refs)
+    if not isinstance(generator, str) and generator is not None:
+        out["generator (in memory)"] = module_sha256(gen)
+    if not isinstance(oracle, str) and oracle is not None:
+        out["oracle (in memory)"] = module_sha256(ora)
+    return out
 
 
 def _samples(dataset: ImageDataset, indices: Sequence[int]):

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import torch
 
+from .files import save_figure
 from .protocol.outcome import SampleOutcome
 
 
@@ -43,6 +44,8 @@ def save_grid(items: Sequence[tuple[SampleOutcome, torch.Tensor, torch.Tensor]],
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=110)  # atomic: a full disk never leaves a 0-byte grid behind
+    finally:
+        plt.close(fig)
     return path

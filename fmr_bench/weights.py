@@ -52,6 +52,8 @@ class WeightRef:
         available: returns True when the file is already on disk.
         host: where it would be downloaded from.
         how: how to provide it by hand.
+        files: local files whose content is these weights (for run identity); when empty,
+            ``what`` itself is taken if it names an existing file.
     """
 
     component: str
@@ -59,6 +61,40 @@ class WeightRef:
     available: Callable[[], bool]
     host: str = HUB_HOST
     how: str = ""
+    files: tuple[str, ...] = ()
+
+    def local_files(self) -> list[Path]:
+        """The local files holding these weights, as far as they exist now."""
+        candidates = self.files or (self.what,)
+        return [Path(f).expanduser() for f in candidates if Path(f).expanduser().is_file()]
+
+
+def weights_identity(refs: list[WeightRef]) -> dict[str, str]:
+    """``component -> sha256`` (first 16 hex digits) of the local weight files of ``refs``.
+
+    Part of a run's identity: the same spec pointing at other weights (``?weights=B``
+    instead of ``A``, a retrained checkpoint under the same path, a card's URL file
+    replaced in the cache) names another run. Digests are cached by path, size and
+    mtime (:func:`fmr_bench.files.file_hashes`), so large files are read once.
+    Weights that live only in a hub cache are identified by their spec.
+
+    Raises:
+        WeightsError: a weight file exists but cannot be read.
+    """
+    from .files import file_hashes
+
+    out: dict[str, str] = {}
+    for ref in refs:
+        files = ref.local_files()
+        if not files:
+            continue
+        try:
+            digests = file_hashes(files)
+        except OSError as e:
+            raise WeightsError(f"cannot read {e.filename} ({e.strerror}); check the weights path") from None
+        h = hashlib.sha256("".join(f"{f.name}:{d}\n" for f, d in zip(files, digests)).encode()).hexdigest()
+        out[ref.component] = h[:16]
+    return out
 
 
 def preflight(refs: list[WeightRef]) -> None:
@@ -160,3 +196,19 @@ def safe_torch_load(path: str | Path) -> Any:
                 for full in {n, n if "." in n else f"builtins.{n}"}:
                     stubs.append((type(n.rsplit(".", 1)[-1], (_Inert,), {}), full))
     raise pickle.UnpicklingError(f"{path} names too many foreign classes")
+
+
+def module_sha256(module: Any) -> str:
+    """sha256 over a module's state dict (names, dtypes, values); first 16 hex digits.
+
+    Identifies in-memory weights (a generator or oracle object handed to ``evaluate``).
+    """
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]

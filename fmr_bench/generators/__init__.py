@@ -31,6 +31,7 @@ def _vqgan_weights(spec: Spec, card: dict) -> tuple[Path, WeightRef]:
     host = urlparse(w["url"]).hostname or ""
     return path, WeightRef(
         f"generator {card['name']}", f"{w['filename']} ({w.get('size_hint', '')} from {host})", path.is_file, host=host,
+        files=(str(path),),
         how=f"download {w['url']} to {path} (or set FMR_CACHE to a folder holding it), or pass "
             f"--generator vqgan:{card['name'].removeprefix('vqgan-')}?weights=/path/to/last.ckpt",
     )

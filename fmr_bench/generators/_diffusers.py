@@ -110,7 +110,8 @@ def weight_refs(spec: Spec, kind: str) -> list[WeightRef]:
     if source.local:
         d = source.model_dir
         return [WeightRef(component, f"{d}/config.json and {d}/{WEIGHT_FILES[0]}", lambda: _missing(d) == [],
-                          host="", how=_fix(kind, source))]
+                          host="", how=_fix(kind, source),
+                          files=tuple(str(d / f) for f in ("config.json", *WEIGHT_FILES)))]
     files = source.model_files()
     return [WeightRef(component, f"{source.location} (Hugging Face Hub)",
                       lambda: hf_cached(source.location, files[:1]), how=_fix(kind, source))]

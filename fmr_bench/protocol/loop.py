@@ -113,7 +113,8 @@ class _Slots:
 def run_batched(samples: Iterator[Sample], *, model: ImageClassifier, oracle: Oracle, generator: Generator,
                 target_of: torch.Tensor, cfg: LoopConfig, device: torch.device,
                 on_sample: OnSample, on_iteration: Callable[[int], None] | None = None) -> None:
-    with exact_fp32():  # bf16 autocast still runs its ops in bf16; fp32 ones (oracle, encoder) stay exact
+    # bf16 autocast still runs its ops in bf16; fp32 ones (oracle, encoder) stay exact
+    with exact_fp32(), flush_denormals():
         _run_batched(samples, model=model, oracle=oracle, generator=generator, target_of=target_of, cfg=cfg,
                      device=device, on_sample=on_sample, on_iteration=on_iteration)
 
@@ -130,7 +131,6 @@ def _run_batched(samples: Iterator[Sample], *, model: ImageClassifier, oracle: O
         on_iteration: receives the number of samples in flight after each iteration.
     """
     opt = LatentOptimizer(cfg.optimizer, cfg.step_size)
-    flush_denormals()
     if cfg.channels_last:
         generator.to(memory_format=torch.channels_last)
     slots = _Slots()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ..generators.base import Generator
 from ..models.base import ImageClassifier
 from ..oracles import Oracle
+from .cpu import flush_denormals
 from .loop import exact_fp32
 from .outcome import SampleOutcome
 
@@ -47,7 +48,8 @@ def reference_one(sample: Sample, *, model: ImageClassifier, oracle: Oracle, gen
         start = (x + fgsm_eps * xg.grad.sign()).clamp(0, 1)
     with torch.no_grad():
         z = generator.encode(start).float()
-        z_hat = generator.final_latent(z)
+        # a copy: for pixel / noise generators final_latent is z itself, which the optimiser changes in place
+        z_hat = generator.final_latent(z).clone()
     z.requires_grad_(not generator.steers)
     opt = None if generator.steers else _optimizer(optimizer, z, step_size)
     x_hat, steps, validated = x, 0, False
@@ -72,7 +74,7 @@ def reference_one(sample: Sample, *, model: ImageClassifier, oracle: Oracle, gen
             candidate = generator.decode(z)
             if int(oracle.predict(candidate)) != label:
                 break
-            z_hat = generator.final_latent(z)
+            z_hat = generator.final_latent(z).clone()
         x_hat, steps, validated = candidate, t + 1, True
     with torch.no_grad():
         final_pred = int(model(x_hat).argmax(-1)) if validated else clean_pred
@@ -84,7 +86,7 @@ def reference_one(sample: Sample, *, model: ImageClassifier, oracle: Oracle, gen
 def run_reference(samples: Iterable[Sample], *, model: ImageClassifier, oracle: Oracle, generator: Generator,
                   target_of: torch.Tensor, budget: int, step_size: float, optimizer: str = "adam",
                   init: str = "none", fgsm_eps: float = 0.003) -> list[SampleOutcome]:
-    with exact_fp32():
+    with exact_fp32(), flush_denormals():  # the same numerics as the batched loop
         return [reference_one(s, model=model, oracle=oracle, generator=generator, target=int(target_of[s[3]]),
                               budget=budget, step_size=step_size, optimizer=optimizer, init=init,
                               fgsm_eps=fgsm_eps)[0]

@@ -15,8 +15,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from .errors import OutputError
 
@@ -26,23 +27,26 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 PART = ".part"
 
 
-def output_error(e: OSError, path: str | Path, *, resume: bool = True) -> OutputError:
-    """The one-line error for an ``OSError`` raised while writing ``path``."""
+def output_error(e: OSError, path: str | Path, *, resume: bool = True,
+                 fix: str = "pass --out to a writable folder") -> OutputError:
+    """The one-line error for an ``OSError`` raised while writing ``path``; ``fix`` names the
+    way out when the folder is not writable."""
     if e.errno in DISK_FULL:
         tail = "; free space and re-run the same command to resume (finished work is kept)" if resume else \
             "; free space and re-run the same command"
         return OutputError(f"disk full while writing {path}{tail}")
-    return OutputError(f"cannot write {path} ({e.strerror or e}); pass --out to a writable folder")
+    return OutputError(f"cannot write {path} ({e.strerror or e}); {fix}")
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None] | bytes | str, *,
-                 resume: bool = True) -> Path:
+                 resume: bool = True, fix: str = "pass --out to a writable folder") -> Path:
     """Write ``path`` through a temporary file + fsync + ``os.replace``.
 
     Args:
         path: the target file; its folder is created if needed.
         write: the bytes or text to write, or a callable that writes into an open binary file.
         resume: whether the disk-full message should say that re-running resumes.
+        fix: what the message tells the user to do when the folder is not writable.
 
     Raises:
         OutputError: the folder is not writable or the disk is full; the target is untouched
@@ -62,7 +66,28 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None] | bytes | 
         os.replace(tmp, path)
     except OSError as e:
         _discard(tmp)
-        raise output_error(e, path, resume=resume) from None
+        raise output_error(e, path, resume=resume, fix=fix) from None
+    except BaseException:
+        _discard(tmp)
+        raise
+    return path
+
+
+def atomic_write_file(path: str | Path, write_to: Callable[[Path], None], **kw: Any) -> Path:
+    """Like :func:`atomic_write` for writers that need a file name (e.g. safetensors):
+    ``write_to(tmp_path)`` writes the temporary file, which is then fsynced and renamed."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.w{PART}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_to(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _discard(tmp)
+        raise output_error(e, path, resume=kw.get("resume", True),
+                           fix=kw.get("fix", "pass --out to a writable folder")) from None
     except BaseException:
         _discard(tmp)
         raise

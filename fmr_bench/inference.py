@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 from .datasets.base import FileImages, ImageDataset
+from .errors import OutputError
+from .files import save_torch
 from .models import ImageClassifier
 from .weights import cache_dir
 
@@ -123,11 +125,8 @@ def compute_logits(model: ImageClassifier, dataset: ImageDataset, *, batch_size:
     lab = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
     if cache and len(ids):
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + f".{os.getpid()}.part")
-            torch.save({"logits": logits, "labels": lab, "ids": ids}, tmp)
-            tmp.replace(path)
-        except OSError:
+            save_torch({"logits": logits, "labels": lab, "ids": ids}, path)
+        except OutputError:
             pass  # a cache we cannot write only costs time
     return Logits(logits, lab, ids, key, cached=False, seconds=seconds)
 

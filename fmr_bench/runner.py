@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -18,8 +19,19 @@ from .models import ImageClassifier, load_model, map_classes, model_weight_refs,
 from .oracles import Oracle, load_oracle, oracle_weight_refs
 from .protocol import LoopConfig, SampleOutcome, run_batched
 from .protocol.loop import OnSample
-from .results import (SAMPLES_FILE, SCHEMA_VERSION, FmrResult, OutcomeWriter, RunLock, prepare_run_dir,
-                      reconcile_outcomes, run_dir, select, set_aside, write_json)
+from .results import (
+    SAMPLES_FILE,
+    SCHEMA_VERSION,
+    FmrResult,
+    OutcomeWriter,
+    RunLock,
+    prepare_run_dir,
+    reconcile_outcomes,
+    run_dir,
+    select,
+    set_aside,
+    write_json,
+)
 from .runtime import command_line, describe_device, now, resolve_device, seed_everything, versions
 from .viz import save_grid
 from .weights import module_sha256, preflight, weights_identity
@@ -290,8 +302,14 @@ class _Progress:
 
     def __enter__(self) -> "_Progress":
         if self.rich:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._bar = Progress(TextColumn("FMR"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[rate]} img/s"), TextColumn("in flight {task.fields[flight]}"),

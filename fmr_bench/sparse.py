@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import io
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -36,7 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import DataError, OutputError, SettingsError
+from .errors import DataError, SettingsError
+from .files import atomic_write, write_json
 
 #: The paper's regularisation strength (App. I); scikit-learn's C is its inverse.
 PAPER_LAMBDA = 36.36
@@ -58,18 +60,10 @@ class LatentSet:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp.npz")
-            np.savez_compressed(tmp, originals=self.originals, originals_quantised=self.originals_quantised,
-                                finals=self.finals, ids=np.array(self.ids), validated=self.validated,
-                                steps=self.steps, latent_shape=np.array(self.latent_shape),
-                                meta=np.array(json.dumps(self.meta)))
-            tmp.replace(path)
-        except OSError as e:
-            raise OutputError(f"cannot write the latent dataset to {path} ({e.strerror}); pass --latents "
-                              "with a writable path") from None
-        return path
+        return atomic_write(path, lambda f: np.savez_compressed(
+            f, originals=self.originals, originals_quantised=self.originals_quantised, finals=self.finals,
+            ids=np.array(self.ids), validated=self.validated, steps=self.steps,
+            latent_shape=np.array(self.latent_shape), meta=np.array(json.dumps(self.meta))), resume=False)
 
     @classmethod
     def load(cls, path: str | Path) -> LatentSet:
@@ -266,14 +260,11 @@ def write_mask_card(fit: MaskFit, latents: LatentSet, out_dir: str | Path, name:
         | {"scikit-learn": _sklearn_version()},
         **(extra or {}),
     }
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        np.save(mask_file, fit.mask.astype(np.uint8), allow_pickle=False)
-        card["mask"]["sha256"] = hashlib.sha256(mask_file.read_bytes()).hexdigest()
-        card_file.write_text(json.dumps(card, indent=2) + "\n")
-    except OSError as e:
-        raise OutputError(f"cannot write the mask card to {out_dir} ({e.strerror}); pass --out with a "
-                          "writable folder") from None
+    buf = io.BytesIO()
+    np.save(buf, fit.mask.astype(np.uint8), allow_pickle=False)
+    card["mask"]["sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+    atomic_write(mask_file, buf.getvalue(), resume=False)
+    write_json(card_file, card, resume=False)  # last: a card exists only with its complete mask
     return card_file
 
 

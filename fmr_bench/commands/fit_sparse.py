@@ -3,18 +3,21 @@
 Runs the dense loop, saves the 2n-row latent dataset (``--latents``, before any fitting,
 so that a failed fit loses no loop work: refit with ``--from-latents``), fits the L1
 logistic regression and writes ``sparse-vqgan-NAME.json`` plus ``.mask.npy`` into
-``--out`` (default: the generator cards folder, where ``--generator sparse-vqgan:NAME``
-finds it; elsewhere pass the card's path: ``--generator sparse-vqgan:PATH.json``).
+``--out`` (default: ``masks/`` under the current folder; use the card with
+``--generator sparse-vqgan:PATH.json``). A command never writes into the package or the
+checkout's ``generators/`` folder: shipped cards and masks change only by hand.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import shlex
 from pathlib import Path
 
 from . import Command
 from .common import add_settings_arguments, set_cache, settings_overrides
+
+DEFAULT_OUT = "masks"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the fit split; not the split you evaluate on (default: digits:train)")
     p.add_argument("--generator", default=None, help="the dense generator vqgan[:CARD] (default: the dataset world's)")
     p.add_argument("--oracle", default=None, help="oracle spec (default: the dataset world's)")
-    p.add_argument("--out", default=None, help="folder for the card and mask (default: the generator cards folder)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"folder for the card and mask (default: {DEFAULT_OUT}/ under the "
+                                                      "current folder; never the shipped generators/ folder)")
     p.add_argument("--name", default=None,
                    help="mask name; the card is sparse-vqgan-NAME.json (default: the dataset source, e.g. digits)")
     p.add_argument("--latents", default=None,
@@ -45,8 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..generators.cards import cards_dir
     from ..generators.sparse import KIND
+    from ..runtime import command_line
     from ..sparse import LatentSet, collect_latents, fit_mask, write_mask_card
 
     set_cache(args.cache_dir)
@@ -73,20 +77,35 @@ def run(args: argparse.Namespace) -> int:
 
         saved = args.from_latents or path
         raise SettingsError(f"the L1 fit kept no latent dim (nothing would move); refit on more images or with a "
-                            f"smaller --lam: fmr fit-sparse --from-latents {saved} --lam {args.lam / 4:g}")
-    command = "fmr fit-sparse " + " ".join(sys.argv[2:]) if sys.argv and sys.argv[0].endswith("fmr") else None
-    card = write_mask_card(fit, latents, args.out or cards_dir(), name,
-                           extra={"command": command, "latents_from": args.from_latents})
+                            f"smaller --lam: {refit_command(args, saved, args.lam / 4)}")
+    card = write_mask_card(fit, latents, args.out, name,
+                           extra={"command": command_line(), "latents_from": args.from_latents})
     console.print(f"mask: {int(fit.mask.sum())} of {fit.mask.size} dims move; sparsity {fit.sparsity:.2f} %, "
                   f"test score {fit.test_score:.2f} %, train score {fit.train_score:.2f} % "
                   f"({fit.n_train_images}/{fit.n_test_images} images train/test)")
     if not fit.converged:
-        console.print(f"[yellow]note:[/] saga did not converge in {args.max_iter} iterations; raise --max-iter "
-                      f"(refit with --from-latents)")
+        console.print(f"[yellow]note:[/] saga did not converge in {args.max_iter} iterations; refit with more: "
+                      f"{refit_command(args, args.from_latents or path, args.lam, max_iter=args.max_iter * 4)}",
+                      highlight=False, soft_wrap=True)
     console.print(f"card: {card}")
-    spec = card.stem.removeprefix(KIND + "-") if args.out is None else str(card)
-    console.print(f"use: --generator sparse-vqgan:{spec}")
+    console.print(f"use: --generator sparse-vqgan:{card}")
     return 0
+
+
+def refit_command(args: argparse.Namespace, latents: str | Path, lam: float, **changes) -> str:
+    """The ``fmr fit-sparse --from-latents`` command that refits these latents with every
+    option of this call kept (``--model``, ``--out``, ``--name``...) and ``changes`` applied."""
+    opts = {"--model": args.model, "--from-latents": str(latents), "--lam": f"{lam:g}", "--out": str(args.out),
+            "--name": args.name, "--test-size": f"{args.test_size:g}", "--original": args.original,
+            "--max-iter": str(changes.get("max_iter", args.max_iter)),
+            "--seed": None if args.seed is None else str(args.seed), "--cache-dir": args.cache_dir}
+    argv = ["fmr", "fit-sparse"]
+    for flag, value in opts.items():
+        if value is not None:
+            argv += [flag, value]
+    if args.standardize:
+        argv.append("--standardize")
+    return shlex.join(argv)
 
 
 COMMAND = Command(help="fit a sparse-VQGAN mask (paper §3.2.1) on a fit split", add_arguments=add_arguments, run=run)

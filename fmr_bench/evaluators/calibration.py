@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError
+from ..files import save_figure
 from ..registry import EVALUATORS
 from . import metrics as M
 from .base import Context, Output, ds_name
@@ -53,8 +54,10 @@ def reliability_png(path: Path, before: list[dict], after: list[dict], title: st
     axes[0].set_ylabel("accuracy")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 @EVALUATORS.register("calibration", help="ECE / NLL before and after temperature scaling fitted on half of ID")

@@ -22,9 +22,9 @@ import numpy as np
 
 from ..datasets.factors import FACTORS
 from ..errors import DataError, MissingDependencyError, SettingsError
+from ..files import atomic_write
 from ..registry import EVALUATORS
 from .base import Context, Output
-
 
 
 def load_annotations(which_factor: str = "top", filter_prototypes: bool = True):
@@ -105,10 +105,10 @@ def evaluate(ctx: Context, data, ood, which_factor: str = "top", filter_prototyp
         import pandas as pd
 
         out_dir = ctx.folder / "imagenet_x_predictions"
-        out_dir.mkdir(exist_ok=True)
         stem = re.sub(r"[^A-Za-z0-9.+-]+", "-", ctx.spec.split("?")[0]).strip("-") or "model"
-        pd.DataFrame({"file_name": [key(s) for s in cl.ids], "predicted_class": pred.numpy(),
-                      "predicted_probability": conf.numpy()}).to_csv(out_dir / f"{stem}.csv", index=False)
+        frame = pd.DataFrame({"file_name": [key(s) for s in cl.ids], "predicted_class": pred.numpy(),
+                              "predicted_probability": conf.numpy()})
+        atomic_write(out_dir / f"{stem}.csv", frame.to_csv(index=False))
         files["predictions"] = f"imagenet_x_predictions/{stem}.csv"
     details = {"worst_factor": worst, "which_factor": which_factor,
                "annotations": "dataset" if own is not None else f"imagenet-x package (filter_prototypes={filter_prototypes})",

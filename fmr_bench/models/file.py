@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 
 from ..errors import SpecError, WeightsError
+from ..files import atomic_write_file
 from ..specs import Spec
 from ..weights import WeightRef, safe_torch_load
 from .base import ImageClassifier, Preprocess
@@ -40,11 +41,8 @@ def save_model(model: ImageClassifier, path: str | Path, *, class_names: Sequenc
     names = list(class_names) if class_names is not None else model.class_names
     meta = {"arch": model.arch, "class_names": names, "num_classes": model.num_classes,
             "preprocess": model.preprocess.to_dict(), "label_space": model.label_space}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    st_save(model.net, str(tmp), metadata={META_KEY: json.dumps(meta)})
-    tmp.replace(path)
-    return path
+    return atomic_write_file(path, lambda tmp: st_save(model.net, str(tmp), metadata={META_KEY: json.dumps(meta)}),
+                             fix="save to a writable folder")
 
 
 def weight_refs(spec: Spec) -> list[WeightRef]:

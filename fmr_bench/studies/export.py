@@ -40,6 +40,7 @@ from ..config import FmrSettings
 from ..datasets import ImageDataset, load_dataset
 from ..datasets.base import FileImages
 from ..errors import OutputError, SettingsError
+from ..files import atomic_write
 from ..protocol import SampleOutcome
 from ..results import FmrResult, run_dir, write_json
 from .data import FORMAT, GENERATION_FILE, LABELS_FILE, read_generation, subset
@@ -107,15 +108,9 @@ def save_png(image: torch.Tensor, path: Path) -> None:
     from PIL import Image
 
     arr = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-    tmp = path.with_name(path.name + ".part")  # not an image suffix: readers skip a torn file
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(arr, "RGB").save(tmp, format="PNG")
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path} ({e.strerror or e}); free space or pass another --to, then "
-                          "re-run the same command to resume") from None
+    # the temporary name has no image suffix: folder readers skip a torn file
+    atomic_write(path, lambda f: Image.fromarray(arr, "RGB").save(f, format="PNG"),
+                 fix="pass another --to, then re-run the same command to resume")
 
 
 def _spec(obj: Any) -> str | None:

@@ -26,6 +26,7 @@ from typing import Any
 from ..config import FmrSettings
 from ..datasets import ImageDataset, load_dataset
 from ..errors import DataError, SettingsError
+from ..files import save_figure
 from ..results import run_dir, write_json
 from .export import merge_settings
 from .tables import write_csv
@@ -157,9 +158,10 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str =
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputError
+from ..files import atomic_write
 
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
@@ -19,15 +19,7 @@ def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequenc
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
-    tmp = path.with_name(path.name + ".part")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(buf.getvalue())
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path} ({e.strerror or e}); pass a writable folder") from None
-    return path
+    return atomic_write(path, buf.getvalue(), fix="pass a writable folder")
 
 
 #: Short column headers of the printed tables (as ``fmr evaluate`` prints them).

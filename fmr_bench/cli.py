@@ -20,7 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     from . import commands  # noqa: F401  (registration)
     from .registry import COMMANDS
 
+    from .runtime import fmr_version
+
     parser = argparse.ArgumentParser(prog="fmr", description="Foundation-model-oriented robustness (FMR) benchmark.")
+    parser.add_argument("--version", action="version", version=f"fmr_bench {fmr_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for entry in COMMANDS.items():
         cmd = entry.load()

@@ -39,6 +39,8 @@ from .weights import module_sha256, preflight, weights_identity
 GRID_SIZE = 16
 DEFAULT_FILE_RESOLUTION = 224
 GRID_FILE = "grid.png"
+#: Below this many images to decode, files are read in the main process (no DataLoader workers).
+MIN_WORKER_IMAGES = 32
 
 # resolve_device and versions live in runtime; importing them from here still works
 __all__ = ["evaluate", "resolve_device", "select_indices", "versions"]
@@ -274,7 +276,9 @@ def _samples(dataset: ImageDataset, indices: Sequence[int]):
     """Yield (id, index, image, label), decoding files in background workers."""
     if not indices:
         return
-    workers = 0 if getattr(dataset, "images", None) is not None else min(4, torch.get_num_threads())
+    # worker processes pay off for many files; for a handful (small sets, a resume) they cost more to start
+    few = len(indices) < MIN_WORKER_IMAGES
+    workers = 0 if few or getattr(dataset, "images", None) is not None else min(4, torch.get_num_threads())
     if workers == 0:
         for i in indices:
             yield dataset.ids[i], i, dataset.load(i), dataset.labels[i]

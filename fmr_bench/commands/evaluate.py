@@ -12,6 +12,9 @@ def add_arguments(ev: argparse.ArgumentParser) -> None:
     add_world_arguments(ev)
     add_settings_arguments(ev)
     ev.add_argument("--no-grid", action="store_true", help="do not write the image grid PNG")
+    ev.add_argument("--fresh", action="store_true",
+                    help="redo a run whose folder already holds outcomes; the earlier files move to "
+                         "replaced-<time>/ inside the run folder (nothing is deleted)")
     ev.add_argument("--evaluator", default="fmr",
                     help="fmr (the dynamic FMR protocol, default) or static evaluator(s), comma-separated: "
                          "ood-accuracy, imagenet-x, ood-detection, calibration, group-robustness, zero-shot "
@@ -28,6 +31,12 @@ def run(args: argparse.Namespace) -> int:
     if args.evaluator != "fmr":
         from ..evaluators.cli import run_static
 
+        if args.fresh:
+            from ..errors import SettingsError
+
+            raise SettingsError("--fresh redoes an FMR run; static evaluators recompute their record on every call "
+                                "(pass --no-cache to recompute the logits too)")
+
         return run_static(args)
     from rich.console import Console
 
@@ -36,9 +45,12 @@ def run(args: argparse.Namespace) -> int:
 
     keep_freed_memory()  # a process of its own: the loop may keep its peak memory reserved
     result = evaluate(args.model, args.data, generator=args.generator, oracle=args.oracle, out=args.out,
-                      progress=not args.quiet, write_grid=not args.no_grid, **settings_overrides(args))
+                      progress=not args.quiet, write_grid=not args.no_grid, fresh=args.fresh,
+                      **settings_overrides(args))
     console = Console()
     console.print(metrics_table(result.record))
+    for line in result.record.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {line}", highlight=False)
     if result.path is not None:
         console.print(f"record: {result.path / 'record.json'}")
         if (result.path / "grid.png").is_file():

@@ -59,15 +59,18 @@ def test_interrupted_run_resumes_to_the_same_numbers(tmp_path):
     assert len((folder / "samples.jsonl").read_text().splitlines()) == 14
 
 
-def test_torn_last_line_is_dropped_and_redone(tmp_path):
+def test_torn_last_line_is_skipped_on_load_and_redone_on_resume(tmp_path):
     res = _run(tmp_path)
     path = res.path / "samples.jsonl"
     text = path.read_text().splitlines(keepends=True)
-    path.write_text("".join(text[:-1]) + text[-1][: len(text[-1]) // 2])
+    torn = "".join(text[:-1]) + text[-1][: len(text[-1]) // 2]
+    path.write_text(torn)
     assert len(read_outcomes(path)) == 13
-    assert path.read_text().endswith("\n")
+    assert path.read_text() == torn  # reading never writes
     again = _run(tmp_path)
     assert again.metrics == res.metrics
+    lines = path.read_text().splitlines()
+    assert len(lines) == 14 and all(json.loads(x) for x in lines)
 
 
 def test_limit_takes_a_seeded_subset(tmp_path):

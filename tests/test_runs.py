@@ -428,12 +428,13 @@ def test_fit_sparse_refit_hint_is_a_command_that_runs(tmp_path, capsys):
 
 # --- entry points --------------------------------------------------------------------------------
 
-def test_version_and_python_dash_m(tmp_path):
+def test_version_and_python_dash_m(tmp_path, capsys):
     from fmr_bench.runtime import fmr_version
 
-    run = subprocess.run([sys.executable, "-m", "fmr_bench", "--version"], cwd=REPO, capture_output=True, text=True,
-                         timeout=120)
-    assert run.returncode == 0 and run.stdout.strip() == f"fmr_bench {fmr_version()}"
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"fmr_bench {fmr_version()}"
+    # python -m fmr_bench runs the same command line and hands its exit code to the shell
     bad = subprocess.run([sys.executable, "-m", "fmr_bench", "evaluate", "--model", "builtin:nope", "--out",
-                          str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+                          str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("fmr: error:") and len(bad.stderr.strip().splitlines()) == 1

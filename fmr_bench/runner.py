@@ -144,7 +144,7 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
         "step_size": settings.step_size, "optimizer": settings.optimizer, "seed": settings.seed,
         "limit": settings.limit, "precision": settings.precision, "resolution": resolution,
         # what the weights are, not only where they come from (a spec may point at other files)
-        "weights": _weights_identity(refs, generator, oracle, gen, ora),
+        "weights": _weights_identity(refs, generator, oracle, gen, ora, in_memory=out is not None),
     }
     if settings.init != "none":  # only then, so that earlier run folders keep their names
         run_settings.update(init=settings.init, fgsm_eps=settings.fgsm_eps)
@@ -262,12 +262,14 @@ def _say(line: str) -> None:
     Console(stderr=True).print(line, highlight=False, soft_wrap=True)
 
 
-def _weights_identity(refs: list, generator: Any, oracle: Any, gen: Generator, ora: Oracle) -> dict[str, str]:
-    """Content hashes of every local weight file, and of in-memory generators / oracles."""
+def _weights_identity(refs: list, generator: Any, oracle: Any, gen: Generator, ora: Oracle, *,
+                      in_memory: bool) -> dict[str, str]:
+    """Content hashes of every local weight file (cached, cheap) and, when ``in_memory``
+    (a run folder will be named by them), of generators / oracles handed over as objects."""
     out = weights_identity(refs)
-    if not isinstance(generator, str) and generator is not None:
+    if in_memory and not isinstance(generator, str) and generator is not None:
         out["generator (in memory)"] = module_sha256(gen)
-    if not isinstance(oracle, str) and oracle is not None:
+    if in_memory and not isinstance(oracle, str) and oracle is not None:
         out["oracle (in memory)"] = module_sha256(ora)
     return out
 

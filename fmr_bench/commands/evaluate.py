@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
                       progress=not args.quiet, write_grid=not args.no_grid, fresh=args.fresh,
                       **settings_overrides(args))
     console = Console()
+    if result.reused and args.quiet:  # without --quiet the runner has said so already
+        console.print(f"reused finished run ({result.path}); pass --fresh to redo it", highlight=False)
     console.print(metrics_table(result.record))
     for line in result.record.get("warnings", []):
         console.print(f"[yellow]warning:[/] {line}", highlight=False)

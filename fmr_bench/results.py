@@ -245,10 +245,13 @@ class OutcomeWriter:
             tail = f.read(back)
             start = tail.rfind(b"\n") + 1
             last = tail[start:].decode("utf-8", errors="replace")
-            if _parse_line(last) and last.rstrip().endswith("}"):
+            objs = _parse_line(last)
+            if objs and last.rstrip().endswith("}"):
                 f.write(b"\n")  # a finished outcome that only lost its newline
-            else:
-                f.truncate(size - back + start)  # torn mid-write: no finished outcome in it
+            else:  # torn mid-write: cut it, keeping any complete outcome glued before it
+                f.truncate(size - back + start)
+                f.seek(size - back + start)
+                f.write("".join(json.dumps(d) + "\n" for d in objs).encode())
             f.flush()
             os.fsync(f.fileno())
 

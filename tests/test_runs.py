@@ -401,7 +401,14 @@ def _latents(path):
 
 
 def test_fit_sparse_writes_to_a_user_folder_by_default(tmp_path, monkeypatch, capsys):
-    shipped = REPO / "generators"
+    import shutil
+
+    from fmr_bench.generators import cards
+
+    # a copy stands in for the shipped cards folder, so that a regression writes there, not into the checkout
+    shipped = tmp_path / "shipped"
+    shutil.copytree(cards.cards_dir(), shipped)
+    monkeypatch.setattr(cards, "cards_dir", lambda: shipped)
     before = {p.name: p.stat().st_mtime_ns for p in shipped.iterdir()}
     latents = _latents(tmp_path / "lat.npz")
     monkeypatch.chdir(tmp_path)

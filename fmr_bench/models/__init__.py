@@ -13,7 +13,7 @@ from torch import nn
 from ..registry import MODEL_SOURCES
 from ..specs import Spec, parse_spec
 from .base import ClassMap, ImageClassifier, Preprocess, map_classes
-from .transform import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, EvalTransform
+from .transform import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 
 MODEL_SOURCES.register("timm", "fmr_bench.models.timm", help="timm:NAME[.TAG] — any timm classifier")
 MODEL_SOURCES.register("openclip", "fmr_bench.models.openclip", help="openclip:ARCH/TAG — open_clip zero-shot classifier")
@@ -46,16 +46,18 @@ def load_model(spec: str | Spec, *, class_names: Sequence[str] | None = None, pr
 
 def wrap_module(module: nn.Module, *, input_size: int | tuple[int, int] | None = None,
                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                interpolation: str = "bilinear", crop_pct: float = DEFAULT_CROP_PCT, crop_mode: str = "center",
+                interpolation: str = "bilinear", crop_pct: float = 1.0, crop_mode: str = "center",
                 transform: EvalTransform | None = None, class_names: Sequence[str] | None = None,
                 name: str = "module", arch: str | None = None) -> ImageClassifier:
     """Wrap an in-memory ``nn.Module`` (e.g. from a training loop) with its preprocessing.
 
     Args:
         input_size: side (or (height, width)) of the tensors ``module`` takes.
-        mean, std, interpolation, crop_pct, crop_mode: its eval transform; the defaults are
-            timm's (ImageNet mean/std, bilinear, crop 0.875, centre crop). Static evaluators
-            crop image files this way; the FMR loop uses only the size and mean/std.
+        mean, std, interpolation, crop_pct, crop_mode: its eval transform. Defaults: ImageNet
+            mean/std, bilinear, no crop (``crop_pct=1``: short side resized to the input size,
+            centre crop; images already at the input size pass unchanged). Pass
+            ``crop_pct=0.875`` for timm's ImageNet default. Static evaluators decode image
+            files this way; the FMR loop uses only the size, mean/std and interpolation.
         transform: a complete :class:`EvalTransform` instead of the arguments above
             (e.g. ``load_model("timm:resnet50", pretrained=False).preprocess``).
         arch: a spec that builds the untrained architecture (e.g. ``"timm:resnet50"``), so that

@@ -34,7 +34,7 @@ from ..errors import SettingsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: timm's ``DEFAULT_CROP_PCT``: the crop of a model whose source defines none.
+#: timm's ``DEFAULT_CROP_PCT``: the crop of a timm model whose data config defines none.
 DEFAULT_CROP_PCT = 0.875
 CROP_MODES = ("center", "squash", "border")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
@@ -66,7 +66,9 @@ class EvalTransform:
         interpolation: resize filter (``bilinear``, ``bicubic``, ``nearest``, ``box``,
             ``hamming``, ``lanczos``); the FMR loop's differentiable resize uses bicubic when
             this is bicubic, else bilinear.
-        crop_pct: share of the resized image kept by the crop (timm's ``crop_pct``).
+        crop_pct: share of the resized image kept by the crop (timm's ``crop_pct``). The
+            default 1.0 crops nothing beyond the aspect ratio: images already at the input
+            size pass unchanged (timm's own default for models without one is 0.875).
         crop_mode: ``center``, ``squash`` or ``border`` (see the module docstring).
         fill: padding colour (0-255 per channel) of ``border`` mode; ``None`` pads with the
             mean colour, as timm does.
@@ -77,7 +79,7 @@ class EvalTransform:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
-    crop_pct: float = DEFAULT_CROP_PCT
+    crop_pct: float = 1.0
     crop_mode: str = "center"
     fill: tuple[int, ...] | None = None
     origin: str = field(default="", compare=False)

@@ -114,6 +114,31 @@ def test_timm_model_is_fed_exactly_timms_eval_transform(photos, monkeypatch, nam
 
 
 # crop_pct 1.0 of each mode is open_clip's shortest / squash / longest, tested below
+def test_hf_model_is_fed_the_timm_config_of_its_repo(photos, tmp_path, monkeypatch):
+    """``hf:`` reads the repo's config.json (here from an offline Hub cache the test writes)."""
+    import huggingface_hub.constants as hub
+    import timm
+
+    repo, commit = tmp_path / "hub" / "models--fmr--tiny-resnet", "0" * 40
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    pretrained_cfg = {"input_size": [3, 96, 128], "crop_pct": 0.8, "crop_mode": "squash", "interpolation": "bicubic",
+                      "mean": [0.1, 0.2, 0.3], "std": [0.3, 0.3, 0.3], "num_classes": 3}
+    (repo / "snapshots" / commit / "config.json").write_text(json.dumps(
+        {"architecture": "test_resnet", "num_classes": 3, "pretrained_cfg": pretrained_cfg}))
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    clf = load_model("hf:fmr/tiny-resnet", pretrained=False)
+    pre = clf.preprocess
+    assert (pre.input_size, pre.crop_pct, pre.crop_mode, pre.mean) == ((96, 128), 0.8, "squash", (0.1, 0.2, 0.3))
+    assert "fmr/tiny-resnet" in pre.origin
+    reference = timm.data.create_transform(**timm.data.resolve_data_config({}, model=clf.net))
+    dataset = load_dataset(f"folder:{photos}")
+    expected = torch.stack([reference(im) for im in files_of(dataset)])
+    torch.testing.assert_close(fed_tensors(clf, dataset), expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("crop_pct", [0.875, 1.15])
 @pytest.mark.parametrize("crop_mode", ["center", "squash", "border"])
 @pytest.mark.parametrize("input_size", [(224, 224), (192, 256)])
@@ -155,8 +180,8 @@ def test_openclip_model_is_fed_exactly_open_clips_preprocess(photos, clip_arch, 
         assert cfg, "open_clip no longer has this tag"
         # the tiny architecture takes the real tag's settings (weights are never fetched)
         monkeypatch.setitem(open_clip.pretrained._PRETRAINED, clip_arch, {tag: {**cfg, "hf_hub": "", "url": ""}})
-        kwargs = dict(image_mean=cfg["mean"], image_std=cfg["std"], image_interpolation=cfg["interpolation"],
-                      image_resize_mode=cfg["resize_mode"])
+        kwargs = {"image_mean": cfg["mean"], "image_std": cfg["std"], "image_interpolation": cfg["interpolation"],
+                  "image_resize_mode": cfg["resize_mode"]}
     spec = f"openclip:{clip_arch}/{tag}" if tag else f"openclip:{clip_arch}"
     clf = load_model(spec, class_names=["a", "b"], pretrained=False, templates="single")
     assert clf.preprocess.crop_pct == 1.0
@@ -268,7 +293,7 @@ def test_protocol_feed_keeps_the_datasets_resolution(photos):
 
 
 def test_disk_full_on_the_cache_write_is_the_one_line_error(photos, monkeypatch, tmp_path):
-    import fmr_bench.inference as inference
+    from fmr_bench import inference
 
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -281,7 +306,7 @@ def test_disk_full_on_the_cache_write_is_the_one_line_error(photos, monkeypatch,
 
 
 def test_disk_full_on_the_cache_write_exits_2_from_the_cli(monkeypatch, tmp_path, capsys):
-    import fmr_bench.inference as inference
+    from fmr_bench import inference
     from fmr_bench.cli import main
 
     def full(*_a, **_k):
@@ -295,7 +320,7 @@ def test_disk_full_on_the_cache_write_exits_2_from_the_cli(monkeypatch, tmp_path
 
 
 def test_unwritable_cache_is_a_warning_and_the_logits_still_come(photos, monkeypatch):
-    import fmr_bench.inference as inference
+    from fmr_bench import inference
 
     def read_only(*_a, **_k):
         raise OSError(errno.EROFS, "Read-only file system")
@@ -308,7 +333,7 @@ def test_unwritable_cache_is_a_warning_and_the_logits_still_come(photos, monkeyp
 
 
 def test_corrupt_entry_in_a_read_only_cache_is_recomputed(photos, monkeypatch, tmp_path):
-    import fmr_bench.inference as inference
+    from fmr_bench import inference
 
     clf = load_model("timm:test_resnet", pretrained=False)
     dataset = load_dataset(f"folder:{photos}")
@@ -344,7 +369,7 @@ def test_file_checkpoint_keeps_its_transform_and_falls_back_to_its_architectures
 
     with safe_open(str(path), "pt") as f:
         meta = json.loads(f.metadata()["fmr_bench"])
-        state = {k: f.get_tensor(k) for k in f.keys()}
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     meta["preprocess"] = {"input_size": [96, 96], "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.5, 0.5],
                           "interpolation": "bicubic"}
     old = tmp_path / "old.safetensors"

@@ -75,6 +75,8 @@ def load(spec: Spec, *, class_names: Sequence[str] | None = None, pretrained: bo
         raise WeightsError(f"cannot load weights for timm:{name} ({first}); pass ?weights=PATH to a matching file") from None
     pcfg = getattr(net, "pretrained_cfg", None) or {}
     which = ".".join(str(v) for v in (pcfg.get("architecture") or name, pcfg.get("tag")) if v)
+    if pcfg.get("source") == "hf-hub" and pcfg.get("hf_hub_id"):
+        which = f"{which} in {pcfg['hf_hub_id']}"
     pre = EvalTransform.from_timm(timm.data.resolve_data_config({}, model=net), origin=f"timm pretrained_cfg of {which}")
     label_names = getattr(net.pretrained_cfg, "label_names", None) if hasattr(net, "pretrained_cfg") else None
     space = "imagenet-1k" if net.num_classes == 1000 and not label_names else None

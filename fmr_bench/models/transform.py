@@ -25,8 +25,9 @@ applies it (differentiably, so the FMR loop shares it).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -188,18 +189,20 @@ class EvalTransform:
         Args:
             image: a PIL image, or a (C, H, W) tensor: uint8 (treated as the image file it came
                 from: resized by PIL, as timm and open_clip resize files) or float in [0, 1]
-                (resized by torchvision on the tensor, antialiased, then clamped to [0, 1]).
+                    (resized by torchvision on the tensor, antialiased, then clamped to [0, 1];
+                with ``box``, ``hamming`` or ``lanczos``, through PIL at 8 bits).
 
         Returns:
             A float (C, H, W) tensor in [0, 1] of size ``input_size`` (not normalised).
         """
-        from torchvision.transforms import functional as TF
         from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
 
-        if isinstance(image, torch.Tensor):
-            if image.dtype == torch.uint8 or self.interpolation not in _TENSOR_INTERPOLATIONS:
-                image = TF.to_pil_image(image if image.dtype == torch.uint8
-                                        else (image.float().clamp(0, 1) * 255).round().to(torch.uint8))
+        # uint8 is an image file's content; filters torch lacks (box, hamming, lanczos) need PIL too
+        if isinstance(image, torch.Tensor) and (image.dtype == torch.uint8
+                                                or self.interpolation not in _TENSOR_INTERPOLATIONS):
+            image = TF.to_pil_image(image if image.dtype == torch.uint8
+                                    else (image.float().clamp(0, 1) * 255).round().to(torch.uint8))
         if isinstance(image, torch.Tensor):
             x = image.float()
             h, w = x.shape[-2:]
@@ -233,8 +236,8 @@ def centre_crop_or_pad(x: torch.Tensor, size: tuple[int, int], fill: tuple[int, 
         out = colour.view(c, 1, 1).expand(c, h + ph, w + pw).clone()
         out[:, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w] = x
         x, h, w = out, h + ph, w + pw
-    top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
+    top, left = round((h - th) / 2.0), round((w - tw) / 2.0)  # torchvision's int(round(...))
     return x[:, top:top + th, left:left + tw].contiguous()
 
 
-__all__ = ["CROP_MODES", "DEFAULT_CROP_PCT", "EvalTransform", "IMAGENET_MEAN", "IMAGENET_STD", "centre_crop_or_pad"]
+__all__ = ["CROP_MODES", "DEFAULT_CROP_PCT", "IMAGENET_MEAN", "IMAGENET_STD", "EvalTransform", "centre_crop_or_pad"]

@@ -36,6 +36,8 @@ class SettingsError(FmrBenchError, ValueError):
 class OutputError(FmrBenchError):
     """Results cannot be written (unwritable folder, full disk, foreign run folder)."""
 
+    disk_full: bool = False
+
 
 class MissingDependencyError(FmrBenchError, ImportError):
     """An optional backend is not installed."""

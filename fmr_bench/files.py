@@ -34,8 +34,11 @@ def output_error(e: OSError, path: str | Path, *, resume: bool = True,
     if e.errno in DISK_FULL:
         tail = "; free space and re-run the same command to resume (finished work is kept)" if resume else \
             "; free space and re-run the same command"
-        return OutputError(f"disk full while writing {path}{tail}")
-    return OutputError(f"cannot write {path} ({e.strerror or e}); {fix}")
+        err = OutputError(f"disk full while writing {path}{tail}")
+    else:
+        err = OutputError(f"cannot write {path} ({e.strerror or e}); {fix}")
+    err.disk_full = e.errno in DISK_FULL  # callers that may go on without the file (caches) ask this
+    return err
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None] | bytes | str, *,

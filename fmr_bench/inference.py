@@ -1,9 +1,14 @@
 """Batched inference over a dataset, with an on-disk logits cache.
 
+Each model is fed its own eval transform (:class:`~fmr_bench.models.transform.EvalTransform`:
+input size, crop, interpolation, mean/std), applied when the dataset decodes its images
+(``feed="eval"``, the static evaluators), or the dataset's pixels at its current resolution,
+resized by the model itself as in the FMR loop (``feed="protocol"``).
+
 One forward pass over a dataset serves every static evaluator: logits are stored under
 ``$FMR_CACHE/logits/<key>.pt``, keyed by a hash of everything that determines them
-(model spec, weights hash, preprocessing, dataset spec, sample ids and labels, input
-resolution and crop). A second evaluator on the same model and data therefore costs
+(model spec, weights hash, eval transform and mean/std, dataset spec, sample ids and
+labels, dataset crop). A second evaluator on the same model and data therefore costs
 only its metric.
 """
 
@@ -13,19 +18,21 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .datasets.base import FileImages, ImageDataset
-from .errors import OutputError
+from .datasets.base import ImageDataset
+from .errors import OutputError, SettingsError
 from .files import save_torch
-from .models import ImageClassifier
+from .models import EvalTransform, ImageClassifier
 from .weights import cache_dir
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: static inference through each model's eval transform
+FEEDS = ("eval", "protocol")
 
 
 @dataclass
@@ -39,6 +46,8 @@ class Logits:
     cached: bool = False
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    transform: dict | None = None  # the eval transform applied (EvalTransform.to_dict()), None: protocol feed
+    resolution: int | None = None  # protocol feed: the dataset resolution the model resized from
 
     @property
     def images_per_s(self) -> float | None:
@@ -49,11 +58,16 @@ def logits_cache_root() -> Path:
     return Path(os.environ.get("FMR_LOGITS_CACHE", cache_dir() / "logits")).expanduser()
 
 
-def input_resolution(model: ImageClassifier, dataset: ImageDataset) -> int:
-    """File datasets are decoded at the model's input size; tensor datasets stay native."""
-    if isinstance(dataset, FileImages) or dataset.resolution is None:
-        return int(model.preprocess.input_size[0])
-    return int(dataset.resolution)
+def feed_transform(model: ImageClassifier, dataset: ImageDataset, feed: str = "eval") -> EvalTransform | None:
+    """The transform ``dataset`` applies for ``model`` (``None``: its pixels at its resolution).
+
+    Args:
+        feed: ``"eval"``, the model's own eval transform (possibly with the dataset's crop,
+            see :meth:`ImageDataset.eval_transform`); ``"protocol"``, none (the FMR loop's view).
+    """
+    if feed not in FEEDS:
+        raise SettingsError(f"feed {feed!r} is unknown; use one of {', '.join(FEEDS)}")
+    return dataset.eval_transform(model.preprocess) if feed == "eval" else None
 
 
 def dataset_fingerprint(dataset: ImageDataset) -> dict:
@@ -65,9 +79,12 @@ def dataset_fingerprint(dataset: ImageDataset) -> dict:
             "root": str(getattr(dataset, "root", "")), "transform": getattr(dataset, "transform_id", None)}
 
 
-def logits_key(model: ImageClassifier, dataset: ImageDataset, resolution: int, weights_hash: str | None = None) -> str:
+def logits_key(model: ImageClassifier, dataset: ImageDataset, transform: EvalTransform | None,
+               weights_hash: str | None = None) -> str:
+    """Hash of everything that determines the logits of ``model`` on ``dataset`` fed through ``transform``."""
     desc = {"v": CACHE_VERSION, "model": model.spec, "arch": model.arch, "weights": weights_hash or model.weights_hash(),
-            "preprocess": model.preprocess.to_dict(), "dataset": dataset_fingerprint(dataset), "resolution": resolution}
+            "preprocess": model.preprocess.key(), "transform": transform.key() if transform is not None else None,
+            "resolution": dataset.resolution if transform is None else None, "dataset": dataset_fingerprint(dataset)}
     return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -80,33 +97,47 @@ def default_workers(dataset: ImageDataset) -> int:
 @torch.inference_mode()
 def compute_logits(model: ImageClassifier, dataset: ImageDataset, *, batch_size: int = 64,
                    num_workers: int | None = None, device: str | torch.device = "cpu", cache: bool = True,
-                   weights_hash: str | None = None, progress: Callable[[int, int], None] | None = None) -> Logits:
+                   weights_hash: str | None = None, progress: Callable[[int, int], None] | None = None,
+                   feed: str = "eval") -> Logits:
     """Logits of ``model`` on every sample of ``dataset`` (read from the cache when there).
 
     Args:
         model: the classifier (put in eval mode here).
-        dataset: any :class:`ImageDataset`; file datasets are decoded at the model's input size.
+        dataset: any :class:`ImageDataset`.
         batch_size: images per forward pass.
         num_workers: DataLoader workers; default all cores for file datasets, 0 in memory.
         cache: read and write the on-disk cache.
         weights_hash: the model's weights hash if already computed.
+        feed: ``"eval"`` (static evaluators): images are decoded through the model's own eval
+            transform; ``"protocol"``: the dataset's pixels at its current resolution, resized by
+            the model as in the FMR loop (studies that compare with FMR runs).
+
+    Raises:
+        OutputError: the disk is full while the cache entry is written.
     """
-    resolution = input_resolution(model, dataset)
-    dataset.set_resolution(resolution)
+    transform = feed_transform(model, dataset, feed)
+    if transform is None and dataset.resolution is None:
+        dataset.set_resolution(int(model.preprocess.input_size[0]))
     whash = weights_hash or model.weights_hash()
-    key = logits_key(model, dataset, resolution, whash)
+    key = logits_key(model, dataset, transform, whash)
+    fed = {"transform": transform.to_dict() if transform is not None else None,
+           "resolution": dataset.resolution if transform is None else None}
     path = logits_cache_root() / f"{key}.pt"
     if cache and path.is_file():
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            return Logits(blob["logits"], blob["labels"], list(blob["ids"]), key, cached=True)
-        except Exception:  # a torn or foreign file: recompute
-            path.unlink(missing_ok=True)
+            return Logits(blob["logits"], blob["labels"], list(blob["ids"]), key, cached=True, **fed)
+        except Exception:  # a torn or foreign file: recompute (and replace it if we may)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
     device = torch.device(device)
     model = model.to(device).eval()
     workers = default_workers(dataset) if num_workers is None else num_workers
-    loader = None if _in_memory(dataset) else torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         persistent_workers=False, prefetch_factor=4 if workers else None)
+    loader = None if _in_memory(dataset, transform) else torch.utils.data.DataLoader(
+        _Feed(dataset, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
+        persistent_workers=False, prefetch_factor=4 if workers else None)
     outs, labels, ids = [], [], []
     start = time.perf_counter()
     done = 0
@@ -124,20 +155,52 @@ def compute_logits(model: ImageClassifier, dataset: ImageDataset, *, batch_size:
     logits = torch.cat(outs) if outs else torch.empty(0, 0)
     lab = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
     if cache and len(ids):
-        try:
-            save_torch({"logits": logits, "labels": lab, "ids": ids}, path)
-        except OutputError:
-            pass  # a cache we cannot write only costs time
-    return Logits(logits, lab, ids, key, cached=False, seconds=seconds)
+        _write_cache(path, {"logits": logits, "labels": lab, "ids": ids})
+    return Logits(logits, lab, ids, key, cached=False, seconds=seconds, **fed)
 
 
-def _in_memory(dataset: ImageDataset) -> bool:
+def _write_cache(path: Path, blob: dict) -> None:
+    """Write one cache entry atomically.
+
+    A full disk stops the run with the one-line disk-full error: the record written next
+    would fail the same way, and re-running resumes. A cache that cannot be written for any
+    other reason (a read-only or foreign ``$FMR_LOGITS_CACHE``) is a warning only: the cache
+    saves time, never results, so the run goes on without it.
+    """
+    try:
+        save_torch(blob, path)
+    except OutputError as e:
+        if e.disk_full:
+            raise
+        warnings.warn(f"logits cache {path.parent} is not writable ({e}); going on without it "
+                      "(set FMR_LOGITS_CACHE to a writable folder, or --no-cache)", RuntimeWarning, stacklevel=3)
+
+
+class _Feed(torch.utils.data.Dataset):
+    """``(id, image, label)`` of a dataset, each image through ``transform`` (see :func:`feed_transform`)."""
+
+    def __init__(self, dataset: ImageDataset, transform: EvalTransform | None) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[str, torch.Tensor, int]:
+        return self.dataset.ids[i], self.dataset.load_eval(i, self.transform), self.dataset.labels[i]
+
+
+def _in_memory(dataset: ImageDataset, transform: EvalTransform | None) -> bool:
+    """In-memory images that reach the model unchanged: slice them instead of a DataLoader."""
     images = getattr(dataset, "images", None)
-    return isinstance(images, torch.Tensor) and getattr(dataset, "native", None) == dataset.resolution
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        return False
+    if transform is None:
+        return getattr(dataset, "native", None) == dataset.resolution
+    return transform.is_identity_for(int(images.shape[-2]), int(images.shape[-1]))
 
 
 def _batches(dataset: ImageDataset, loader, batch_size: int):
-    """DataLoader batches, or plain slices of an in-memory tensor (same values, no per-item calls)."""
+    """DataLoader batches, or plain slices of an in-memory tensor (same values as the transform, no per-item calls)."""
     if loader is not None:
         yield from loader
         return

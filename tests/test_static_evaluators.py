@@ -78,14 +78,13 @@ def imagenet_family(tmp_path):
 
 
 def _manual_logits(spec, dataset, **kw):
-    from fmr_bench.inference import input_resolution
     from fmr_bench.models import load_model
 
     torch.manual_seed(0)
     m = load_model(spec, pretrained=False, **kw).eval()
-    dataset.set_resolution(input_resolution(m, dataset))
+    t = dataset.eval_transform(m.preprocess)  # the model's own eval transform
     with torch.no_grad():
-        return m(torch.stack([dataset.load(i) for i in range(len(dataset))])), torch.tensor(dataset.labels)
+        return m(torch.stack([dataset.load_eval(i, t) for i in range(len(dataset))])), torch.tensor(dataset.labels)
 
 
 def test_ood_accuracy_projects_and_matches_a_plain_forward(imagenet_family, tmp_path):

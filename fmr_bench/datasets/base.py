@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
 
+if TYPE_CHECKING:  # a type only: datasets do not import the models layer
+    from ..models.transform import EvalTransform
+
+#: Crop of image files read at the generator's resolution when the dataset spec sets none.
+DEFAULT_FILE_CROP_PCT = 0.875
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
 
@@ -60,17 +65,42 @@ class ImageDataset(Dataset):
         """
         return [None] * len(indices)
 
+    def eval_transform(self, model_transform: EvalTransform) -> EvalTransform | None:
+        """The transform this dataset's images get when a model with ``model_transform`` scores them.
+
+        Static evaluators feed each model its own eval transform. ``None`` means this dataset
+        feeds its pixels as :meth:`load` gives them (at ``resolution``) and the model resizes
+        them itself, as in the FMR loop (e.g. an export, read exactly as it was generated).
+        """
+        return None
+
+    def load_eval(self, i: int, transform: EvalTransform | None) -> torch.Tensor:
+        """Image ``i`` through ``transform`` (from :meth:`eval_transform`; ``None``: :meth:`load`)."""
+        return self.load(i)
+
     def describe(self) -> dict:
         return {"spec": self.spec, "n": len(self), "num_classes": len(self.class_names),
                 "label_space": self.label_space, "resolution": self.resolution}
 
 
 class FileImages(ImageDataset):
-    """Images read from files with PIL: short side resized, then centre-cropped."""
+    """Images read from files with PIL.
 
-    def __init__(self, *, root: Path, paths: list[Path], crop_pct: float = 0.875, **kw) -> None:
+    Two ways to read them: at the generator's resolution for the FMR loop (:meth:`load`:
+    short side resized to ``resolution / crop_pct``, bicubic, then centre-cropped), or
+    through a model's eval transform for static inference (:meth:`load_eval`).
+
+    Args:
+        crop_pct: the crop the dataset spec asks for (``folder:PATH?crop_pct=1``); it also
+            replaces the crop of every model's eval transform. ``None``: the FMR loop crops
+            0.875 (short side 256 for 224 px) and static inference uses each model's own.
+    """
+
+    def __init__(self, *, root: Path, paths: list[Path], crop_pct: float | None = None, **kw) -> None:
         super().__init__(ids=[str(p.relative_to(root)) for p in paths], **kw)
-        self.root, self.paths, self.crop_pct = root, paths, crop_pct
+        self.root, self.paths = root, paths
+        self.crop_override = crop_pct
+        self.crop_pct = DEFAULT_FILE_CROP_PCT if crop_pct is None else crop_pct
 
     def fingerprints(self, indices: Sequence[int]) -> list[str | None]:
         """First 16 hex digits of each file's full sha256 (cached by path, size and mtime)."""
@@ -86,12 +116,10 @@ class FileImages(ImageDataset):
         """Hook for dataset-specific pixel work before resize and crop (a PIL image)."""
         return im
 
-    def load(self, i: int) -> torch.Tensor:
+    def read_image(self, i: int):
+        """Image ``i`` as an RGB PIL image, after :meth:`prepare`."""
         from PIL import Image
-        from torchvision.transforms import functional as TF
 
-        if self.resolution is None:
-            raise RuntimeError("set_resolution() first")
         path = self.paths[i]
         try:
             with Image.open(path) as im:
@@ -100,10 +128,26 @@ class FileImages(ImageDataset):
         except Exception as e:
             raise DataError(f"cannot read image {path} ({type(e).__name__}: {str(e)[:80]}); "
                             "replace or delete the file and re-run (finished samples are kept)") from None
-        im = self.prepare(im)
+        return self.prepare(im)
+
+    def load(self, i: int) -> torch.Tensor:
+        from torchvision.transforms import functional as TF
+
+        if self.resolution is None:
+            raise RuntimeError("set_resolution() first")
+        im = self.read_image(i)
         r = self.resolution
         im = TF.resize(im, int(round(r / self.crop_pct)), interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
         return TF.to_tensor(TF.center_crop(im, [r, r])).clamp(0, 1)
+
+    def eval_transform(self, model_transform: EvalTransform) -> EvalTransform:
+        if self.crop_override is None:
+            return model_transform
+        return model_transform.replace(crop_pct=self.crop_override,
+                                       origin=f"{model_transform.origin}; crop_pct {self.crop_override} from {self.spec}")
+
+    def load_eval(self, i: int, transform: EvalTransform | None) -> torch.Tensor:
+        return self.load(i) if transform is None else transform(self.read_image(i))
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -169,6 +213,13 @@ class TensorImages(ImageDataset):
             h.update(x.view(-1).view(torch.uint8).numpy().tobytes())
             out.append(h.hexdigest()[:16])
         return out
+
+    def eval_transform(self, model_transform: EvalTransform) -> EvalTransform:
+        return model_transform
+
+    def load_eval(self, i: int, transform: EvalTransform | None) -> torch.Tensor:
+        # uint8 arrays (CIFAR, STL-10, digits) are resized as the image files they stand for
+        return self.load(i) if transform is None else transform(self.images[i])
 
     def load(self, i: int) -> torch.Tensor:
         x = self.images[i]

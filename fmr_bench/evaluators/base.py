@@ -131,13 +131,15 @@ class Context:
         if key in self._logits:  # an earlier evaluator of this suite ran it
             out = self._logits[key]
             self.inference.append({"dataset": dataset.spec, "n": len(out.ids), "cached": True, "seconds": 0.0,
-                                   "images_per_s": None, "key": out.key})
+                                   "images_per_s": None, "key": out.key, "transform": out.transform,
+                                   "resolution": out.resolution})
             return out
         cb = (lambda d, t: self.progress(dataset.spec, d, t)) if self.progress else None
         out = compute_logits(clf, dataset, batch_size=self.settings.batch_size, num_workers=self.settings.num_workers,
                              device=self.device, cache=self.settings.cache, weights_hash=whash, progress=cb)
         self.inference.append({"dataset": dataset.spec, "n": len(out.ids), "cached": out.cached,
-                               "seconds": round(out.seconds, 3), "images_per_s": out.images_per_s, "key": out.key})
+                               "seconds": round(out.seconds, 3), "images_per_s": out.images_per_s, "key": out.key,
+                               "transform": out.transform, "resolution": out.resolution})
         self._logits[key] = out
         return out
 

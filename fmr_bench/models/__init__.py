@@ -13,6 +13,7 @@ from torch import nn
 from ..registry import MODEL_SOURCES
 from ..specs import Spec, parse_spec
 from .base import ClassMap, ImageClassifier, Preprocess, map_classes
+from .transform import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 
 MODEL_SOURCES.register("timm", "fmr_bench.models.timm", help="timm:NAME[.TAG] — any timm classifier")
 MODEL_SOURCES.register("openclip", "fmr_bench.models.openclip", help="openclip:ARCH/TAG — open_clip zero-shot classifier")
@@ -43,20 +44,36 @@ def load_model(spec: str | Spec, *, class_names: Sequence[str] | None = None, pr
     return _source(spec).load(spec, class_names=class_names, pretrained=pretrained, **kwargs)
 
 
-def wrap_module(module: nn.Module, *, input_size: int | tuple[int, int], mean: Sequence[float] = (0.485, 0.456, 0.406),
-                std: Sequence[float] = (0.229, 0.224, 0.225), class_names: Sequence[str] | None = None,
+def wrap_module(module: nn.Module, *, input_size: int | tuple[int, int] | None = None,
+                mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                interpolation: str = "bilinear", crop_pct: float = 1.0, crop_mode: str = "center",
+                transform: EvalTransform | None = None, class_names: Sequence[str] | None = None,
                 name: str = "module", arch: str | None = None) -> ImageClassifier:
     """Wrap an in-memory ``nn.Module`` (e.g. from a training loop) with its preprocessing.
 
     Args:
+        input_size: side (or (height, width)) of the tensors ``module`` takes.
+        mean, std, interpolation, crop_pct, crop_mode: its eval transform. Defaults: ImageNet
+            mean/std, bilinear, no crop (``crop_pct=1``: short side resized to the input size,
+            centre crop; images already at the input size pass unchanged). Pass
+            ``crop_pct=0.875`` for timm's ImageNet default. Static evaluators decode image
+            files this way; the FMR loop uses only the size, mean/std and interpolation.
+        transform: a complete :class:`EvalTransform` instead of the arguments above
+            (e.g. ``load_model("timm:resnet50", pretrained=False).preprocess``).
         arch: a spec that builds the untrained architecture (e.g. ``"timm:resnet50"``), so that
             :func:`fmr_bench.save_model` files of this model load with ``file:PATH``.
     """
     if isinstance(module, ImageClassifier):
         return module
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    return ImageClassifier(module, Preprocess(size, tuple(mean), tuple(std)), class_names=class_names,
+    if transform is None:
+        if input_size is None:
+            from ..errors import SettingsError
+
+            raise SettingsError("wrap_module needs input_size=… (or transform=EvalTransform(...)), e.g. input_size=224")
+        transform = EvalTransform(input_size, tuple(mean), tuple(std), interpolation, crop_pct, crop_mode,
+                                  origin="wrap_module arguments")
+    return ImageClassifier(module, transform, class_names=class_names,
                            spec=f"module:{name}", arch=arch or f"module:{type(module).__name__}")
 
 
-__all__ = ["ImageClassifier", "Preprocess", "ClassMap", "map_classes", "load_model", "model_weight_refs", "wrap_module"]
+__all__ = ["EvalTransform", "ImageClassifier", "Preprocess", "ClassMap", "map_classes", "load_model", "model_weight_refs", "wrap_module"]

@@ -2,7 +2,9 @@
 
 An :class:`ImageClassifier` takes pixels in [0, 1] of any size and applies the model's
 own preprocessing (resize to its input size, mean/std normalisation) differentiably,
-so the FMR loop can backpropagate from the logits to the generator's latent.
+so the FMR loop can backpropagate from the logits to the generator's latent. It carries
+the model's :class:`~fmr_bench.models.transform.EvalTransform` (``preprocess``), which the
+static evaluators apply when they decode images (crop, resize) before this forward pass.
 """
 
 from __future__ import annotations
@@ -16,20 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ClassMappingError
+from .transform import EvalTransform
 
 
-@dataclass(frozen=True)
-class Preprocess:
-    """What a model expects of its input pixels."""
-
-    input_size: tuple[int, int]
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    interpolation: str = "bilinear"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation}
+#: The former name of :class:`EvalTransform` (kept so existing code and pickles still work).
+Preprocess = EvalTransform
 
 
 class ImageClassifier(nn.Module):
@@ -37,13 +30,13 @@ class ImageClassifier(nn.Module):
 
     Args:
         net: the network; takes normalised (N, 3, H, W) tensors, returns logits.
-        preprocess: input size and normalisation of ``net``.
+        preprocess: the eval transform of ``net``: input size, crop, interpolation, mean/std.
         class_names: names of the output classes, when known (used to map a dataset's
             classes onto the model's outputs).
         spec: the spec string the model was built from (for records).
     """
 
-    def __init__(self, net: nn.Module, preprocess: Preprocess, *, class_names: Sequence[str] | None = None,
+    def __init__(self, net: nn.Module, preprocess: EvalTransform, *, class_names: Sequence[str] | None = None,
                  num_classes: int | None = None, spec: str = "", arch: str = "",
                  label_space: str | None = None) -> None:
         super().__init__()
@@ -56,6 +49,13 @@ class ImageClassifier(nn.Module):
         self.label_space = label_space
         self.register_buffer("_mean", torch.tensor(preprocess.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(preprocess.std).view(1, -1, 1, 1), persistent=False)
+
+    def set_preprocess(self, preprocess: EvalTransform) -> None:
+        """Replace the eval transform (and the mean/std the forward pass applies)."""
+        self.preprocess = preprocess
+        device = self._mean.device
+        self._mean = torch.tensor(preprocess.mean, device=device).view(1, -1, 1, 1)
+        self._std = torch.tensor(preprocess.std, device=device).view(1, -1, 1, 1)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != tuple(self.preprocess.input_size):

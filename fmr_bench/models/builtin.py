@@ -1,4 +1,9 @@
-"""``builtin:NAME`` — the models the project trains and ships (the digits world)."""
+"""``builtin:NAME`` — the models the project trains and ships (the digits world).
+
+Their eval transform is the native one they were trained with: 32 px, no crop
+(``crop_pct = 1``), bilinear, their own mean/std. On the 32 px digits sets it is the
+identity; image files of other sizes get their shortest side resized to 32 and a centre crop.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,16 @@ from ..errors import SpecError, WeightsError
 from ..registry import BUILTIN_MODELS
 from ..specs import Spec
 from ..weights import WeightRef
-from .base import ImageClassifier, Preprocess
+from .base import ImageClassifier
+from .transform import EvalTransform
+
+
+def _native(mean: Sequence[float], std: Sequence[float]) -> EvalTransform:
+    from .. import digits
+
+    # trained on whole 32 px images (bilinear upsampling of the 8 px digits): no crop
+    return EvalTransform((digits.IMAGE_SIZE, digits.IMAGE_SIZE), tuple(mean), tuple(std), "bilinear", crop_pct=1.0,
+                         origin="digits world (native 32 px, no crop)")
 
 
 def _digits_net(name: str, pretrained: bool) -> ImageClassifier:
@@ -23,7 +37,7 @@ def _digits_net(name: str, pretrained: bool) -> ImageClassifier:
         if not path.is_file():
             raise WeightsError(f"{path} is missing; run: python scripts/train_digits_world.py")
         net.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
-    pre = Preprocess((digits.IMAGE_SIZE, digits.IMAGE_SIZE), tuple(digits.MEAN), tuple(digits.STD))
+    pre = _native(digits.MEAN, digits.STD)
     return ImageClassifier(net, pre, class_names=digits.CLASS_NAMES, spec=f"builtin:{name}", arch=f"builtin:{name}",
                            label_space="digits")
 
@@ -34,7 +48,7 @@ def _digits_clip(pretrained: bool, class_names: Sequence[str] | None, templates:
     from .openclip import templates_for, zero_shot_classifier
 
     clip, mean, std, tokenizer = create_digits_clip(pretrained=pretrained)
-    pre = Preprocess((digits.IMAGE_SIZE, digits.IMAGE_SIZE), tuple(mean), tuple(std))
+    pre = _native(mean, std)
     return zero_shot_classifier(clip, tokenizer, class_names or digits.CLASS_NAMES, templates_for(templates), pre,
                                 spec="builtin:digits-clip", arch="builtin:digits-clip", cache_key=None)
 

@@ -4,10 +4,14 @@ Two formats:
 
 * ``.safetensors`` written by :func:`save_model`: the metadata names the architecture
   (a spec such as ``timm:resnet18`` or ``builtin:digits-cnn``), the class names and the
-  preprocessing, so nothing else is needed.
+  eval transform (input size, crop, interpolation, mean/std), so nothing else is needed.
 * a torch file (``.pt``, ``.pth``, ``.bin``) holding a state dict (or
   ``{"state_dict": ...}``), read with ``weights_only=True``; the architecture is given
   as ``file:PATH?arch=timm:resnet18``.
+
+The eval transform is the saved one; what a file does not record (a torch file, or a file
+saved before crop settings were recorded) is the architecture's own, e.g. timm's data
+config for ``timm:resnet18``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from ..errors import SpecError, WeightsError
 from ..files import atomic_write_file
 from ..specs import Spec
 from ..weights import WeightRef, safe_torch_load
-from .base import ImageClassifier, Preprocess
+from .base import ImageClassifier
+from .transform import EvalTransform
 
 META_KEY = "fmr_bench"
 
@@ -101,10 +106,13 @@ def load(spec: Spec, *, class_names: Sequence[str] | None = None, pretrained: bo
         model.class_names = list(names)
         model.num_classes = len(names)
     if meta.get("preprocess"):
-        p = meta["preprocess"]
-        model.preprocess = Preprocess(tuple(p["input_size"]), tuple(p["mean"]), tuple(p["std"]), p.get("interpolation", "bilinear"))
-        model._mean = torch.tensor(p["mean"]).view(1, -1, 1, 1)
-        model._std = torch.tensor(p["std"]).view(1, -1, 1, 1)
+        try:
+            pre = EvalTransform.from_dict(meta["preprocess"], base=model.preprocess,
+                                          origin=f"saved in {Path(spec.ident).name}")
+        except (AttributeError, TypeError, ValueError) as e:  # SettingsError is a ValueError
+            raise WeightsError(f"{spec.ident} records an unusable preprocessing ({e}); re-save it with "
+                               "fmr_bench.save_model") from None
+        model.set_preprocess(pre)
     model.label_space = meta.get("label_space", model.label_space)
     model.spec = str(spec)
     return model

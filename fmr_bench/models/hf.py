@@ -1,4 +1,9 @@
-"""``hf:ORG/REPO`` — a timm model published on the Hugging Face Hub."""
+"""``hf:ORG/REPO`` — a timm model published on the Hugging Face Hub.
+
+Built by timm from the repo's ``config.json``; its eval transform is the ``pretrained_cfg``
+recorded there (input size, crop_pct, crop_mode, interpolation, mean/std), read through
+``timm.data.resolve_data_config`` as for ``timm:`` models.
+"""
 
 from __future__ import annotations
 

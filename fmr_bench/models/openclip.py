@@ -3,6 +3,12 @@
 The zero-shot head follows CLIP: for each class, the text embeddings of every template
 are L2-normalised, averaged and renormalised. Heads are computed once and cached on
 disk, keyed by everything that determines them.
+
+The eval transform is open_clip's: the model's ``visual.preprocess_cfg`` merged with the
+pretrained tag's preprocessing (as ``create_model_and_transforms`` does when it loads the
+tag), so CLIP models get the resize of the shortest side, centre crop (crop 1.0) and bicubic
+filter of ``image_transform``, and tags that define their own (SigLIP's squash, MobileCLIP's
+bilinear) get theirs, also for ``pretrained=False`` and ``?weights=PATH``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from torch import nn
 from ..errors import ClassMappingError, MissingDependencyError, SpecError, WeightsError
 from ..specs import Spec
 from ..weights import WeightRef, cache_dir, hf_cached
-from .base import ImageClassifier, Preprocess
+from .base import ImageClassifier
+from .transform import EvalTransform
 
 HF_FILES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -94,13 +101,29 @@ def class_embeddings(clip: nn.Module, tokenizer: Callable, class_names: Sequence
 
 
 def zero_shot_classifier(clip: nn.Module, tokenizer: Callable, class_names: Sequence[str] | None,
-                         templates: Sequence[str], pre: Preprocess, *, spec: str, arch: str,
+                         templates: Sequence[str], pre: EvalTransform, *, spec: str, arch: str,
                          cache_key: str | None) -> ImageClassifier:
     if not class_names:
         raise ClassMappingError(f"{spec} is a zero-shot model and needs class names; use a dataset that has them")
     clip.eval()
     head = ZeroShotHead(clip, class_embeddings(clip, tokenizer, class_names, templates, cache_key=cache_key))
     return ImageClassifier(head, pre, class_names=class_names, spec=spec, arch=arch)
+
+
+def eval_transform(clip: nn.Module, arch: str, tag: str = "") -> EvalTransform:
+    """The eval transform open_clip gives ``clip`` (built as ``arch``) when loaded with ``tag``."""
+    from open_clip.transform import merge_preprocess_dict
+
+    cfg = dict(getattr(clip.visual, "preprocess_cfg", None) or {})
+    tag_cfg = _open_clip().get_pretrained_cfg(arch, tag) if tag else {}
+    if tag_cfg:
+        cfg = merge_preprocess_dict(cfg, tag_cfg)
+    size = clip.visual.image_size  # open_clip sets the final size from the built tower
+    cfg["size"] = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    cfg.setdefault("mean", OPENAI_MEAN)
+    cfg.setdefault("std", OPENAI_STD)
+    where = f"{arch}/{tag}" if tag_cfg else arch
+    return EvalTransform.from_open_clip(cfg, origin=f"open_clip preprocess_cfg of {where}")
 
 
 def _split(spec: Spec) -> tuple[str, str]:
@@ -143,11 +166,7 @@ def load(spec: Spec, *, class_names: Sequence[str] | None = None, pretrained: bo
     except (RuntimeError, OSError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise WeightsError(f"cannot load open_clip weights for {spec} ({first}); pass ?weights=PATH") from None
-    cfg = oc.get_pretrained_cfg(arch, tag) if tag else {}
-    size = clip.visual.image_size
-    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-    pre = Preprocess(size, tuple(cfg.get("mean", OPENAI_MEAN)), tuple(cfg.get("std", OPENAI_STD)),
-                     cfg.get("interpolation", "bicubic"))
+    pre = eval_transform(clip, arch, tag)
     prompt_set = spec.opts.get("prompts", templates or "openai")
     key = f"openclip:{arch}/{source}" if source else None
     if key and local:

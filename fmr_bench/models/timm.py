@@ -1,4 +1,9 @@
-"""``timm:NAME[.TAG][?weights=PATH]`` — any timm classifier, with its own data config."""
+"""``timm:NAME[.TAG][?weights=PATH]`` — any timm classifier, with its own data config.
+
+The eval transform is timm's: ``timm.data.resolve_data_config({}, model=net)`` (input size,
+crop_pct, crop_mode, interpolation, mean/std of the pretrained tag), the same values
+``timm.data.create_transform`` and timm's ``validate.py`` use.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ from typing import Sequence
 from ..errors import MissingDependencyError, SpecError, WeightsError
 from ..specs import Spec
 from ..weights import WeightRef, hf_cached
-from .base import ImageClassifier, Preprocess
+from .base import ImageClassifier
+from .transform import EvalTransform
 
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -67,9 +73,11 @@ def load(spec: Spec, *, class_names: Sequence[str] | None = None, pretrained: bo
     except (RuntimeError, OSError, KeyError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise WeightsError(f"cannot load weights for timm:{name} ({first}); pass ?weights=PATH to a matching file") from None
-    cfg = timm.data.resolve_data_config({}, model=net)
-    pre = Preprocess(input_size=tuple(cfg["input_size"][1:]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                     interpolation=cfg.get("interpolation", "bilinear"))
+    pcfg = getattr(net, "pretrained_cfg", None) or {}
+    which = ".".join(str(v) for v in (pcfg.get("architecture") or name, pcfg.get("tag")) if v)
+    if pcfg.get("source") == "hf-hub" and pcfg.get("hf_hub_id"):
+        which = f"{which} in {pcfg['hf_hub_id']}"
+    pre = EvalTransform.from_timm(timm.data.resolve_data_config({}, model=net), origin=f"timm pretrained_cfg of {which}")
     label_names = getattr(net.pretrained_cfg, "label_names", None) if hasattr(net, "pretrained_cfg") else None
     space = "imagenet-1k" if net.num_classes == 1000 and not label_names else None
     return ImageClassifier(net, pre, class_names=label_names, num_classes=net.num_classes, spec=str(spec),

@@ -80,7 +80,9 @@ def predictions(clf: ImageClassifier, dataset: ImageDataset, *, batch_size: int,
                 cache: bool = True) -> tuple[list[int], int | None]:
     """(argmax over all outputs of ``clf`` per image of ``dataset`` at its current resolution, number of outputs)."""
     workers = 0 if len(dataset) < 256 else None
-    out = compute_logits(clf, dataset, batch_size=batch_size, num_workers=workers, device=device, cache=cache)
+    # as the FMR runs it compares with: the dataset's pixels at the generator's resolution
+    out = compute_logits(clf, dataset, batch_size=batch_size, num_workers=workers, device=device, cache=cache,
+                         feed="protocol")
     if not len(out.ids):
         return [], None
     return out.logits.argmax(-1).tolist(), int(out.logits.shape[-1])

@@ -22,6 +22,7 @@ class Entry:
     name: str
     target: Any  # a callable, or a "module:attr" string resolved on first use
     help: str = ""
+    options: Any = None  # {name: specs.Option} the spec source accepts after "?"; None: not declared
 
     def load(self) -> Any:
         if isinstance(self.target, str):
@@ -37,17 +38,26 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str, target: Any = None, *, help: str = "") -> Any:
-        """Register ``target`` under ``name``; used bare it acts as a decorator."""
+    def register(self, name: str, target: Any = None, *, help: str = "", options: Any = None) -> Any:
+        """Register ``target`` under ``name``; used bare it acts as a decorator.
+
+        ``options`` is the table of ``?key=value`` options a spec source accepts
+        (``{name: fmr_bench.specs.Option}``); spec parsing checks every option against it.
+        """
         if target is None:
             def deco(fn: Callable[..., T]) -> Callable[..., T]:
-                self.register(name, fn, help=help or (fn.__doc__ or "").strip().split("\n")[0])
+                self.register(name, fn, help=help or (fn.__doc__ or "").strip().split("\n")[0], options=options)
                 return fn
             return deco
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is already registered")
-        self._entries[name] = Entry(name, target, help)
+        self._entries[name] = Entry(name, target, help, options)
         return target
+
+    def options(self, name: str) -> Any:
+        """The option table of source ``name`` (``None`` when it declared none)."""
+        entry = self._entries.get(name)
+        return entry.options if entry is not None else None
 
     def get(self, name: str) -> Any:
         try:

@@ -7,8 +7,11 @@ Examples: ``timm:resnet50``, ``timm:resnet50?weights=/ckpt/resnet50.safetensors`
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl
 
 from .errors import SpecError
@@ -32,6 +35,120 @@ class Spec:
         if self.options:
             text += "?" + "&".join(f"{k}={v}" for k, v in self.options)
         return text
+
+
+@dataclass(frozen=True)
+class Option:
+    """One ``?key=value`` option a spec source accepts: its type, range and default.
+
+    Every source declares a table ``{name: Option}`` when it registers, and
+    :func:`parse_spec` checks each option against it, so a typo or a bad value is one
+    line naming the fix before any work starts (never a ``float()`` traceback mid-run).
+
+    Attributes:
+        kind: ``"float"``, ``"int"``, ``"bool"`` (0/1/true/false), ``"str"``, ``"path"``
+            or ``"choice"`` (one of ``choices``).
+        default: the value when the option is absent.
+        low, high: inclusive bounds for numbers; ``low_open`` / ``high_open`` make them strict.
+        choices: the valid values of a ``"choice"`` option.
+        convert: for values no kind covers, a function ``str -> value`` raising ``ValueError``.
+        expect: what a valid value looks like (for ``convert`` options).
+        example: a valid value, used in the fix the error names.
+        help: one line for ``fmr list``.
+    """
+
+    kind: str = "str"
+    default: Any = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] = ()
+    convert: Callable[[str], Any] | None = None
+    expect: str = ""
+    example: str = ""
+    help: str = ""
+
+    def describe(self) -> str:
+        """What a valid value looks like, e.g. ``"a number > 0 and <= 1"``."""
+        if self.expect:
+            return self.expect
+        if self.kind == "choice":
+            return "one of " + ", ".join(self.choices)
+        if self.kind == "bool":
+            return "0 or 1 (or true / false)"
+        if self.kind in ("str", "path"):
+            return "a non-empty " + ("path" if self.kind == "path" else "text")
+        text = "an integer" if self.kind == "int" else "a number"
+        bounds = []
+        if self.low is not None:
+            bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            bounds.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return text + (" " + " and ".join(bounds) if bounds else "")
+
+    def parse(self, text: str) -> Any:
+        """The typed value of ``text``; raises ``ValueError`` when it is not valid."""
+        text = text.strip()
+        if self.convert is not None:
+            return self.convert(text)
+        if self.kind in ("str", "path"):
+            if not text:
+                raise ValueError(text)
+            return text
+        if self.kind == "choice":
+            if text not in self.choices:
+                raise ValueError(text)
+            return text
+        if self.kind == "bool":
+            if text.lower() not in ("0", "1", "true", "false"):
+                raise ValueError(text)
+            return text.lower() in ("1", "true")
+        value: float | int = int(text) if self.kind == "int" else float(text)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(text)
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            raise ValueError(text)
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            raise ValueError(text)
+        return value
+
+
+def parse_options(spec: Spec, table: Mapping[str, Option], *, what: str,
+                  defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The typed options of ``spec`` checked against ``table``, absent ones at their default.
+
+    Args:
+        spec: a parsed spec.
+        table: the options its source accepts.
+        what: a word for error messages (``"generator"``...).
+        defaults: replace the table's defaults (e.g. a card's), given as text or values.
+
+    Raises:
+        SpecError: an option the source does not take, or a value out of its range; the
+            message names the valid options or the valid range and an example.
+    """
+    given = spec.opts
+    unknown = sorted(set(given) - set(table))
+    if unknown:
+        valid = ", ".join(f"{k}={o.example or o.default}" for k, o in table.items()) or "none"
+        raise SpecError(f"{what} spec {str(spec)!r}: unknown option(s) {', '.join(unknown)} for {spec.source}; "
+                        f"valid options: {valid}")
+    values: dict[str, Any] = {}
+    for key, opt in table.items():
+        if key in given:
+            try:
+                values[key] = opt.parse(given[key])
+            except (ValueError, TypeError):
+                example = opt.example or (opt.choices[0] if opt.choices else opt.default)
+                raise SpecError(f"{what} spec {str(spec)!r}: option {key} must be {opt.describe()} "
+                                f"(got {given[key]!r}); e.g. ?{key}={example}") from None
+        elif defaults is not None and key in defaults:
+            default = defaults[key]
+            values[key] = opt.parse(str(default)) if isinstance(default, str) else default
+        else:
+            values[key] = opt.default
+    return values
 
 
 def _looks_like_path(text: str) -> bool:
@@ -73,4 +190,8 @@ def parse_spec(text: str | Spec, registry: Registry, *, what: str) -> Spec:
             raise SpecError(
                 f"{what} spec {text!r}: options after '?' must be key=value pairs joined by '&'"
             ) from None
-    return Spec(source, ident if colon else "", tuple(options))
+    spec = Spec(source, ident if colon else "", tuple(options))
+    table = registry.options(source)
+    if table is not None:
+        parse_options(spec, table, what=what)  # every option is checked before any work starts
+    return spec

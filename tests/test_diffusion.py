@@ -167,7 +167,7 @@ def test_bad_specs_are_clear_errors(unet_dir):
         load_generator(f"diffusion:{unet_dir}?strenght=0.2")
     with pytest.raises(SpecError, match="local folder or a Hub id"):
         load_generator("diffusion:not-a-thing")
-    with pytest.raises(Exception, match="strength must be in"):
+    with pytest.raises(Exception, match="strength must be a number > 0 and <= 1"):
         load_generator(f"diffusion:{unet_dir}?strength=2")
 
 

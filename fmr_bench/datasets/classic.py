@@ -70,17 +70,17 @@ def _cifar(spec, sub: str, batch: str, meta: str, label_key: bytes, names_key: b
     return _tensor_set(spec, images, d[label_key], names, n)
 
 
-@DATASETS.register("cifar10", help="cifar10:PATH — CIFAR-10 test (cifar-10-batches-py or class folders)")
+@DATASETS.register("cifar10", help="cifar10:PATH — CIFAR-10 test (cifar-10-batches-py or class folders)", options={})
 def build_cifar10(spec):
     return _cifar(spec, "cifar-10-batches-py", "test_batch", "batches.meta", b"labels", b"label_names", 10)
 
 
-@DATASETS.register("cifar100", help="cifar100:PATH — CIFAR-100 test (cifar-100-python or class folders)")
+@DATASETS.register("cifar100", help="cifar100:PATH — CIFAR-100 test (cifar-100-python or class folders)", options={})
 def build_cifar100(spec):
     return _cifar(spec, "cifar-100-python", "test", "meta", b"fine_labels", b"fine_label_names", 100)
 
 
-@DATASETS.register("stl10", help="stl10:PATH — STL-10 test (stl10_binary)")
+@DATASETS.register("stl10", help="stl10:PATH — STL-10 test (stl10_binary)", options={})
 def build_stl10(spec):
     root = _root(spec)
     folder = _find(root, "stl10_binary", "test_X.bin")
@@ -92,7 +92,7 @@ def build_stl10(spec):
     return _tensor_set(spec, x, y, names, 10)
 
 
-@DATASETS.register("caltech101", help="caltech101:PATH — Caltech101 101_ObjectCategories folders")
+@DATASETS.register("caltech101", help="caltech101:PATH — Caltech101 101_ObjectCategories folders", options={})
 def build_caltech101(spec):
     root = _root(spec)
     if (root / "101_ObjectCategories").is_dir():

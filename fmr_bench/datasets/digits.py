@@ -19,7 +19,7 @@ class DigitsImages(TensorImages):
                          ids=[f"{split}/{i:04d}" for i in range(len(labels))], label_space="digits")
 
 
-@DATASETS.register("digits", help="digits[:test|train] — embedded digits world (offline default)")
+@DATASETS.register("digits", help="digits[:test|train] — embedded digits world (offline default)", options={})
 def build(spec) -> DigitsImages:
     split = spec.ident or "test"
     if split not in ("test", "train"):

@@ -119,7 +119,7 @@ class DigitsShift(TensorImages):
     transform_id = "digits-shift-v1"
 
 
-@DATASETS.register("digits-shift", help=f"digits-shift:NAME — shifted digits test set ({', '.join(SHIFTS)}, mixed)")
+@DATASETS.register("digits-shift", help=f"digits-shift:NAME — shifted digits test set ({', '.join(SHIFTS)}, mixed)", options={})
 def build_shift(spec) -> DigitsShift:
     from ..digits import CLASS_NAMES
 
@@ -160,7 +160,7 @@ def _factor_table(ids: list[str], parts: list[str], n: int, labels: list[int]):
     return pd.DataFrame(rows)
 
 
-@DATASETS.register("digits-ood", help="digits-ood:noise|textures — digit-free images for OOD detection")
+@DATASETS.register("digits-ood", help="digits-ood:noise|textures — digit-free images for OOD detection", options={})
 def build_ood(spec) -> DigitsShift:
     kind = spec.ident or "noise"
     n = 360

@@ -21,6 +21,7 @@ import torch
 
 from ..errors import DataError, SpecError
 from ..registry import DATASETS
+from ..specs import Option
 from .base import FileImages, TensorImages, class_folders, list_images
 from .imagenet import IMAGENET_WORLD
 
@@ -48,7 +49,8 @@ def _attach(ds, groups: list[int], group_names: list[str], prompt: str):
     return ds
 
 
-@DATASETS.register("waterbirds", help="waterbirds:PATH[?split=test|val|train] — Waterbirds with metadata.csv")
+@DATASETS.register("waterbirds", help="waterbirds:PATH[?split=test|val|train] — Waterbirds with metadata.csv",
+                   options={"split": Option("choice", "test", choices=("test", "val", "train"), example="test")})
 def build_waterbirds(spec):
     root = _root(spec)
     meta = root / "metadata.csv"
@@ -81,7 +83,7 @@ def build_waterbirds(spec):
     return _attach(ds, groups, names, WATERBIRDS_PROMPT)
 
 
-@DATASETS.register("pacs", help="pacs:PATH — PACS <domain>/<class>/ folders; groups = domains")
+@DATASETS.register("pacs", help="pacs:PATH — PACS <domain>/<class>/ folders; groups = domains", options={})
 def build_pacs(spec):
     root = _root(spec)
     domains = [d for d in class_folders(root, str(spec))]
@@ -106,7 +108,7 @@ def build_pacs(spec):
     return _attach(ds, groups, [d.name for d in domains], PACS_PROMPT)
 
 
-@DATASETS.register("cifar10.02", help="cifar10.02:PATH — CIFAR-10 test + CIFAR-10.2 test; groups = source")
+@DATASETS.register("cifar10.02", help="cifar10.02:PATH — CIFAR-10 test + CIFAR-10.2 test; groups = source", options={})
 def build_cifar1002(spec):
     import pickle
 

@@ -15,10 +15,16 @@ from pathlib import Path
 
 from ..errors import DataError, SpecError
 from ..registry import DATASETS
+from ..specs import Option, parse_options
 from .base import FileImages, WorldDefaults, class_folders, collect_images
 
 IMAGENET_WORLD = WorldDefaults(generator="vqgan:imagenet-f16-16384", oracle="openclip:ViT-B-32/openai", step_size=1e-3)
 WNID = re.compile(r"^n\d{8}$")
+#: ``?crop_pct=``: the centre crop keeps this share of the resized short side; 1 reads images that are
+#: already at the generator's size (an ``fmr export``) pixel for pixel.
+#: Absent (None): each model's own crop in static evaluators, 0.875 in the FMR loop.
+CROP_OPTIONS = {"crop_pct": Option("float", None, low=0, high=1, low_open=True, example="1",
+                                   help="share of the short side kept by the centre crop (1: images already at size)")}
 
 
 @functools.lru_cache(maxsize=1)
@@ -36,7 +42,8 @@ def imagenet_class_names() -> list[str]:
     return list(IMAGENET_CLASSNAMES)
 
 
-@DATASETS.register("imagenet", help="imagenet:PATH — ImageNet val/train folder with wnid sub-folders")
+@DATASETS.register("imagenet", help="imagenet:PATH[?crop_pct=P] — ImageNet val/train folder with wnid sub-folders",
+                   options=CROP_OPTIONS)
 def build(spec) -> FileImages:
     if not spec.ident:
         raise SpecError("imagenet spec needs a path, e.g. imagenet:/data/imagenet/val")
@@ -50,4 +57,5 @@ def build(spec) -> FileImages:
                         f"{root}/nXXXXXXXX/*.JPEG (use folder:{root} for other class folders)")
     paths, labels = collect_images(root, folders, index, str(spec))
     return FileImages(root=root, paths=paths, spec=str(spec), class_names=imagenet_class_names(), labels=labels,
-                      world=IMAGENET_WORLD, label_space="imagenet-1k")
+                      world=IMAGENET_WORLD, label_space="imagenet-1k",
+                      crop_pct=parse_options(spec, CROP_OPTIONS, what="dataset")["crop_pct"])

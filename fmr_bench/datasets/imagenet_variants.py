@@ -96,24 +96,24 @@ def _subset_source(spec, which: str) -> ProjectedImages:
                            projection=Projection("subset", tuple((i,) for i in indices)), model_classes=names)
 
 
-@DATASETS.register("imagenet-r", help="imagenet-r:PATH — ImageNet-Rendition, 200 wnid folders")
+@DATASETS.register("imagenet-r", help="imagenet-r:PATH — ImageNet-Rendition, 200 wnid folders", options={})
 def build_r(spec) -> ProjectedImages:
     return _subset_source(spec, "r")
 
 
-@DATASETS.register("imagenet-a", help="imagenet-a:PATH — ImageNet-A, 200 wnid folders")
+@DATASETS.register("imagenet-a", help="imagenet-a:PATH — ImageNet-A, 200 wnid folders", options={})
 def build_a(spec) -> ProjectedImages:
     return _subset_source(spec, "a")
 
 
-@DATASETS.register("imagenet-sketch", help="imagenet-sketch:PATH — ImageNet-Sketch, 1000 wnid folders")
+@DATASETS.register("imagenet-sketch", help="imagenet-sketch:PATH — ImageNet-Sketch, 1000 wnid folders", options={})
 def build_sketch(spec) -> FileImages:
     from .imagenet import build
 
     return build(spec)
 
 
-@DATASETS.register("imagenet-v2", help="imagenet-v2:PATH — ImageNetV2, folders 0..999 named by class index")
+@DATASETS.register("imagenet-v2", help="imagenet-v2:PATH — ImageNetV2, folders 0..999 named by class index", options={})
 def build_v2(spec) -> FileImages:
     root = _root(spec)
     folders = class_folders(root, str(spec))
@@ -144,7 +144,7 @@ def objectnet_metadata() -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
     return folder_to_label, label_to_ids
 
 
-@DATASETS.register("objectnet", help="objectnet:PATH — ObjectNet images/<folder>, 113 ImageNet-overlapping classes")
+@DATASETS.register("objectnet", help="objectnet:PATH — ObjectNet images/<folder>, 113 ImageNet-overlapping classes", options={})
 def build_objectnet(spec) -> ProjectedImages:
     root = _root(spec)
     if (root / "images").is_dir():
@@ -167,7 +167,7 @@ def build_objectnet(spec) -> ProjectedImages:
                            model_classes=imagenet_class_names(), border=2)
 
 
-@DATASETS.register("imagenet-vid-robust", help="imagenet-vid-robust:PATH — ImageNet-Vid-Robust anchor frames")
+@DATASETS.register("imagenet-vid-robust", help="imagenet-vid-robust:PATH — ImageNet-Vid-Robust anchor frames", options={})
 def build_vid_robust(spec) -> ProjectedImages:
     """Anchor frames ``PATH/<ytid>_<time_ms>/frame-N.jpg`` of the reviewed anchors.
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import DataError, SpecError
 from ..registry import DATASETS
+from ..specs import Option
 from .base import FileImages, list_images
 from .imagenet import IMAGENET_WORLD
 
@@ -33,6 +34,8 @@ def build_ood(spec, name: str | None = None) -> FileImages:
     return ds
 
 
-DATASETS.register("ood", lambda spec: build_ood(spec), help="ood:PATH[?name=NAME] — a folder of OOD images")
+DATASETS.register("ood", lambda spec: build_ood(spec), help="ood:PATH[?name=NAME] — a folder of OOD images",
+                  options={"name": Option("str", example="my_ood", help="the set's name in metric keys")})
 for _key, _title in OOD_SETS.items():
-    DATASETS.register(_key, (lambda k: lambda spec: build_ood(spec, k))(_key), help=f"{_key}:PATH — {_title} OOD images")
+    DATASETS.register(_key, (lambda k: lambda spec: build_ood(spec, k))(_key), help=f"{_key}:PATH — {_title} OOD images",
+                      options={})

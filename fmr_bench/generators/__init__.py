@@ -7,7 +7,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..registry import GENERATORS
-from ..specs import Spec, parse_spec
+from ..specs import Option, Spec, parse_options, parse_spec
 from ..weights import WeightRef, cache_dir, download, sha256_file
 from .base import Generator
 from .cards import PACKAGE_DIR, load_card
@@ -69,7 +69,38 @@ def build_pixel(spec: Spec, default: str, seed: int = 0) -> Generator:
 def build_noise(spec: Spec, default: str, seed: int = 0) -> Generator:
     from .noise import NoiseGenerator
 
-    return NoiseGenerator(sigma=float(spec.opts.get("sigma", 0.02)), seed=seed)
+    return NoiseGenerator(sigma=parse_options(spec, NOISE_OPTIONS, what="generator")["sigma"], seed=seed)
+
+
+def _class_cond(text: str) -> int | str | None:
+    """``none`` (unconditional), ``label`` (each sample's true class) or a fixed class index >= 0."""
+    if text in ("", "none"):
+        return None
+    if text == "label":
+        return "label"
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+# The ?key=value options of each generator (checked by parse_spec, typed by parse_options).
+VQGAN_OPTIONS = {"weights": Option("path", example="/path/to/last.ckpt", help="a local checkpoint for the card")}
+NOISE_OPTIONS = {"sigma": Option("float", 0.02, low=0, example="0.02", help="std of the noise added after each step")}
+RESOLUTION = Option("int", None, low=8, example="256", help="pixel size the generator works at")
+SUBFOLDER = Option("str", "", example="vae", help="sub-folder of a diffusers pipeline")
+VAE_OPTIONS = {"resolution": RESOLUTION, "subfolder": SUBFOLDER}
+DIFFUSION_OPTIONS = {
+    "strength": Option("float", 0.3, low=0, high=1, low_open=True, example="0.3", help="SDEdit noise level"),
+    "steps": Option("int", 10, low=1, example="10", help="denoising steps per perturbation step"),
+    "guidance": Option("float", 1.0, low=0, example="1", help="weight of the loss-gradient guidance"),
+    "normalize": Option("bool", True, example="1", help="normalise the guidance gradient"),
+    "class_cond": Option(convert=_class_cond, expect="none, label or a class index >= 0", example="label",
+                         help="class conditioning of a conditional UNet"),
+    "scheduler": Option("choice", None, choices=("default",), example="default",
+                        help="default: DDIM defaults when the folder has no scheduler config"),
+    "resolution": RESOLUTION, "subfolder": SUBFOLDER,
+}
 
 
 def _world_vqgan_card(default: str) -> str | None:
@@ -115,17 +146,20 @@ def sparse_vqgan_weight_refs(spec: Spec, default: str) -> list[WeightRef]:
     return _REFS.get(base.source, lambda s, d: [])(base, default) + [mask]
 
 
-GENERATORS.register("vqgan", build_vqgan, help="vqgan[:CARD][?weights=PATH] — taming VQGAN (cards in generators/)")
-GENERATORS.register("sparse-vqgan", build_sparse_vqgan,
+GENERATORS.register("vqgan", build_vqgan, options=VQGAN_OPTIONS,
+                    help="vqgan[:CARD][?weights=PATH] — taming VQGAN (cards in generators/)")
+GENERATORS.register("sparse-vqgan", build_sparse_vqgan, options={},
                     help="sparse-vqgan[:MASK|CARD.json] — VQGAN stepping only a fitted mask's latent dims "
                          f"(fmr fit-sparse; {mask_help()})")
-GENERATORS.register("pixel", build_pixel, help="pixel — step the pixels themselves")
-GENERATORS.register("noise", build_noise, help="noise[?sigma=0.02] — pixel steps plus seeded Gaussian noise")
-GENERATORS.register("diffusion", "fmr_bench.generators.diffusion:build",
+GENERATORS.register("pixel", build_pixel, help="pixel — step the pixels themselves", options={})
+GENERATORS.register("noise", build_noise, help="noise[?sigma=0.02] — pixel steps plus seeded Gaussian noise",
+                    options=NOISE_OPTIONS)
+GENERATORS.register("diffusion", "fmr_bench.generators.diffusion:build", options=DIFFUSION_OPTIONS,
                     help="diffusion[:digits|FOLDER|ORG/REPO][?strength=0.3&steps=10&guidance=1&class_cond=K] — "
                          "diffusers UNet, guided SDEdit steps")
-GENERATORS.register("vae", "fmr_bench.generators.vae:build",
-                    help="vae[:digits|FOLDER|ORG/REPO] — diffusers AutoencoderKL / VQModel latent")
+GENERATORS.register("vae", "fmr_bench.generators.vae:build", options=VAE_OPTIONS,
+                    help="vae[:digits|FOLDER|ORG/REPO][?resolution=N&subfolder=NAME] — diffusers AutoencoderKL / "
+                         "VQModel latent")
 
 
 def _lazy_refs(target: str):

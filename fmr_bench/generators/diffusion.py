@@ -36,11 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SettingsError, SpecError
-from ..specs import Spec
-from . import _diffusers
+from ..specs import Spec, parse_options
+from . import DIFFUSION_OPTIONS, _diffusers
 from .base import Generator
 
-DEFAULTS: dict[str, Any] = {"strength": 0.3, "steps": 10, "guidance": 1.0, "normalize": 1}
 
 
 def seeded_noise(shape: tuple[int, ...], seed: int, sample_ids: torch.Tensor, steps: torch.Tensor,
@@ -186,32 +185,10 @@ class GuidedDiffusion(Generator):
                 "resolution": self.resolution}
 
 
-def _class_cond(value: Any) -> int | str | None:
-    """``none`` (unconditional), ``label`` (each sample's true class) or a fixed class index."""
-    if value in (None, "", "none"):
-        return None
-    if value == "label":
-        return "label"
-    return int(value)
-
-
 def _options(spec: Spec, card: dict | None) -> dict[str, Any]:
-    opts = {**DEFAULTS, **((card or {}).get("defaults", {}))}
-    opts.update(spec.opts)
-    known = {"strength", "steps", "guidance", "normalize", "class_cond", "scheduler", "resolution", "subfolder"}
-    unknown = set(spec.opts) - known
-    if unknown:
-        raise SpecError(f"diffusion spec {spec}: unknown option(s) {', '.join(sorted(unknown))}; "
-                        f"valid: {', '.join(sorted(known))}")
-    try:
-        if str(opts["normalize"]) not in ("0", "1", "true", "false"):
-            raise ValueError(f"normalize must be 0 or 1, not {opts['normalize']!r}")
-        return {"strength": float(opts["strength"]), "steps": int(opts["steps"]), "guidance": float(opts["guidance"]),
-                "normalize": str(opts["normalize"]) in ("1", "true"),
-                "class_cond": _class_cond(opts.get("class_cond")),
-                "resolution": int(opts["resolution"]) if opts.get("resolution") else None}
-    except ValueError as e:
-        raise SpecError(f"diffusion spec {spec}: bad option value ({e}); e.g. ?strength=0.3&steps=10&guidance=1")
+    """Typed options of a diffusion spec: the spec's, else the card's defaults, else the table's."""
+    values = parse_options(spec, DIFFUSION_OPTIONS, what="generator", defaults=(card or {}).get("defaults"))
+    return {k: values[k] for k in ("strength", "steps", "guidance", "normalize", "class_cond", "resolution")}
 
 
 def build(spec: Spec, default: str, seed: int = 0) -> GuidedDiffusion:
@@ -220,8 +197,9 @@ def build(spec: Spec, default: str, seed: int = 0) -> GuidedDiffusion:
 
     source = _diffusers.resolve(spec, "diffusion")
     opts = _options(spec, source.card)
+    scheduler_default = parse_options(spec, DIFFUSION_OPTIONS, what="generator")["scheduler"] == "default"
     unet, source = _diffusers.load_model(spec, "diffusion", ("UNet2DModel",))
-    config = _diffusers.load_scheduler_config(source, allow_default=spec.opts.get("scheduler") == "default")
+    config = _diffusers.load_scheduler_config(source, allow_default=scheduler_default)
     scheduler = DDIMScheduler.from_config(config) if config is not None else DDIMScheduler()
     return GuidedDiffusion(unet, scheduler.alphas_cumprod, prediction_type=scheduler.config.prediction_type,
                            clip_sample=scheduler.config.clip_sample, seed=seed, source=source.name, **opts)

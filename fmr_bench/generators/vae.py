@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from ..errors import SpecError
-from ..specs import Spec
-from . import _diffusers
+from ..specs import Spec, parse_options
+from . import VAE_OPTIONS, _diffusers
 from .base import Generator
 from .diffusion import resize_to
 
@@ -79,14 +79,8 @@ class DiffusersAutoencoder(Generator):
 
 def build(spec: Spec, default: str, seed: int = 0) -> DiffusersAutoencoder:
     """Builder of ``vae:ID_OR_FOLDER`` specs (registered in ``GENERATORS``)."""
-    unknown = set(spec.opts) - {"resolution", "subfolder"}
-    if unknown:
-        raise SpecError(f"vae spec {spec}: unknown option(s) {', '.join(sorted(unknown))}; valid: resolution, subfolder")
+    resolution = parse_options(spec, VAE_OPTIONS, what="generator")["resolution"]
     model, source = _diffusers.load_model(spec, "vae", ("AutoencoderKL", "VQModel"))
-    try:
-        resolution = int(spec.opts["resolution"]) if spec.opts.get("resolution") else None
-    except ValueError:
-        raise SpecError(f"vae spec {spec}: resolution must be an integer, e.g. ?resolution=256") from None
     return DiffusersAutoencoder(model, source=source.name, resolution=resolution)
 
 

@@ -11,15 +11,29 @@ from typing import Sequence
 from torch import nn
 
 from ..registry import MODEL_SOURCES
-from ..specs import Spec, parse_spec
+from ..specs import Option, Spec, parse_spec
 from .base import ClassMap, ImageClassifier, Preprocess, map_classes
 from .transform import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 
-MODEL_SOURCES.register("timm", "fmr_bench.models.timm", help="timm:NAME[.TAG] — any timm classifier")
-MODEL_SOURCES.register("openclip", "fmr_bench.models.openclip", help="openclip:ARCH/TAG — open_clip zero-shot classifier")
-MODEL_SOURCES.register("hf", "fmr_bench.models.hf", help="hf:ORG/REPO — timm model on the Hugging Face Hub")
-MODEL_SOURCES.register("file", "fmr_bench.models.file", help="file:PATH — local safetensors / torch checkpoint")
-MODEL_SOURCES.register("builtin", "fmr_bench.models.builtin", help="builtin:NAME — shipped digits-world models")
+# The ?key=value options of each model source (checked by parse_spec; oracles share them).
+WEIGHTS = Option("path", example="/path/to/weights.safetensors", help="a local weights file instead of the hub's")
+PROMPTS = Option("str", example="openai", help="prompt set of a zero-shot head: single, openai or a template with {}")
+TIMM_OPTIONS = {"weights": WEIGHTS,
+                "num_classes": Option("int", low=1, example="10", help="size of the classifier head")}
+OPENCLIP_OPTIONS = {"weights": WEIGHTS, "prompts": PROMPTS}
+FILE_OPTIONS = {"arch": Option("str", example="timm:resnet50", help="a spec building the checkpoint's architecture")}
+BUILTIN_OPTIONS = {"prompts": PROMPTS}
+
+MODEL_SOURCES.register("timm", "fmr_bench.models.timm", help="timm:NAME[.TAG][?weights=PATH] — any timm classifier",
+                       options=TIMM_OPTIONS)
+MODEL_SOURCES.register("openclip", "fmr_bench.models.openclip", options=OPENCLIP_OPTIONS,
+                       help="openclip:ARCH/TAG[?weights=PATH&prompts=SET] — open_clip zero-shot classifier")
+MODEL_SOURCES.register("hf", "fmr_bench.models.hf", help="hf:ORG/REPO — timm model on the Hugging Face Hub",
+                       options=TIMM_OPTIONS)
+MODEL_SOURCES.register("file", "fmr_bench.models.file", help="file:PATH[?arch=SPEC] — local safetensors / torch checkpoint",
+                       options=FILE_OPTIONS)
+MODEL_SOURCES.register("builtin", "fmr_bench.models.builtin", help="builtin:NAME — shipped digits-world models",
+                       options=BUILTIN_OPTIONS)
 
 
 def _source(spec: Spec):

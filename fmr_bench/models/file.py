@@ -17,6 +17,7 @@ config for ``timm:resnet18``.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -69,17 +70,21 @@ def _read(spec: Spec) -> tuple[dict[str, torch.Tensor], dict]:
                 meta = json.loads((f.metadata() or {}).get(META_KEY, "{}"))
                 state = {k: f.get_tensor(k) for k in f.keys()}
         else:
-            obj = safe_torch_load(path)
+            with warnings.catch_warnings():  # torch warns about pickle protocols it then refuses anyway
+                warnings.simplefilter("ignore")
+                obj = safe_torch_load(path)
             meta = {}
             state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-            if not isinstance(state, dict):
-                raise WeightsError(f"{path} holds no state dict; save model.state_dict()")
+            if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+                raise WeightsError(f"{path} holds no state dict of tensors; save it with "
+                                   "torch.save(model.state_dict(), PATH) or fmr_bench.save_model")
     except WeightsError:
         raise
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise WeightsError(f"cannot read checkpoint {path} safely ({first}); save it as safetensors "
-                           "with fmr_bench.save_model") from None
+    except Exception:
+        # torch's own message is several sentences about its weights_only default; say what matters
+        raise WeightsError(f"cannot read {path} as a checkpoint of tensors without running code (a plain pickle or "
+                           "a pickled object is refused); save it with torch.save(model.state_dict(), PATH) or as "
+                           "safetensors with fmr_bench.save_model") from None
     return state, meta
 
 

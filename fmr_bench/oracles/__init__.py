@@ -14,11 +14,14 @@ import torch
 from torch import nn
 
 from ..config import ORACLE_TEMPLATE
+from ..models import BUILTIN_OPTIONS, OPENCLIP_OPTIONS
 from ..registry import ORACLE_SOURCES
 from ..specs import Spec, parse_spec
 
-ORACLE_SOURCES.register("openclip", "fmr_bench.models.openclip", help="openclip:ARCH/TAG — open_clip zero-shot oracle")
-ORACLE_SOURCES.register("builtin", "fmr_bench.models.builtin", help="builtin:digits-clip — the digits-world CLIP")
+ORACLE_SOURCES.register("openclip", "fmr_bench.models.openclip", options=OPENCLIP_OPTIONS,
+                        help="openclip:ARCH/TAG[?prompts=openai] — open_clip zero-shot oracle")
+ORACLE_SOURCES.register("builtin", "fmr_bench.models.builtin", options=BUILTIN_OPTIONS,
+                        help="builtin:digits-clip[?prompts=SET] — the digits-world CLIP")
 
 
 class Oracle(nn.Module):

@@ -19,7 +19,8 @@ class FmrSettings:
     budget: int = field(default=50, metadata={"help": "B: maximum number of perturbation steps per image"})
     step_size: float | None = field(
         default=None,
-        metadata={"help": "eta: optimiser learning rate on the latent (paper: 0.001; digits world: 0.05)"},
+        metadata={"help": "eta: optimiser learning rate on the latent (default: the generator card's, e.g. "
+                          "vqgan:digits 0.05, the ImageNet VQGAN 0.001 as in the paper; else the dataset world's)"},
     )
     optimizer: str = field(default="adam", metadata={"help": f"latent optimiser, one of {OPTIMIZERS}"})
     batch_size: int = field(default=32, metadata={"help": "images perturbed at once (slots refilled as samples finish)"})
@@ -30,6 +31,8 @@ class FmrSettings:
     init: str = field(default="none", metadata={"help": f"starting image, one of {INITS}: fgsm starts from an "
                                                        "FGSM adversarial image of the evaluated model (paper App. E)"})
     fgsm_eps: float = field(default=0.003, metadata={"help": "FGSM step (pixels in [0, 1]) for --init fgsm"})
+    workers: int | None = field(default=None, metadata={"help": "DataLoader workers that decode image files "
+                                                                "(default: up to 4; 0 decodes in the main process)"})
 
     def validated(self) -> "FmrSettings":
         """Return self after range checks; raises :class:`SettingsError` naming the fix."""
@@ -49,11 +52,13 @@ class FmrSettings:
             raise SettingsError(f"batch size must be >= 1 (got {self.batch_size})")
         if self.limit is not None and self.limit < 1:
             raise SettingsError(f"limit must be >= 1 (got {self.limit})")
+        if self.workers is not None and self.workers < 0:
+            raise SettingsError(f"workers must be >= 0 (got {self.workers}); pass e.g. --workers 4")
         return self
 
-    def with_defaults(self, **world_defaults: Any) -> "FmrSettings":
-        """Fill the ``None`` fields from a dataset world's defaults."""
-        updates = {k: v for k, v in world_defaults.items() if getattr(self, k, 0) is None}
+    def with_defaults(self, **defaults: Any) -> "FmrSettings":
+        """Fill the ``None`` fields from ``defaults`` (see :func:`resolve_defaults`)."""
+        updates = {k: v for k, v in defaults.items() if getattr(self, k, 0) is None}
         return replace(self, **updates)
 
 
@@ -66,6 +71,84 @@ CPU_BATCH_PIXELS = 32 * 32 * 32
 
 # Defaults for the oracle prompt; the paper queries CLIP with "an image of {class}".
 ORACLE_TEMPLATE = "an image of {}"
+
+
+#: Settings that only the FMR protocol reads; static evaluators share batch_size, device, seed, workers.
+STATIC_SHARED = ("batch_size", "device", "seed", "workers")
+FMR_ONLY = tuple(f.name for f in fields(FmrSettings) if f.name not in STATIC_SHARED)
+
+
+def check_given(given: dict[str, Any]) -> None:
+    """Refuse settings that would be given and then ignored (``given``: the fields set explicitly).
+
+    Raises:
+        SettingsError: ``fgsm_eps`` without ``init="fgsm"``.
+    """
+    if "fgsm_eps" in given and given.get("init", "none") != "fgsm":
+        raise SettingsError("--fgsm-eps sets the FGSM start, which only --init fgsm uses; add --init fgsm "
+                            "or drop --fgsm-eps")
+
+
+@dataclass(frozen=True)
+class RunDefaults:
+    """What one FMR run takes when the caller leaves it open, and where each value came from.
+
+    Attributes:
+        settings: the settings with ``step_size`` filled in.
+        generator, oracle: the specs to build (``None``: the caller passed an object).
+        taken: ``{"step_size" | "generator" | "oracle": {"value": ..., "from": ...}}`` for each
+            default taken (written into the record).
+        notes: lines to show the user (and record): defaults taken when the run mixes worlds,
+            a ``limit`` above the dataset size.
+    """
+
+    settings: FmrSettings
+    generator: str | None
+    oracle: str | None
+    taken: dict[str, dict[str, Any]]
+    notes: list[str]
+
+
+def resolve_defaults(settings: FmrSettings, dataset: Any, generator: Any = None, oracle: Any = None) -> RunDefaults:
+    """Fill the defaults an FMR run leaves open: generator and oracle from the dataset's world, the step
+    size from the generator's card (else the world's).
+
+    Args:
+        settings: validated settings (``step_size`` may be ``None``).
+        dataset: the :class:`~fmr_bench.datasets.ImageDataset` (its ``world``, ``spec`` and size).
+        generator, oracle: a spec, an object, or ``None`` for the world's default.
+    """
+    from .generators import default_step_size
+
+    world = dataset.world
+    taken: dict[str, dict[str, Any]] = {}
+    world_name = f"the dataset world of {dataset.spec}"
+    gen_spec = generator if isinstance(generator, str) else None
+    ora_spec = oracle if isinstance(oracle, str) else None
+    if generator is None:
+        gen_spec = world.generator
+        taken["generator"] = {"value": gen_spec, "from": world_name}
+    if oracle is None:
+        ora_spec = world.oracle
+        taken["oracle"] = {"value": ora_spec, "from": world_name}
+    if settings.step_size is None:
+        card = default_step_size(gen_spec, world.generator) if gen_spec is not None else None
+        if card is None:
+            what = f"generator {gen_spec}" if gen_spec else "the generator object"
+            card = (world.step_size, f"{world_name} ({what} has no card with a step size)")
+        taken["step_size"] = {"value": card[0], "from": card[1]}
+        settings = replace(settings, step_size=card[0])
+    notes = []
+    own = {k: v for k, v in (("generator", generator), ("oracle", oracle)) if v is not None}
+    foreign = {k: v for k, v in own.items() if not isinstance(v, str) or v != getattr(world, k)}
+    if foreign and taken:
+        notes.append("defaults taken (the run mixes worlds: " + ", ".join(f"{k} {v}" for k, v in foreign.items())
+                     + f" with {dataset.spec}): " + "; ".join(f"{k} {d['value']} from {d['from']}"
+                                                                for k, d in taken.items()))
+    if settings.limit is not None and settings.limit > len(dataset):
+        notes.append(f"limit {settings.limit} is more than the {len(dataset)} images of {dataset.spec}: "
+                     f"all {len(dataset)} ran")
+    return RunDefaults(settings, gen_spec, ora_spec, taken, notes)
 
 
 def settings_help() -> dict[str, str]:

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .config import FmrSettings
+from .config import FmrSettings, check_given, resolve_defaults
 from .datasets import ImageDataset, load_dataset
 from .errors import FmrBenchError, SettingsError
 from .generators import Generator, generator_weight_refs, load_generator
@@ -91,14 +91,14 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
     unknown = set(overrides) - known
     if unknown:
         raise SettingsError(f"unknown setting(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
+    check_given(overrides)  # e.g. fgsm_eps without init="fgsm" would be ignored
     settings = (settings or FmrSettings())
     settings = FmrSettings(**{**asdict(settings), **overrides}).validated()
 
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data)
     world = dataset.world
-    settings = settings.with_defaults(step_size=world.step_size)
-    gen_spec = generator if isinstance(generator, str) else (None if generator is not None else world.generator)
-    ora_spec = oracle if isinstance(oracle, str) else (None if oracle is not None else world.oracle)
+    defaults = resolve_defaults(settings, dataset, generator, oracle)  # step size from the generator's card
+    settings, gen_spec, ora_spec = defaults.settings, defaults.generator, defaults.oracle
 
     refs = []
     if isinstance(model, str):
@@ -189,8 +189,8 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
                               settings.precision, init=settings.init, fgsm_eps=settings.fgsm_eps)
         try:
             with bar:
-                run_batched(_samples(dataset, pending), model=clf, oracle=ora, generator=gen, target_of=cmap.tensor(),
-                            cfg=loop_cfg, device=device, on_sample=on_sample, on_iteration=bar.iteration)
+                run_batched(_samples(dataset, pending, settings.workers), model=clf, oracle=ora, generator=gen,
+                            target_of=cmap.tensor(), cfg=loop_cfg, device=device, on_sample=on_sample, on_iteration=bar.iteration)
         except KeyboardInterrupt:
             raise FmrBenchError(f"interrupted; {sum(1 for i in ids if i in done)}/{total} samples are saved in "
                                 f"{folder}; re-run the same command to resume") from None
@@ -212,7 +212,7 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
                     def keep(o, clean, final, latent):
                         grid[o.id] = (done[o.id], clean, final.cpu())
 
-                    run_batched(_samples(dataset, missing), model=clf, oracle=ora, generator=gen,
+                    run_batched(_samples(dataset, missing, settings.workers), model=clf, oracle=ora, generator=gen,
                                 target_of=cmap.tensor(), cfg=loop_cfg, device=device, on_sample=keep)
                 items = [grid[i] for i in ids[:GRID_SIZE] if i in grid]
                 save_grid(items, grid_path, class_names=dataset.class_names, model_classes=display,
@@ -229,6 +229,8 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
             "oracle": ora.settings(),
             "weights": run_settings["weights"],
             "settings": {**asdict(settings), "resolution": resolution},
+            "defaults": defaults.taken,
+            "notes": defaults.notes,
             "metrics": metrics,
             "per_class": per_class_metrics(outcomes, dataset.class_names),
             "warnings": fmr_warnings(metrics, len(dataset.class_names)),
@@ -274,13 +276,16 @@ def _weights_identity(refs: list, generator: Any, oracle: Any, gen: Generator, o
     return out
 
 
-def _samples(dataset: ImageDataset, indices: Sequence[int]):
-    """Yield (id, index, image, label), decoding files in background workers."""
+def _samples(dataset: ImageDataset, indices: Sequence[int], workers: int | None = None):
+    """Yield (id, index, image, label), decoding files in ``workers`` background workers (``--workers``)."""
     if not indices:
         return
-    # worker processes pay off for many files; for a handful (small sets, a resume) they cost more to start
-    few = len(indices) < MIN_WORKER_IMAGES
-    workers = 0 if few or getattr(dataset, "images", None) is not None else min(4, torch.get_num_threads())
+    if getattr(dataset, "images", None) is not None:
+        workers = 0  # in memory: nothing to decode
+    elif workers is None:
+        # worker processes pay off for many files; for a handful (small sets, a resume) they cost more to start
+        few = len(indices) < MIN_WORKER_IMAGES
+        workers = 0 if few else min(4, torch.get_num_threads())
     if workers == 0:
         for i in indices:
             yield dataset.ids[i], i, dataset.load(i), dataset.labels[i]

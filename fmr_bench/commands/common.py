@@ -7,9 +7,10 @@ import os
 from dataclasses import fields
 from typing import Any
 
-from ..config import FmrSettings
+from ..config import FmrSettings, check_given
 
-_TYPES = {"budget": int, "batch_size": int, "limit": int, "seed": int, "step_size": float, "fgsm_eps": float}
+_TYPES = {"budget": int, "batch_size": int, "limit": int, "seed": int, "step_size": float, "fgsm_eps": float,
+          "workers": int}
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
@@ -25,8 +26,18 @@ def add_settings_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, 
 
 
 def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings given on the command line, as keyword overrides for :func:`fmr_bench.evaluate`."""
-    return {f.name: getattr(args, f.name) for f in fields(FmrSettings) if getattr(args, f.name, None) is not None}
+    """The settings given on the command line, as keyword overrides for :func:`fmr_bench.evaluate`.
+
+    Raises:
+        SettingsError: a flag that the other flags make meaningless (``--fgsm-eps`` without ``--init fgsm``).
+    """
+    given = {f.name: getattr(args, f.name) for f in fields(FmrSettings) if getattr(args, f.name, None) is not None}
+    check_given(given)
+    return given
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def add_world_arguments(parser: argparse.ArgumentParser, *, model: bool = True) -> None:

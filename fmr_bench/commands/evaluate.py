@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 
 from . import Command
-from .common import add_settings_arguments, add_world_arguments, set_cache, settings_overrides
+from ..config import FMR_ONLY
+from ..errors import SettingsError
+from .common import add_settings_arguments, add_world_arguments, flag, set_cache, settings_overrides
 
 
 def add_arguments(ev: argparse.ArgumentParser) -> None:
@@ -16,9 +18,10 @@ def add_arguments(ev: argparse.ArgumentParser) -> None:
                     help="redo a run whose folder already holds outcomes; the earlier files move to "
                          "replaced-<time>/ inside the run folder (nothing is deleted)")
     ev.add_argument("--evaluator", default="fmr",
-                    help="fmr (the dynamic FMR protocol, default) or static evaluator(s), comma-separated: "
-                         "ood-accuracy, imagenet-x, ood-detection, calibration, group-robustness, zero-shot "
-                         "(see fmr list evaluators)")
+                    help="comma-separated: fmr (the dynamic FMR protocol, default) and/or static evaluators "
+                         "ood-accuracy, imagenet-x, ood-detection, calibration, group-robustness, zero-shot; "
+                         "with fmr in the list the FMR protocol runs first, then the static ones, each with its "
+                         "record (see fmr list evaluators)")
     ev.add_argument("--ood", action="append", default=None, metavar="DATA",
                     help="static evaluators: OOD / shifted dataset spec (repeatable)")
     ev.add_argument("--option", action="append", default=None, metavar="KEY=VALUE",
@@ -26,18 +29,57 @@ def add_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--no-cache", action="store_true", help="static evaluators: do not read/write the logits cache")
 
 
+#: flags only the static evaluators read (``dest`` names), and only the FMR protocol reads
+STATIC_FLAGS = ("ood", "option", "no_cache")
+FMR_FLAGS = (*FMR_ONLY, "generator", "oracle", "no_grid", "fresh")
+
+
+def split_evaluators(text: str) -> tuple[bool, list[str]]:
+    """(whether fmr is asked for, the static evaluator names) of ``--evaluator``."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise SettingsError("--evaluator is empty; pass fmr or static evaluator names (fmr list evaluators)")
+    return "fmr" in names, list(dict.fromkeys(n for n in names if n != "fmr"))
+
+
+def check_flags(args: argparse.Namespace, fmr: bool, static: list[str]) -> None:
+    """Refuse flags the chosen evaluators would ignore, naming what reads them.
+
+    Raises:
+        SettingsError: e.g. ``--ood`` with the FMR protocol alone, ``--budget`` with static evaluators alone.
+    """
+    given = lambda names: [flag(n) for n in names if getattr(args, n, None) not in (None, False)]  # noqa: E731
+    if not static and given(STATIC_FLAGS):
+        raise SettingsError(f"{', '.join(given(STATIC_FLAGS))} only apply to static evaluators and the FMR protocol "
+                            "would ignore them; drop them, or add an evaluator, e.g. --evaluator fmr,ood-detection")
+    if not fmr and given(FMR_FLAGS):
+        raise SettingsError(f"{', '.join(given(FMR_FLAGS))} only apply to the FMR protocol and {', '.join(static)} "
+                            "would ignore them; drop them, or add fmr: --evaluator fmr," + ",".join(static))
+
+
 def run(args: argparse.Namespace) -> int:
     set_cache(args.cache_dir)
-    if args.evaluator != "fmr":
+    fmr, static = split_evaluators(args.evaluator)
+    if static:
+        from ..evaluators import EVALUATORS
+
+        for name in static:
+            EVALUATORS.get(name)  # unknown names fail before any work
+    check_flags(args, fmr, static)
+    overrides = settings_overrides(args)
+    if fmr:
+        run_fmr(args, overrides)
+    if static:
         from ..evaluators.cli import run_static
 
-        if args.fresh:
-            from ..errors import SettingsError
+        if fmr and args.limit is not None:
+            print(f"note: --limit {args.limit} applies to the fmr run; the static evaluators ({', '.join(static)}) "
+                  "use every image")
+        return run_static(args, static)
+    return 0
 
-            raise SettingsError("--fresh redoes an FMR run; static evaluators recompute their record on every call "
-                                "(pass --no-cache to recompute the logits too)")
 
-        return run_static(args)
+def run_fmr(args: argparse.Namespace, overrides: dict) -> None:
     from rich.console import Console
 
     from ..protocol.cpu import keep_freed_memory
@@ -45,11 +87,11 @@ def run(args: argparse.Namespace) -> int:
 
     keep_freed_memory()  # a process of its own: the loop may keep its peak memory reserved
     result = evaluate(args.model, args.data, generator=args.generator, oracle=args.oracle, out=args.out,
-                      progress=not args.quiet, write_grid=not args.no_grid, fresh=args.fresh,
-                      **settings_overrides(args))
-    console = Console()
+                      progress=not args.quiet, write_grid=not args.no_grid, fresh=args.fresh, **overrides)
+    console = Console(highlight=False, soft_wrap=True)  # paths stay whole, for copying
     if result.reused and args.quiet:  # without --quiet the runner has said so already
         console.print(f"reused finished run ({result.path}); pass --fresh to redo it", highlight=False)
+    print_notes(console, result.record)
     console.print(metrics_table(result.record))
     for line in result.record.get("warnings", []):
         console.print(f"[yellow]warning:[/] {line}", highlight=False)
@@ -57,7 +99,12 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"record: {result.path / 'record.json'}")
         if (result.path / "grid.png").is_file():
             console.print(f"grid:   {result.path / 'grid.png'}")
-    return 0
+
+
+def print_notes(console, record: dict) -> None:
+    """The record's notes (defaults taken across worlds, a limit above the dataset size), one line each."""
+    for note in record.get("notes") or []:
+        console.print(f"note: {note}", markup=False)
 
 
 def metrics_table(record: dict):

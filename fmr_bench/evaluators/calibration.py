@@ -29,13 +29,34 @@ def split_halves(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return perm[: n // 2].sort().values, perm[n // 2:].sort().values
 
 
-def _block(logits: torch.Tensor, labels: torch.Tensor, t: float) -> dict[str, float]:
+def _block(logits: torch.Tensor, labels: torch.Tensor, t: float | None) -> dict[str, float | None]:
+    """Accuracy, ECE and NLL, and the same after scaling by ``t`` (``None``: no usable T, no post-TS numbers)."""
     return {"acc": M.accuracy(logits, labels), "ece": 100 * M.ece(logits.double().softmax(-1), labels, N_BINS),
-            "nll": M.nll(logits, labels), "ece_ts": 100 * M.ece((logits.double() / t).softmax(-1), labels, N_BINS),
-            "nll_ts": M.nll(logits, labels, t)}
+            "nll": M.nll(logits, labels),
+            "ece_ts": None if t is None else 100 * M.ece((logits.double() / t).softmax(-1), labels, N_BINS),
+            "nll_ts": None if t is None else M.nll(logits, labels, t)}
 
 
-def reliability_png(path: Path, before: list[dict], after: list[dict], title: str) -> None:
+def identifiability(logits: torch.Tensor, labels: torch.Tensor) -> str | None:
+    """Why the temperature cannot be fitted on these logits, or ``None`` when it can.
+
+    The NLL of ``softmax(z / T)`` has a finite minimiser only when the fit set holds both right and
+    wrong top-1 predictions: with every prediction right it keeps falling as T -> 0 (and LBFGS
+    stops at an arbitrary tiny T), with every one wrong it falls towards T -> infinity.
+    """
+    right = int((logits.argmax(-1) == labels).sum())
+    if right == len(labels):
+        return (f"all {right} fit images are classified correctly, so the NLL keeps falling as T -> 0 and has no "
+                "minimum: T is not identifiable and no post-scaling metric is reported; calibrate on a set the "
+                "model errs on (e.g. a shifted set as --data)")
+    if right == 0:
+        return (f"none of the {len(labels)} fit images is classified correctly, so the NLL has no finite minimum: "
+                "T is not identifiable and no post-scaling metric is reported")
+    return None
+
+
+def reliability_png(path: Path, before: list[dict], after: list[dict] | None, title: str,
+                    note: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,14 +64,18 @@ def reliability_png(path: Path, before: list[dict], after: list[dict], title: st
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharey=True)
     for ax, bins, name in ((axes[0], before, "before TS"), (axes[1], after, "after TS")):
-        centres = [(b["lo"] + b["hi"]) / 2 for b in bins]
-        accs = [b["accuracy"] if b["accuracy"] is not None else 0.0 for b in bins]
-        ax.bar(centres, accs, width=1 / len(bins), edgecolor="black", alpha=0.7, label="accuracy")
         ax.plot([0, 1], [0, 1], "k--", lw=1)
         ax.set_title(name)
         ax.set_xlabel("confidence")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
+        if bins is None:  # no usable temperature: say so where the bars would be
+            ax.text(0.5, 0.5, "T not identifiable:\n" + "\n".join(_wrap(note or "", 34)), ha="center", va="center",
+                    fontsize=8, transform=ax.transAxes, bbox={"facecolor": "white", "edgecolor": "red"})
+            continue
+        centres = [(b["lo"] + b["hi"]) / 2 for b in bins]
+        accs = [b["accuracy"] if b["accuracy"] is not None else 0.0 for b in bins]
+        ax.bar(centres, accs, width=1 / len(bins), edgecolor="black", alpha=0.7, label="accuracy")
     axes[0].set_ylabel("accuracy")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -60,6 +85,12 @@ def reliability_png(path: Path, before: list[dict], after: list[dict], title: st
         plt.close(fig)
 
 
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width)
+
+
 @EVALUATORS.register("calibration", help="ECE / NLL before and after temperature scaling fitted on half of ID")
 def evaluate(ctx: Context, data, ood) -> Output:
     id_set = data[0]
@@ -67,7 +98,9 @@ def evaluate(ctx: Context, data, ood) -> Output:
     if len(cl.labels) < 2:
         raise DataError(f"{id_set.spec} has {len(cl.labels)} images; calibration needs at least 2 (half to fit)")
     fit, test = split_halves(len(cl.labels), ctx.settings.seed)
-    t = M.fit_temperature(cl.logits[fit], cl.labels[fit])
+    why = identifiability(cl.logits[fit], cl.labels[fit])
+    fitted = M.fit_temperature(cl.logits[fit], cl.labels[fit])
+    t = None if why else fitted
     metrics: dict = {"temperature": t, "n_fit": len(fit), "id/n": len(test)}
     metrics.update({f"id/{k}": v for k, v in _block(cl.logits[test], cl.labels[test], t).items()})
     for ds in ood:
@@ -76,20 +109,22 @@ def evaluate(ctx: Context, data, ood) -> Output:
         metrics.update({f"{name}/{k}": v for k, v in _block(o.logits, o.labels, t).items()})
         metrics[f"{name}/n"] = len(ds)
     before = M.reliability_bins(cl.logits[test].double().softmax(-1), cl.labels[test], N_BINS)
-    after = M.reliability_bins((cl.logits[test].double() / t).softmax(-1), cl.labels[test], N_BINS)
+    after = None if t is None else M.reliability_bins((cl.logits[test].double() / t).softmax(-1), cl.labels[test],
+                                                      N_BINS)
     files = {}
     if ctx.folder is not None:
         reliability_png(ctx.folder / "reliability.png", before, after,
-                        f"{ctx.spec} on {id_set.spec} (test half), T = {t:.3f}")
+                        f"{ctx.spec} on {id_set.spec} (test half), "
+                        + (f"T = {t:.3f}" if t is not None else "T not identifiable"), note=why)
         files["reliability"] = "reliability.png"
     details = {"convention": {"ece": M.ECE_CONVENTION, "units": "ECE in percent, NLL in nats",
                               "split": f"seeded permutation (seed {ctx.settings.seed}); first half fits T, "
                                        "second half is the ID test set", "fit": "LBFGS on NLL over log T"},
+               "temperature_fit": {"identifiable": why is None, "lbfgs_result": fitted, "why": why},
                "reliability": {"before": before, "after": after}}
-    if bool((cl.logits[fit].argmax(-1) == cl.labels[fit]).all()):
-        # NLL then keeps falling as T -> 0 and has no minimum: T is where LBFGS stopped.
-        details["temperature_note"] = ("every fit image is classified correctly, so the NLL has no minimum and T is "
-                                       "where LBFGS stopped; post-TS numbers are not meaningful on this ID set")
+    if why:
+        details["temperature_note"] = why
+        details["notes"] = [f"calibration: {why}"]
     return Output(metrics, details, files)
 
 

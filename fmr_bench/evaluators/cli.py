@@ -17,35 +17,71 @@ def _options(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def run_static(args: argparse.Namespace) -> int:
+def run_static(args: argparse.Namespace, names: list[str] | None = None) -> int:
+    """Run the static evaluators ``names`` (default: ``args.evaluator``) and print their tables."""
     from rich.console import Console
 
     from . import EVALUATORS, EvalSettings, evaluate_suite
 
-    names = [n.strip() for n in args.evaluator.split(",") if n.strip()]
+    if names is None:
+        names = [n.strip() for n in args.evaluator.split(",") if n.strip()]
     for n in names:
         EVALUATORS.get(n)  # unknown names fail before any work
-    if "fmr" in names:
-        raise SettingsError("run fmr on its own (--evaluator fmr); combine only static evaluators")
-    if args.limit is not None:
-        raise SettingsError("--limit applies to the FMR protocol only; static evaluators use every image")
     settings = EvalSettings(batch_size=args.batch_size or EvalSettings.batch_size,
+                            num_workers=getattr(args, "workers", None),
                             device=args.device or EvalSettings.device,
                             seed=args.seed if args.seed is not None else EvalSettings.seed,
                             cache=not args.no_cache)
-    console = Console(stderr=False)
-    progress = None
-    if not args.quiet:
-        def progress(spec: str, done: int, total: int) -> None:
-            if done == total or done % 1024 < (args.batch_size or 64):
-                console.print(f"  {spec}: {done}/{total} images", highlight=False)
-    results = evaluate_suite(args.model, names, args.data, args.ood, out=args.out, settings=settings,
-                             progress=progress, **_options(args.option))
+    console = Console(highlight=False, soft_wrap=True)  # paths stay whole, for copying
+    with InferenceProgress(console, enabled=not args.quiet) as bar:
+        results = evaluate_suite(args.model, names, args.data, args.ood, out=args.out, settings=settings,
+                                 progress=bar.update if not args.quiet else None, **_options(args.option))
     for r in results:
+        for note in r.record.get("notes") or []:
+            console.print(f"note: {note}", markup=False)
         console.print(metrics_table(r.record))
         if r.path is not None:
             console.print(f"record: {r.path / 'record.json'}")
     return 0
+
+
+class InferenceProgress:
+    """A rich progress bar per dataset pass: images done, images/s and ETA (as the FMR loop's)."""
+
+    def __init__(self, console, *, enabled: bool = True) -> None:
+        self.console, self.enabled = console, enabled
+        self._bar = None
+        self._tasks: dict[str, int] = {}
+        self._start: dict[str, float] = {}
+
+    def __enter__(self) -> "InferenceProgress":
+        if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]} img/s"),
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                 console=self.console, transient=False)
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def update(self, spec: str, done: int, total: int) -> None:
+        """The progress callback of :class:`~fmr_bench.evaluators.Context`: ``(dataset spec, done, total)``."""
+        if self._bar is None:
+            return
+        key = spec
+        if key not in self._tasks or (done <= self._bar.tasks[self._tasks[key]].completed and done < total):
+            # a new pass over this dataset (another head of a zero-shot model): a new line
+            self._tasks[key] = self._bar.add_task(spec, total=total, rate="-")
+            self._start[key] = self._bar.get_time()
+        task = self._tasks[key]
+        elapsed = max(self._bar.get_time() - self._start[key], 1e-9)
+        self._bar.update(task, completed=done, total=total, rate=f"{done / elapsed:.1f}")
 
 
 def _fmt(v) -> str:

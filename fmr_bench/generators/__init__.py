@@ -179,10 +179,35 @@ def generator_weight_refs(spec: str | Spec, default: str) -> list[WeightRef]:
     return _REFS.get(spec.source, lambda s, d: [])(spec, default)
 
 
+def default_step_size(spec: str | Spec, default: str) -> tuple[float, str] | None:
+    """The step size η a generator's card sets, and where it comes from; ``None`` without one.
+
+    η belongs to the generator, not to the data: its latent space sets how far one step
+    moves an image (the 32-px digits VQGAN: 0.05; the ImageNet VQGAN: 0.001, the paper's).
+    A sparse mask takes the step size of the dense generator it was fitted on.
+    """
+    spec = parse_spec(spec, GENERATORS, what="generator")
+    if spec.source == "vqgan":
+        card = _vqgan_card(spec, default)
+    elif spec.source == "sparse-vqgan":
+        from .sparse import find_mask_card
+
+        return default_step_size(_mask_base(find_mask_card(spec.ident, _world_vqgan_card(default))), default)
+    elif spec.source in ("diffusion", "vae"):
+        from . import _diffusers
+
+        card = _diffusers.resolve(spec, spec.source).card or {}
+    else:
+        return None
+    if card.get("step_size") is None:
+        return None
+    return float(card["step_size"]), f"generator card {card.get('name', spec)}"
+
+
 def load_generator(spec: str | Spec, *, default: str = "vqgan:digits", seed: int = 0) -> Generator:
     """Build the generator a spec names; ``default`` is the dataset world's generator spec."""
     spec = parse_spec(spec, GENERATORS, what="generator")
     return GENERATORS.get(spec.source)(spec, default, seed).freeze()
 
 
-__all__ = ["Generator", "load_generator", "generator_weight_refs"]
+__all__ = ["Generator", "default_step_size", "load_generator", "generator_weight_refs"]

@@ -102,7 +102,7 @@ def test_folder_reads_the_export_back(world):
     # folder: numbers classes in sorted folder order; the class names are the source's
     for sid, label in zip(ds.ids, ds.labels):
         assert ds.class_names[label] == by_file[sid]["class"]
-    assert json.loads((exp.path / "generation.json").read_text())["read_back"] == f"folder:{exp.path}"
+    assert json.loads((exp.path / "generation.json").read_text())["read_back"] == f"folder:{exp.path}?crop_pct=1"
     # read_export keeps the source's label indices and the PNG pixels as written
     back = read_export(exp.path)
     assert back.class_names == load_dataset("digits").class_names

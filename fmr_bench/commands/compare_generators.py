@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         [("generator A", "generator_a"), ("generator B", "generator_b"), ("tau FMR", "tau_fmr"),
          ("tau PA", "tau_pa"), ("models", "n_models")],
         title="rank agreement (Kendall tau-b over the models)"))
+    for note in res.notes:
+        console.print(f"note: {note}", markup=False)
     console.print(f"tables: {res.path / 'table.csv'}  {res.path / 'tau.csv'}  all rows: {res.path / 'compare.csv'}")
     return 0
 

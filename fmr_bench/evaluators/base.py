@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..datasets import ImageDataset, load_dataset
-from ..errors import ClassMappingError, SettingsError
+from ..errors import ClassMappingError, FmrBenchError, SettingsError
 from ..inference import Logits, compute_logits
 from ..models import ImageClassifier, load_model, map_classes
 from ..registry import EVALUATORS
@@ -135,8 +135,12 @@ class Context:
                                    "resolution": out.resolution})
             return out
         cb = (lambda d, t: self.progress(dataset.spec, d, t)) if self.progress else None
-        out = compute_logits(clf, dataset, batch_size=self.settings.batch_size, num_workers=self.settings.num_workers,
-                             device=self.device, cache=self.settings.cache, weights_hash=whash, progress=cb)
+        try:
+            out = compute_logits(clf, dataset, batch_size=self.settings.batch_size,
+                                 num_workers=self.settings.num_workers, device=self.device, cache=self.settings.cache,
+                                 weights_hash=whash, progress=cb)
+        except FmrBenchError as e:
+            raise _from_worker(e) from None
         self.inference.append({"dataset": dataset.spec, "n": len(out.ids), "cached": out.cached,
                                "seconds": round(out.seconds, 3), "images_per_s": out.images_per_s, "key": out.key,
                                "transform": out.transform, "resolution": out.resolution})
@@ -184,6 +188,16 @@ class StaticResult(RecordResult):
     def load(cls, folder: str | Path) -> StaticResult:
         folder = Path(folder)
         return cls(json.loads((folder / "record.json").read_text()), folder)
+
+
+def _from_worker(e: FmrBenchError) -> FmrBenchError:
+    """The error itself, without the worker traceback a DataLoader worker wraps around its message."""
+    text = str(e)
+    if "\n" not in text:
+        return e
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    # the last line is "module.ErrorType: message"
+    return type(e)(lines[-1].split(": ", 1)[-1] if lines else text)
 
 
 def _as_datasets(specs: str | ImageDataset | Sequence[str | ImageDataset] | None) -> list[ImageDataset]:

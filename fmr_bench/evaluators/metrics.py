@@ -6,8 +6,9 @@ Each kernel is tested against an independent implementation on random inputs
 Conventions:
     * OOD detection: in-distribution (ID) is the positive class and a higher score means
       "more in-distribution"; FPR@95 is the share of OOD samples accepted at the threshold
-      that accepts 95 % of ID samples (the MCM convention; OpenOOD v1.5 treats OOD as
-      positive). :data:`OOD_CONVENTION` is written into every record.
+      that accepts 95 % of ID samples (the MCM convention; OpenOOD is ID-positive at its
+      v1.5 tag and OOD-positive from August 2023 on). :data:`OOD_CONVENTION` is written
+      into every record, with the threshold rule (:data:`FPR_RULES`).
     * ECE: top-label confidence, ``n_bins`` equal-width bins with intervals (lo, hi].
 """
 
@@ -23,7 +24,8 @@ import torch.nn.functional as F
 OOD_CONVENTION = {
     "positive": "in-distribution",
     "score": "higher = more in-distribution",
-    "fpr_at_95": "share of OOD samples with score >= the threshold that accepts 95% of ID samples (MCM convention)",
+    "fpr_at_95": "share of OOD samples with score >= the threshold that accepts 95% of ID samples (MCM convention); "
+                 "threshold rule: see fpr_rule",
     "aupr_in": "average precision with ID as positive",
     "aupr_out": "average precision with OOD as positive and the score negated",
 }
@@ -172,22 +174,59 @@ def aupr_out(id_scores, ood_scores) -> float:
     return _average_precision(-s, 1 - y)
 
 
-def fpr_at_95(id_scores, ood_scores, tpr: float = 0.95) -> float:
+#: FPR@95 threshold rules (``--option fpr_rule=``): where between the k-th and (k+1)-th highest ID
+#: score the threshold sits, k = ceil(0.95 * n_id).
+FPR_RULES = {
+    "top": "threshold at the k-th highest ID score (the top of the gap to the (k+1)-th), k = ceil(0.95 n_ID); "
+           "as the first point of scikit-learn's roc_curve with TPR >= 0.95",
+    "mcm": "the ROC point (thresholds at every distinct score) whose TPR is closest to 0.95, the lowest "
+           "threshold among equals (the bottom of the gap): the rule of the MCM paper's code "
+           "(fpr_and_fdr_at_recall of Hendrycks et al.'s outlier-exposure code)",
+}
+
+
+def fpr_at_95(id_scores, ood_scores, tpr: float = 0.95, rule: str = "top") -> float:
     """Share of OOD samples accepted at the threshold that accepts ``tpr`` of ID samples.
 
-    The threshold is the ``(1 - tpr)`` quantile of the ID scores taken as an order
-    statistic: the largest t such that at least ``tpr`` of ID scores are >= t.
+    Args:
+        rule: ``"top"`` (default): the threshold is the ``(1 - tpr)`` quantile of the ID scores taken
+            as an order statistic, the largest t such that at least ``tpr`` of ID scores are >= t.
+            ``"mcm"``: the rule of the MCM paper's evaluation code (see :data:`FPR_RULES`); it
+            counts every OOD score above the next lower score, so it can be larger by up to
+            the share of OOD samples inside that gap (about 2 points at 100 ID samples).
     """
+    if rule == "mcm":
+        return _fpr_closest_recall(_np(id_scores).ravel(), _np(ood_scores).ravel(), tpr)
+    if rule != "top":
+        raise ValueError(f"unknown FPR rule {rule!r}; use one of {', '.join(FPR_RULES)}")
     s_id, s_ood = np.sort(_np(id_scores).ravel()), _np(ood_scores).ravel()
     k = int(math.ceil(tpr * len(s_id)))  # how many ID samples must be accepted
     threshold = s_id[len(s_id) - k]
     return float((s_ood >= threshold).mean())
 
 
-def detection_metrics(id_scores, ood_scores) -> dict[str, float]:
+def _fpr_closest_recall(s_id: np.ndarray, s_ood: np.ndarray, tpr: float) -> float:
+    """The MCM code's rule, written from its description: ROC points at each distinct score from the
+    lowest threshold that still accepts every ID sample upwards; pick the first whose |TPR - tpr| is
+    smallest; that list ends with an extra point (TPR 1, FPR 0) as the original does."""
+    scores = np.concatenate([s_id, s_ood])
+    is_id = np.concatenate([np.ones(len(s_id), bool), np.zeros(len(s_ood), bool)])
+    order = np.argsort(-scores, kind="mergesort")
+    scores, is_id = scores[order], is_id[order]
+    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # last index of each distinct score
+    tps = np.cumsum(is_id)[last]
+    fps = (last + 1) - tps
+    stop = int(np.searchsorted(tps, tps[-1]))  # first threshold accepting every ID sample
+    recall = np.r_[(tps / tps[-1])[stop::-1], 1.0]
+    fps = np.r_[fps[stop::-1], 0]
+    return float(fps[int(np.argmin(np.abs(recall - tpr)))] / len(s_ood))
+
+
+def detection_metrics(id_scores, ood_scores, fpr_rule: str = "top") -> dict[str, float]:
     """AUROC, AUPR-In, AUPR-Out, FPR@95 in percent."""
     return {"auroc": 100 * auroc(id_scores, ood_scores), "aupr_in": 100 * aupr_in(id_scores, ood_scores),
-            "aupr_out": 100 * aupr_out(id_scores, ood_scores), "fpr_at_95": 100 * fpr_at_95(id_scores, ood_scores)}
+            "aupr_out": 100 * aupr_out(id_scores, ood_scores),
+            "fpr_at_95": 100 * fpr_at_95(id_scores, ood_scores, rule=fpr_rule)}
 
 
 # --- effective robustness ---------------------------------------------------------------------

@@ -44,7 +44,8 @@ def score(name: str, logits, model, temperature: float = 1.0):
 
 
 @EVALUATORS.register("ood-detection", help="OOD detection: MSP, MaxLogit, Energy, MCM; AUROC, AUPR-In/Out, FPR@95")
-def evaluate(ctx: Context, data, ood, scores: str | None = None, temperature: float = 1.0) -> Output:
+def evaluate(ctx: Context, data, ood, scores: str | None = None, temperature: float = 1.0,
+             fpr_rule: str = "top") -> Output:
     if not ood:
         raise SettingsError("ood-detection needs OOD sets; pass --ood textures:PATH (repeatable)")
     id_set = data[0]
@@ -58,7 +59,16 @@ def evaluate(ctx: Context, data, ood, scores: str | None = None, temperature: fl
     if "mcm" in names and not clip:
         raise SettingsError(f"MCM needs a CLIP zero-shot model (cosine similarities to class prompts) and {ctx.spec} "
                             "is not one; use scores=msp,maxlogit,energy or an openclip: model")
-    temperature = float(temperature)
+    raw = temperature
+    try:
+        temperature = float(temperature)
+    except ValueError:
+        temperature = -1.0
+    if not 0 < temperature < float("inf"):
+        raise SettingsError(f"MCM temperature must be a number > 0 (got {raw!r}); pass e.g. --option temperature=1")
+    if fpr_rule not in M.FPR_RULES:
+        raise SettingsError(f"unknown fpr_rule {fpr_rule!r}; use --option fpr_rule=top (default) or "
+                            "fpr_rule=mcm (the MCM paper's code)")
     metrics: dict = {"id_acc": M.accuracy(id_cl.logits, id_cl.labels), "id/n": len(id_set)}
     id_scores = {s: score(s, id_cl.logits, id_cl.model, temperature) for s in names}
     per: dict[str, dict[str, list[float]]] = {s: {} for s in names}
@@ -69,18 +79,22 @@ def evaluate(ctx: Context, data, ood, scores: str | None = None, temperature: fl
         name = ds_name(ds)
         metrics[f"{name}/n"] = len(ds)
         for s in names:
-            for k, v in M.detection_metrics(id_scores[s], score(s, cl.logits, cl.model, temperature)).items():
+            for k, v in M.detection_metrics(id_scores[s], score(s, cl.logits, cl.model, temperature),
+                                                 fpr_rule).items():
                 metrics[f"{s}/{name}/{k}"] = v
                 per[s].setdefault(k, []).append(v)
     for s in names:
         for k, vs in per[s].items():
             metrics[f"{s}/avg/{k}"] = sum(vs) / len(vs)
-    details = {"convention": M.OOD_CONVENTION, "scores": names,
+    details = {"convention": {**M.OOD_CONVENTION, "fpr_rule": fpr_rule, "fpr_rule_means": M.FPR_RULES[fpr_rule]},
+               "scores": names,
                "mcm": {"template": MCM_TEMPLATE, "temperature": temperature} if "mcm" in names else None,
                "templates": templates}
     return Output(metrics, details)
 
 
 evaluate.options = {"scores": f"comma list of {', '.join(SCORES)} (default: all that apply)",
-                    "temperature": "MCM temperature T (default 1)"}
+                    "temperature": "MCM temperature T (default 1)",
+                    "fpr_rule": "FPR@95 threshold: top (default, as scikit-learn's roc_curve) or mcm (the MCM "
+                                "paper's code: bottom of the gap between ID scores)"}
 evaluate.digits_defaults = lambda data: (data, ["digits-ood:noise", "digits-ood:textures"])

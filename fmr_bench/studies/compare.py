@@ -18,7 +18,7 @@ import datetime as _dt
 import itertools
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ class CompareResult:
     rows: list[dict[str, Any]]
     tau: list[dict[str, Any]]
     path: Path
+    notes: list[str] = field(default_factory=list)
 
     def wide(self) -> list[dict[str, Any]]:
         """One row per model with ``<generator> PA`` / ``<generator> FMR`` columns (Table 3)."""
@@ -133,11 +134,12 @@ def compare_generators(models: str | Sequence[str], generators: str | Sequence[s
 
     models = split_list(models, "--models")
     generators = split_list(generators, "--generators")
+    notes = rank_notes(models, generators)
     merged = merge_settings(settings, overrides)
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data)
     check_specs(models, generators, oracle, dataset.world.generator)
     request = {"models": models, "generators": generators, "dataset": dataset.spec, "oracle": oracle,
-               "settings": {k: v for k, v in asdict(merged).items() if k not in ("device", "batch_size")}}
+               "settings": {k: v for k, v in asdict(merged).items() if k not in ("device", "batch_size", "workers")}}
     to = Path(to) if to is not None else run_dir(Path(out), "compare", dataset.spec, request)
     say = log or (lambda _msg: None)
     started = _dt.datetime.now(_dt.timezone.utc)
@@ -155,6 +157,25 @@ def compare_generators(models: str | Sequence[str], generators: str | Sequence[s
     write_csv(to / "table.csv", wide, list(wide[0]))
     write_csv(to / "tau.csv", taus, TAU_COLUMNS)
     write_json(to / "compare.json", json.loads(json.dumps(
-        {"study": "compare-generators", "request": request, "rows": rows, "tau": taus,
+        {"study": "compare-generators", "request": request, "rows": rows, "tau": taus, "notes": notes,
          "timestamp": started.isoformat(timespec="seconds")})))
-    return CompareResult(rows, taus, to)
+    return CompareResult(rows, taus, to, notes)
+
+
+def rank_notes(models: Sequence[str], generators: Sequence[str]) -> list[str]:
+    """Warnings on what the τ table can mean for these many models and generators.
+
+    Raises:
+        SettingsError: fewer than 2 models: there is nothing to rank.
+    """
+    if len(models) < 2:
+        raise SettingsError(f"compare-generators ranks models under each generator and got 1 model ({models[0]}); "
+                            "pass at least 2 (3 or more for a Kendall tau that can be other than +1 or -1), or "
+                            "run fmr evaluate for one model")
+    notes = []
+    if len(models) == 2:
+        notes.append("Kendall tau over 2 models is +1 or -1 by construction (undefined on a tie); "
+                     "add models for a rank agreement that means something")
+    if len(generators) == 1:
+        notes.append("one generator: no pair of generators to compare ranks between (tau table empty)")
+    return notes

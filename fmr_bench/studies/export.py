@@ -49,7 +49,7 @@ from .tables import write_csv
 FORMAT_VERSION = 1
 LABEL_COLUMNS = ("file", "label", "class", "id", "target", "steps", "validated", "clean_pred", "final_pred")
 #: Settings that do not change outcomes; an export may resume with other values.
-_RUNTIME = ("device", "batch_size")
+_RUNTIME = ("device", "batch_size", "workers")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _UNSAFE_FOLDER = re.compile(r'[/\\:*?"<>|\x00-\x1f]+')
 
@@ -269,7 +269,8 @@ def _generation(head: dict, result: FmrResult, dataset: ImageDataset, folders: l
         "classes": [{"label": i, "name": n, "folder": f} for i, (n, f) in enumerate(zip(dataset.class_names, folders))],
         "images": {"format": "png", "bit_depth": 8, "resolution": r["settings"]["resolution"],
                    "content": "final image x-hat of each validated sample, named after its sample id"},
-        "read_back": f"imagenet:{to}" if imagenet else f"folder:{to}",
+        # crop_pct=1: the images are already at the generator's size, so they read back pixel for pixel
+        "read_back": (f"imagenet:{to}" if imagenet else f"folder:{to}") + "?crop_pct=1",
         "folder_labels_match": folder_labels_match,
         "versions": r["versions"],
     }

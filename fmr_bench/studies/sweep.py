@@ -106,7 +106,7 @@ def sweep(model: str, data: str | ImageDataset = "digits", step_sizes: Any = Non
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data)
     request = {"model": model, "dataset": dataset.spec, "generator": generator, "oracle": oracle,
                "step_sizes": etas, "budgets": bs,
-               "settings": {k: v for k, v in asdict(merged).items() if k not in ("device", "batch_size")}}
+               "settings": {k: v for k, v in asdict(merged).items() if k not in ("device", "batch_size", "workers")}}
     to = Path(to) if to is not None else run_dir(Path(out), f"sweep__{model}", dataset.spec, request)
     say = log or (lambda _msg: None)
     started = _dt.datetime.now(_dt.timezone.utc)

@@ -120,7 +120,7 @@ def transfer(sources: str | Sequence[str], models: str | Sequence[str] | None = 
     if pretrained:
         preflight(refs)  # and so do missing weights when offline
     request = {"sources": srcs, "models": columns, "dataset": dataset.spec, "generator": generator, "oracle": oracle,
-               "settings": {k: v for k, v in asdict(merged).items() if k not in ("device", "batch_size")}}
+               "settings": {k: v for k, v in asdict(merged).items() if k not in ("device", "batch_size", "workers")}}
     to = Path(to) if to is not None else run_dir(out, "transfer", dataset.spec, request)
     say = log or (lambda _msg: None)
     started = _dt.datetime.now(_dt.timezone.utc)

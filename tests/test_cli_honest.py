@@ -162,7 +162,8 @@ def test_step_size_defaults_come_from_the_generator_card():
 def test_folder_data_with_digits_generator_runs_at_the_cards_step_size(capsys, tmp_path, files):
     code, out, err = _run(capsys, [
         "evaluate", *MODEL, "--data", f"folder:{files['folder']}?crop_pct=1", "--generator", "vqgan:digits",
-        "--oracle", "builtin:digits-clip", "--budget", "1", "--limit", "10", "--no-grid", "--out", str(tmp_path),
+        "--oracle", "builtin:digits-clip", "--budget", "1", "--limit", "10", "--no-grid", "--workers", "0",
+        "--out", str(tmp_path),
         "--quiet"])
     assert code == 0, err
     record = json.loads(next(tmp_path.rglob("record.json")).read_text())

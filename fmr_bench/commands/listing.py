@@ -28,16 +28,30 @@ def run(args: argparse.Namespace) -> int:
     table = Table(title=args.what)
     table.add_column("spec")
     table.add_column("description")
+    table.add_column("?options (checked: type, range)")
     for entry in reg.items():
-        table.add_row(entry.name + ("" if args.what == "generators" else ":…"), entry.help)
+        table.add_row(entry.name + ("" if args.what == "generators" else ":…"), entry.help,
+                      option_summary(entry.options))
     if args.what == "models":
         for entry in BUILTIN_MODELS.items():
-            table.add_row(f"builtin:{entry.name}", entry.help)
+            table.add_row(f"builtin:{entry.name}", entry.help, "")
     if args.what == "generators":
+        from ..generators import default_step_size
+
         for card in list_cards("vqgan"):
-            table.add_row(f"vqgan:{card.removeprefix('vqgan-')}", "card " + card)
+            spec = f"vqgan:{card.removeprefix('vqgan-')}"
+            eta = default_step_size(spec, spec)
+            table.add_row(spec, "card " + card + (f"; default step size {eta[0]:g}" if eta else ""), "")
     Console().print(table)
     return 0
+
+
+def option_summary(options) -> str:
+    """``key: what a valid value looks like (default)`` for each option of a source's table."""
+    if options is None:
+        return "not declared"
+    return "; ".join(f"{k}: {o.describe()}" + (f" (default {o.default})" if o.default not in (None, "") else "")
+                     for k, o in options.items()) or "none"
 
 
 COMMAND = Command(help="list models, generators, oracles, datasets or evaluators", add_arguments=add_arguments, run=run)

@@ -137,7 +137,9 @@ def list_evaluators() -> int:
     table.add_column("name")
     table.add_column("description")
     table.add_column("options")
-    table.add_row("fmr", "the dynamic FMR protocol (default of fmr evaluate)", "see fmr evaluate --help")
+    table.add_row("fmr", "the dynamic FMR protocol (default of fmr evaluate); in a list with static evaluators "
+                         "(--evaluator fmr,calibration) it runs first, each evaluator writing its own record",
+                  "see fmr evaluate --help")
     for entry in EVALUATORS.items():
         opts = getattr(entry.load(), "options", {})
         table.add_row(entry.name, entry.help, "; ".join(f"{k}: {v}" for k, v in opts.items()) or "-")

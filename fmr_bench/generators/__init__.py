@@ -156,7 +156,8 @@ GENERATORS.register("noise", build_noise, help="noise[?sigma=0.02] — pixel ste
                     options=NOISE_OPTIONS)
 GENERATORS.register("diffusion", "fmr_bench.generators.diffusion:build", options=DIFFUSION_OPTIONS,
                     help="diffusion[:digits|FOLDER|ORG/REPO][?strength=0.3&steps=10&guidance=1&class_cond=K] — "
-                         "diffusers UNet, guided SDEdit steps")
+                         "diffusers UNet, guided SDEdit steps (a card's defaults replace these: digits has "
+                         "strength 0.1, steps 2, guidance 0.5)")
 GENERATORS.register("vae", "fmr_bench.generators.vae:build", options=VAE_OPTIONS,
                     help="vae[:digits|FOLDER|ORG/REPO][?resolution=N&subfolder=NAME] — diffusers AutoencoderKL / "
                          "VQModel latent")

@@ -77,6 +77,11 @@ BAD = [
     (["evaluate", *MODEL, "--workers", "-1"], r"workers must be >= 0"),
     (["evaluate", *MODEL, "--evaluator", "ood-detection", "--ood", "digits-ood:noise", "--option", "fpr_rule=bottom"],
      r"unknown fpr_rule 'bottom'.*fpr_rule=mcm"),
+    (["evaluate", *MODEL, "--evaluator", "fmr,calibration", "--option", "scores=msp"],
+     r"no evaluator of calibration takes option\(s\) scores"),
+    (["evaluate", *MODEL, "--evaluator", "fmr,ood-detection", "--ood", "digits-ood:noise?x=1"],
+     r"unknown option\(s\) x for digits-ood"),
+    (["evaluate", *MODEL, "--evaluator", ","], r"--evaluator is empty"),
     (["compare-generators", "--models", "builtin:digits-cnn", "--generators", "pixel,noise"],
      r"got 1 model \(builtin:digits-cnn\); pass at least 2"),
 ]
@@ -175,6 +180,14 @@ def test_folder_data_with_digits_generator_runs_at_the_cards_step_size(capsys, t
     assert record["metrics"]["n"] == 4
     for n in notes:
         assert f"note: {n}" in out.replace("\n", " ") or f"note: {n}"[:60] in out
+
+
+def test_library_refuses_fgsm_eps_without_fgsm_init(tmp_path):
+    from fmr_bench import evaluate
+    from fmr_bench.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="--init fgsm"):
+        evaluate("builtin:digits-cnn", fgsm_eps=0.01, limit=1, out=None)
 
 
 def test_world_defaults_are_recorded_without_a_note():

@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
             EVALUATORS.get(name)  # unknown names fail before any work
     check_flags(args, fmr, static)
     overrides = settings_overrides(args)
+    if fmr and static:
+        check_static_input(args, static)  # before the FMR run, not after it
     if fmr:
         run_fmr(args, overrides)
     if static:
@@ -77,6 +79,26 @@ def run(args: argparse.Namespace) -> int:
                   "use every image")
         return run_static(args, static)
     return 0
+
+
+def check_static_input(args: argparse.Namespace, static: list[str]) -> None:
+    """Parse the ``--ood`` specs and check ``--option`` names against the static evaluators.
+
+    Raises:
+        SpecError, SettingsError: as the static evaluators would, but before any work.
+    """
+    from ..evaluators import EVALUATORS
+    from ..evaluators.cli import _options
+    from ..registry import DATASETS
+    from ..specs import parse_spec
+
+    for spec in args.ood or []:
+        parse_spec(spec, DATASETS, what="dataset")
+    accepted = set().union(*(set(getattr(EVALUATORS.get(n), "options", {})) for n in static))
+    stray = sorted(set(_options(args.option)) - accepted)
+    if stray:
+        raise SettingsError(f"no evaluator of {', '.join(static)} takes option(s) {', '.join(stray)}; "
+                            "see fmr list evaluators")
 
 
 def run_fmr(args: argparse.Namespace, overrides: dict) -> None:

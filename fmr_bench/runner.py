@@ -190,7 +190,8 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
         try:
             with bar:
                 run_batched(_samples(dataset, pending, settings.workers), model=clf, oracle=ora, generator=gen,
-                            target_of=cmap.tensor(), cfg=loop_cfg, device=device, on_sample=on_sample, on_iteration=bar.iteration)
+                            target_of=cmap.tensor(), cfg=loop_cfg, device=device, on_sample=on_sample,
+                            on_iteration=bar.iteration)
         except KeyboardInterrupt:
             raise FmrBenchError(f"interrupted; {sum(1 for i in ids if i in done)}/{total} samples are saved in "
                                 f"{folder}; re-run the same command to resume") from None

@@ -129,6 +129,10 @@ def parse_options(spec: Spec, table: Mapping[str, Option], *, what: str,
             message names the valid options or the valid range and an example.
     """
     given = spec.opts
+    keys = [k for k, _ in spec.options]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise SpecError(f"{what} spec {str(spec)!r}: option(s) {', '.join(twice)} given more than once; keep one")
     unknown = sorted(set(given) - set(table))
     if unknown:
         valid = ", ".join(f"{k}={o.example or o.default}" for k, o in table.items()) or "none"

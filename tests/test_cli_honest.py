@@ -38,7 +38,7 @@ def _png(img: torch.Tensor, path) -> None:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("honest")
-    pickle.dump({"weights": [1.0, 2.0]}, open(root / "plain.pkl", "wb"))
+    (root / "plain.pkl").write_bytes(pickle.dumps({"weights": [1.0, 2.0]}))
     bad = root / "ood_bad" / "x"
     bad.mkdir(parents=True)
     for i in range(2):
@@ -64,6 +64,7 @@ BAD = [
     (["evaluate", "--model", "timm:resnet18?num_classes=0"], r"num_classes must be an integer >= 1"),
     (["evaluate", *MODEL, "--data", "digits?crop_pct=1"], r"unknown option\(s\) crop_pct for digits"),
     (["evaluate", *MODEL, "--data", "folder:/nowhere?crop_pct=nan"], r"crop_pct must be a number > 0 and <= 1"),
+    (["evaluate", *MODEL, "--data", "folder:/x?crop_pct=1&crop_pct=0.5"], r"crop_pct given more than once"),
     (["evaluate", *MODEL, "--ood", "digits-ood:noise"], r"--ood only apply to static evaluators"),
     (["evaluate", *MODEL, "--option", "scores=msp"], r"--option only apply to static evaluators"),
     (["evaluate", *MODEL, "--no-cache"], r"--no-cache only apply to static evaluators"),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from . import Command
 from ..config import FMR_ONLY
 from ..errors import SettingsError
+from . import Command
 from .common import add_settings_arguments, add_world_arguments, flag, set_cache, settings_overrides
 
 
@@ -48,7 +48,9 @@ def check_flags(args: argparse.Namespace, fmr: bool, static: list[str]) -> None:
     Raises:
         SettingsError: e.g. ``--ood`` with the FMR protocol alone, ``--budget`` with static evaluators alone.
     """
-    given = lambda names: [flag(n) for n in names if getattr(args, n, None) not in (None, False)]  # noqa: E731
+    def given(names) -> list[str]:
+        return [flag(n) for n in names if getattr(args, n, None) not in (None, False)]
+
     if not static and given(STATIC_FLAGS):
         raise SettingsError(f"{', '.join(given(STATIC_FLAGS))} only apply to static evaluators and the FMR protocol "
                             "would ignore them; drop them, or add an evaluator, e.g. --evaluator fmr,ood-detection")

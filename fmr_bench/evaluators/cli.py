@@ -54,10 +54,16 @@ class InferenceProgress:
         self._tasks: dict[str, int] = {}
         self._start: dict[str, float] = {}
 
-    def __enter__(self) -> "InferenceProgress":
+    def __enter__(self) -> InferenceProgress:
         if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[rate]} img/s"),

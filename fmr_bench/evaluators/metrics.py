@@ -219,7 +219,7 @@ def _fpr_closest_recall(s_id: np.ndarray, s_ood: np.ndarray, tpr: float) -> floa
     stop = int(np.searchsorted(tps, tps[-1]))  # first threshold accepting every ID sample
     recall = np.r_[(tps / tps[-1])[stop::-1], 1.0]
     fps = np.r_[fps[stop::-1], 0]
-    return float(fps[int(np.argmin(np.abs(recall - tpr)))] / len(s_ood))
+    return float(fps[np.argmin(np.abs(recall - tpr))] / len(s_ood))
 
 
 def detection_metrics(id_scores, ood_scores, fpr_rule: str = "top") -> dict[str, float]:

@@ -211,4 +211,4 @@ def load_generator(spec: str | Spec, *, default: str = "vqgan:digits", seed: int
     return GENERATORS.get(spec.source)(spec, default, seed).freeze()
 
 
-__all__ = ["Generator", "default_step_size", "load_generator", "generator_weight_refs"]
+__all__ = ["Generator", "default_step_size", "generator_weight_refs", "load_generator"]

@@ -77,9 +77,13 @@ def _pct(num: int, den: int) -> float | None:
 
 
 def predictions(clf: ImageClassifier, dataset: ImageDataset, *, batch_size: int, device: torch.device,
-                cache: bool = True) -> tuple[list[int], int | None]:
-    """(argmax over all outputs of ``clf`` per image of ``dataset`` at its current resolution, number of outputs)."""
-    workers = 0 if len(dataset) < 256 else None
+                cache: bool = True, workers: int | None = None) -> tuple[list[int], int | None]:
+    """(argmax over all outputs of ``clf`` per image of ``dataset`` at its current resolution, number of outputs).
+
+    ``workers``: DataLoader workers (``--workers``); by default none for small sets, where starting them costs more.
+    """
+    if workers is None:
+        workers = 0 if len(dataset) < 256 else None
     # as the FMR runs it compares with: the dataset's pixels at the generator's resolution
     out = compute_logits(clf, dataset, batch_size=batch_size, num_workers=workers, device=device, cache=cache,
                          feed="protocol")
@@ -147,14 +151,16 @@ def transfer(sources: str | Sequence[str], models: str | Sequence[str] | None = 
         say(f"scoring {m}")
         torch.manual_seed(merged.seed)  # random-weight models (pretrained=False) as in the run
         clf = load_model(m, class_names=dataset.class_names, pretrained=pretrained).to(device).eval()
-        clean_pred, n_out = predictions(clf, clean, batch_size=merged.batch_size, device=device, cache=cache)
+        clean_pred, n_out = predictions(clf, clean, batch_size=merged.batch_size, device=device, cache=cache,
+                                        workers=merged.workers)
         cmap = map_classes(clf.class_names, n_out, dataset.class_names, label_space=dataset.label_space,
                            model_label_space=clf.label_space, model=clf.spec or m)
         targets = cmap.index
         sa = _pct(sum(p == targets[y] for p, y in zip(clean_pred, clean.labels)), len(clean))
         for a in srcs:
             ds = perturbed[a]
-            pred, _ = predictions(clf, ds, batch_size=merged.batch_size, device=device, cache=cache)
+            pred, _ = predictions(clf, ds, batch_size=merged.batch_size, device=device, cache=cache,
+                                  workers=merged.workers)
             pa = _pct(sum(p == targets[y] for p, y in zip(pred, ds.labels)), len(ds))
             cell = {"source": a, "model": m, "n": len(clean), "n_validated": len(ds), "sa": sa, "pa": pa,
                     "fmr": 100.0 * pa / sa if pa is not None and sa else None, "from": "export", "pa_export": None}

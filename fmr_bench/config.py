@@ -31,8 +31,9 @@ class FmrSettings:
     init: str = field(default="none", metadata={"help": f"starting image, one of {INITS}: fgsm starts from an "
                                                        "FGSM adversarial image of the evaluated model (paper App. E)"})
     fgsm_eps: float = field(default=0.003, metadata={"help": "FGSM step (pixels in [0, 1]) for --init fgsm"})
-    workers: int | None = field(default=None, metadata={"help": "DataLoader workers that decode image files "
-                                                                "(default: up to 4; 0 decodes in the main process)"})
+    workers: int | None = field(default=None, metadata={"help": "DataLoader workers that decode image files (default: "
+                                                                "up to 4 for FMR, one per core up to 8 for static "
+                                                                "evaluators; 0 decodes in the main process)"})
 
     def validated(self) -> "FmrSettings":
         """Return self after range checks; raises :class:`SettingsError` naming the fix."""

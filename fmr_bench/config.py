@@ -30,6 +30,12 @@ class FmrSettings:
     init: str = field(default="none", metadata={"help": f"starting image, one of {INITS}: fgsm starts from an "
                                                        "FGSM adversarial image of the evaluated model (paper App. E)"})
     fgsm_eps: float = field(default=0.003, metadata={"help": "FGSM step (pixels in [0, 1]) for --init fgsm"})
+    accept: str | None = field(
+        default=None,
+        metadata={"help": "acceptance rule of the oracle: argmax (the paper's), confidence:T (p(y) >= T), "
+                          "margin:T (p(y) - max other >= T), all-agree (every ensemble member's argmax = y), "
+                          "or RULE+RULE (all hold); T in [0, 1] (default: the dataset world's, argmax for ImageNet)"},
+    )
 
     def validated(self) -> "FmrSettings":
         """Return self after range checks; raises :class:`SettingsError` naming the fix."""

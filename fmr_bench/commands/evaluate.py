@@ -15,6 +15,9 @@ def add_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--fresh", action="store_true",
                     help="redo a run whose folder already holds outcomes; the earlier files move to "
                          "replaced-<time>/ inside the run folder (nothing is deleted)")
+    ev.add_argument("--audit", default=None, metavar="JUDGE",
+                    help="score every validated perturbed image with an independent judge (any oracle spec or "
+                         "A+B ensemble, e.g. openclip:ViT-L-14/openai); not part of the run's identity")
     ev.add_argument("--evaluator", default="fmr",
                     help="fmr (the dynamic FMR protocol, default) or static evaluator(s), comma-separated: "
                          "ood-accuracy, imagenet-x, ood-detection, calibration, group-robustness, zero-shot "
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     keep_freed_memory()  # a process of its own: the loop may keep its peak memory reserved
     result = evaluate(args.model, args.data, generator=args.generator, oracle=args.oracle, out=args.out,
-                      progress=not args.quiet, write_grid=not args.no_grid, fresh=args.fresh,
+                      progress=not args.quiet, write_grid=not args.no_grid, fresh=args.fresh, audit=args.audit,
                       **settings_overrides(args))
     console = Console()
     if result.reused and args.quiet:  # without --quiet the runner has said so already
@@ -53,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     console.print(metrics_table(result.record))
     for line in result.record.get("warnings", []):
         console.print(f"[yellow]warning:[/] {line}", highlight=False)
+    if "audit" in result.record:
+        console.print(audit_table(result.record["audit"]))
     if result.path is not None:
         console.print(f"record: {result.path / 'record.json'}")
         if (result.path / "grid.png").is_file():
@@ -67,10 +72,27 @@ def metrics_table(record: dict):
     s = record["settings"]
     t = Table(title=f"FMR — {record['model']['spec']} on {record['dataset']['spec']} "
                     f"(generator {record['generator']['spec']}, oracle {record['oracle']['spec']}, "
-                    f"B={s['budget']}, eta={s['step_size']}, {s['optimizer']})")
+                    f"B={s['budget']}, eta={s['step_size']}, {s['optimizer']}, accept {s.get('accept') or 'argmax'})")
     cols = [("SA", "sa"), ("VR", "vr"), ("PA", "pa"), ("FMR", "fmr"), ("PA_all", "pa_all"),
             ("oracle", "oracle_acc"), ("steps", "mean_steps"), ("valid", "n_validated"), ("n", "n")]
     t.caption = "percent: SA, VR, PA, FMR, PA_all, oracle (its clean accuracy); steps: mean survived; valid: validated"
+    for name, _ in cols:
+        t.add_column(name, justify="right", no_wrap=True)
+    t.add_row(*["-" if m[k] is None else (f"{m[k]:.2f}" if isinstance(m[k], float) else str(m[k])) for _, k in cols])
+    return t
+
+
+def audit_table(audit: dict, title: str | None = None):
+    """The audited metrics of a record's ``audit`` section (or an export's audit report)."""
+    from rich.table import Table
+
+    m = audit["metrics"]
+    t = Table(title=title or f"audit by judge {audit['judge']['spec']}")
+    cols = [("validity", "audit_validity"), ("PA", "audit_pa"), ("FMR", "audit_fmr"),
+            ("fails confirmed", "audit_failures_confirmed"), ("confirmed", "n_confirmed"), ("audited", "n_audited"),
+            ("unaudited", "n_unaudited")]
+    t.caption = ("percent; validity: validated images the judge labels y; PA, FMR: over those; "
+                 "fails confirmed: the model's errors the judge labels y")
     for name, _ in cols:
         t.add_column(name, justify="right", no_wrap=True)
     t.add_row(*["-" if m[k] is None else (f"{m[k]:.2f}" if isinstance(m[k], float) else str(m[k])) for _, k in cols])

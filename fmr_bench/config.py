@@ -34,6 +34,12 @@ class FmrSettings:
     workers: int | None = field(default=None, metadata={"help": "DataLoader workers that decode image files (default: "
                                                                 "up to 4 for FMR, one per core up to 8 for static "
                                                                 "evaluators; 0 decodes in the main process)"})
+    accept: str | None = field(
+        default=None,
+        metadata={"help": "acceptance rule of the oracle: argmax (the paper's), confidence:T (p(y) >= T), "
+                          "margin:T (p(y) - max other >= T), all-agree (every ensemble member's argmax = y), "
+                          "or RULE+RULE (all hold); T in [0, 1] (default: the dataset world's, argmax for ImageNet)"},
+    )
 
     def validated(self) -> "FmrSettings":
         """Return self after range checks; raises :class:`SettingsError` naming the fix."""
@@ -139,6 +145,9 @@ def resolve_defaults(settings: FmrSettings, dataset: Any, generator: Any = None,
             card = (world.step_size, f"{world_name} ({what} has no card with a step size)")
         taken["step_size"] = {"value": card[0], "from": card[1]}
         settings = replace(settings, step_size=card[0])
+    if settings.accept is None:
+        taken["accept"] = {"value": world.accept, "from": world_name}
+        settings = replace(settings, accept=world.accept)
     notes = []
     own = {k: v for k, v in (("generator", generator), ("oracle", oracle)) if v is not None}
     foreign = {k: v for k, v in own.items() if not isinstance(v, str) or v != getattr(world, k)}

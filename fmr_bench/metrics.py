@@ -7,6 +7,14 @@
 * PA_all — accuracy over all samples, the clean image standing in for non-validated ones.
 * oracle_acc — the oracle's accuracy on the clean images.
 * mean_steps — mean accepted steps over validated samples.
+
+Audited metrics (:func:`audit_metrics`), for a judge J that labelled the x-hat of validated samples:
+
+* audit_validity — share of audited validated samples whose x-hat J labels y.
+* audit_pa — accuracy of the model on x-hat over the samples J confirmed (validated, J says y).
+* audit_fmr — 100 * audit_pa / SA (SA over all samples, as for FMR).
+* audit_failures_confirmed — among audited samples the model gets wrong on x-hat, the share
+  J labels y: the model's counted failures that the judge also sees as the true class.
 """
 
 from __future__ import annotations
@@ -40,11 +48,47 @@ def fmr_metrics(outcomes: Iterable[SampleOutcome]) -> dict[str, float | int | No
     }
 
 
-def per_class_metrics(outcomes: Iterable[SampleOutcome], class_names: Sequence[str]) -> list[dict]:
+def audit_counts(rows: Iterable[tuple[bool, bool, bool, bool | None]]) -> dict[str, float | int | None]:
+    """Audited metrics from (clean correct, validated, final correct, judge ok or None) per sample.
+
+    ``judge ok`` is ``None`` for a sample the judge has not seen (not validated, or not
+    audited); such validated samples are counted in ``n_unaudited`` and left out.
+    """
+    rows = list(rows)
+    n = len(rows)
+    sa = _pct(sum(r[0] for r in rows), n)
+    audited = [r for r in rows if r[1] and r[3] is not None]
+    confirmed = [r for r in audited if r[3]]
+    failures = [r for r in audited if not r[2]]
+    pa = _pct(sum(r[2] for r in confirmed), len(confirmed))
+    return {
+        "n_audited": len(audited),
+        "n_unaudited": sum(1 for r in rows if r[1] and r[3] is None),
+        "n_confirmed": len(confirmed),
+        "audit_validity": _pct(len(confirmed), len(audited)),
+        "audit_pa": pa,
+        "audit_fmr": 100.0 * pa / sa if pa is not None and sa else None,
+        "audit_failures_confirmed": _pct(sum(1 for r in failures if r[3]), len(failures)),
+    }
+
+
+def audit_metrics(outcomes: Iterable[SampleOutcome], judge: str) -> dict[str, float | int | None]:
+    """:func:`audit_counts` of run outcomes with the verdicts of ``judge`` (its spec)."""
+    def ok(o: SampleOutcome) -> bool | None:
+        v = o.verdict(judge) if o.validated else None
+        return None if v is None else bool(v["ok"])
+
+    return audit_counts((o.clean_correct, o.validated, o.final_correct, ok(o)) for o in outcomes)
+
+
+def per_class_metrics(outcomes: Iterable[SampleOutcome], class_names: Sequence[str],
+                      judge: str | None = None) -> list[dict]:
+    """One row of :func:`fmr_metrics` per class (and of :func:`audit_metrics` when ``judge`` is given)."""
     by_class: dict[int, list[SampleOutcome]] = defaultdict(list)
     for o in outcomes:
         by_class[o.label].append(o)
-    return [{"label": c, "class": class_names[c], **fmr_metrics(by_class[c])} for c in sorted(by_class)]
+    return [{"label": c, "class": class_names[c], **fmr_metrics(by_class[c]),
+             **(audit_metrics(by_class[c], judge) if judge else {})} for c in sorted(by_class)]
 
 
 #: FMR = PA / SA is flagged when SA is below this multiple of chance accuracy ...

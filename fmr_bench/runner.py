@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from .audit import Audit
 from .config import FmrSettings, check_given, resolve_defaults
 from .datasets import ImageDataset, load_dataset
-from .errors import FmrBenchError, SettingsError
+from .errors import FmrBenchError, OutputError, SettingsError
 from .generators import Generator, generator_weight_refs, load_generator
-from .metrics import fmr_metrics, fmr_warnings, per_class_metrics
+from .metrics import audit_metrics, fmr_metrics, fmr_warnings, per_class_metrics
 from .models import ImageClassifier, load_model, map_classes, model_weight_refs, wrap_module
 from .oracles import Oracle, load_oracle, oracle_weight_refs
+from .oracles.acceptance import DEFAULT_RULE, parse_rule
 from .protocol import LoopConfig, SampleOutcome, run_batched
 from .protocol.loop import OnSample
 from .results import (
@@ -62,7 +64,8 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
              oracle: str | Oracle | None = None, out: str | Path | None = "runs", settings: FmrSettings | None = None,
              preprocess: dict[str, Any] | None = None, progress: bool | Callable[[int, int], None] = False,
              pretrained: bool = True, write_grid: bool = True, sample_hook: OnSample | None = None,
-             fresh: bool = False, **overrides: Any) -> FmrResult:
+             fresh: bool = False, audit: str | Oracle | None = None, expect_run: str | Path | None = None,
+             **overrides: Any) -> FmrResult:
     """Run the FMR protocol and return its record.
 
     Args:
@@ -82,6 +85,10 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
             sparse-mask fitting.
         fresh: redo the run even if its folder holds finished outcomes; the earlier files
             are moved into ``replaced-<time>/`` inside the run folder, never deleted.
+        audit: a judge (oracle spec or :class:`Oracle`) that labels every validated x-hat
+            (:mod:`fmr_bench.audit`); not part of the run's identity, so auditing reuses the
+            run's outcomes and regenerates the x-hat of samples finished without a verdict.
+        expect_run: the run folder these settings must name (``fmr audit``); another is an error.
 
     Raises:
         FmrBenchError: for bad input; finished samples are on disk before it propagates.
@@ -99,6 +106,7 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
     world = dataset.world
     defaults = resolve_defaults(settings, dataset, generator, oracle)  # step size from the generator's card
     settings, gen_spec, ora_spec = defaults.settings, defaults.generator, defaults.oracle
+    settings = replace(settings, accept=parse_rule(settings.accept).spec)  # range-checked, one canonical name
 
     refs = []
     if isinstance(model, str):
@@ -107,7 +115,7 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
         refs += generator_weight_refs(gen_spec, world.generator)
     if ora_spec is not None:
         refs += oracle_weight_refs(ora_spec)
-    preflight(refs)
+    preflight(refs + (Audit.weight_refs(audit) if isinstance(audit, str) else []))  # the judge: not in the identity
 
     device = resolve_device(settings.device)
     seed_everything(settings.seed)
@@ -129,6 +137,10 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
     gen = gen.to(device).freeze()
     ora = oracle if isinstance(oracle, Oracle) else load_oracle(ora_spec, dataset.class_names, pretrained=pretrained)
     ora = ora.to(device).eval()
+    auditor = None
+    if audit is not None:
+        auditor = (Audit.load(audit, dataset.class_names, pretrained=pretrained) if isinstance(audit, str)
+                   else Audit(audit.eval(), audit.spec)).to(device)
 
     resolution = gen.resolution or dataset.resolution or DEFAULT_FILE_RESOLUTION
     dataset.set_resolution(resolution)
@@ -148,7 +160,12 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
     }
     if settings.init != "none":  # only then, so that earlier run folders keep their names
         run_settings.update(init=settings.init, fgsm_eps=settings.fgsm_eps)
+    if settings.accept != DEFAULT_RULE:  # likewise: an argmax run is named as before rules existed
+        run_settings.update(accept=settings.accept)
     folder = run_dir(out, clf.spec, dataset.spec, run_settings) if out is not None else None
+    if expect_run is not None and (folder is None or folder.resolve() != Path(expect_run).resolve()):
+        raise OutputError(f"the settings recorded in {expect_run} now name another run ({folder}): a model, "
+                          "weights, dataset or generator file changed since; re-run the evaluation instead")
     done: dict[str, SampleOutcome] = {}
     writer = lock = None
     fps: list[str | None] = [None] * len(indices)
@@ -175,23 +192,33 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
             _say(f"reused finished run ({folder}): all {total} samples were done; pass --fresh to redo it")
         bar = _Progress(progress if pending else False, total, finished)
 
-        def on_sample(o: SampleOutcome, clean: torch.Tensor, final: torch.Tensor, latent: torch.Tensor) -> None:
-            if sample_hook is not None:  # before the outcome is written: a resumed run redoes what the hook missed
-                sample_hook(o, clean, final, latent)
+        def save(o: SampleOutcome, clean: torch.Tensor, final: torch.Tensor) -> None:
             done[o.id] = o
-            if writer is not None:
+            if writer is not None:  # a later line for the same id supersedes an earlier one (an audit's)
                 writer.write(o, fp_of.get(o.id))
             if o.id in grid_ids:
                 grid[o.id] = (o, clean, final.cpu())
+
+        def on_sample(o: SampleOutcome, clean: torch.Tensor, final: torch.Tensor, latent: torch.Tensor) -> None:
+            if auditor is not None:
+                o = auditor.annotate(o, final)
+            if sample_hook is not None:  # before the outcome is written: a resumed run redoes what the hook missed
+                sample_hook(o, clean, final, latent)
+            save(o, clean, final)
             bar.advance()
 
         loop_cfg = LoopConfig(settings.budget, settings.step_size, settings.optimizer, settings.batch_size,
-                              settings.precision, init=settings.init, fgsm_eps=settings.fgsm_eps)
+                              settings.precision, init=settings.init, fgsm_eps=settings.fgsm_eps,
+                              accept=settings.accept)
         try:
             with bar:
                 run_batched(_samples(dataset, pending, settings.workers), model=clf, oracle=ora, generator=gen,
                             target_of=cmap.tensor(), cfg=loop_cfg, device=device, on_sample=on_sample,
                             on_iteration=bar.iteration)
+            if auditor is not None:  # samples finished before this call: their x-hat is generated again
+                regenerate = _regenerator(dataset, clf, ora, gen, cmap.tensor(), loop_cfg, device, progress,
+                                          settings.workers)
+                auditor.complete(select(done, ids), regenerate, save)
         except KeyboardInterrupt:
             raise FmrBenchError(f"interrupted; {sum(1 for i in ids if i in done)}/{total} samples are saved in "
                                 f"{folder}; re-run the same command to resume") from None
@@ -201,12 +228,13 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
 
         outcomes = select(done, ids)
         display = clf.class_names or (dataset.class_names if cmap.how.startswith("label space") else None)
-        metrics = fmr_metrics(outcomes)
+        metrics = {**fmr_metrics(outcomes), **(audit_metrics(outcomes, auditor.spec) if auditor else {})}
         files = {}
         if folder is not None:
             files["samples"] = SAMPLES_FILE
             grid_path = folder / GRID_FILE
-            if write_grid and ids and (pending or not _nonempty(grid_path)):
+            audited_now = auditor is not None and auditor.n_regenerated > 0
+            if write_grid and ids and (pending or audited_now or not _nonempty(grid_path)):
                 # a resumed run redraws the same first samples: those finished earlier are re-run for their images
                 missing = [i for i in indices[:GRID_SIZE] if dataset.ids[i] not in grid]
                 if missing:
@@ -217,7 +245,9 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
                                 target_of=cmap.tensor(), cfg=loop_cfg, device=device, on_sample=keep)
                 items = [grid[i] for i in ids[:GRID_SIZE] if i in grid]
                 save_grid(items, grid_path, class_names=dataset.class_names, model_classes=display,
-                          title=f"{clf.spec} on {dataset.spec} — top: clean, bottom: perturbed (B={settings.budget})")
+                          title=f"{clf.spec} on {dataset.spec} — top: clean, bottom: perturbed (B={settings.budget}, "
+                                f"accept {settings.accept}" + (f", judge {auditor.spec})" if auditor else ")"),
+                          judge=auditor.spec if auditor else None)
             if _nonempty(grid_path):
                 files["grid"] = GRID_FILE
         record = {
@@ -227,13 +257,13 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
             "model": {**clf.describe(), "weights_sha256_16": run_settings["model_weights"], "class_map": cmap.how},
             "dataset": dataset.describe() | {"n_selected": total},
             "generator": {"spec": str(gen_spec) if gen_spec else gen.name, **gen.settings()},
-            "oracle": ora.settings(),
+            "oracle": {**ora.settings(), "accept": settings.accept},
             "weights": run_settings["weights"],
             "settings": {**asdict(settings), "resolution": resolution},
             "defaults": defaults.taken,
             "notes": defaults.notes,
             "metrics": metrics,
-            "per_class": per_class_metrics(outcomes, dataset.class_names),
+            "per_class": per_class_metrics(outcomes, dataset.class_names, auditor.spec if auditor else None),
             "warnings": fmr_warnings(metrics, len(dataset.class_names)),
             "versions": versions(),
             "device": describe_device(device),
@@ -241,6 +271,8 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
             "command": command_line(),
             "files": files,
         }
+        if auditor is not None:
+            record["audit"] = auditor.describe(outcomes)
         if folder is not None:
             write_json(folder / "record.json", record)  # last: a record means every listed file is complete
     finally:
@@ -275,6 +307,23 @@ def _weights_identity(refs: list, generator: Any, oracle: Any, gen: Generator, o
     if in_memory and not isinstance(oracle, str) and oracle is not None:
         out["oracle (in memory)"] = module_sha256(ora)
     return out
+
+
+def _regenerator(dataset: ImageDataset, clf: ImageClassifier, ora: Oracle, gen: Generator, target_of: torch.Tensor,
+                 cfg: LoopConfig, device: torch.device, progress: bool | Callable[[int, int], None],
+                 workers: int | None = None):
+    """Runs the loop again over finished samples, for an audit that needs their x-hat."""
+    def regenerate(pending: list[SampleOutcome], hook) -> None:
+        bar = _Progress(progress, len(pending), 0)
+
+        def on_sample(o: SampleOutcome, clean: torch.Tensor, final: torch.Tensor, z: torch.Tensor) -> None:
+            hook(o, clean, final)
+            bar.advance()
+
+        with bar:
+            run_batched(_samples(dataset, [o.index for o in pending], workers), model=clf, oracle=ora, generator=gen,
+                        target_of=target_of, cfg=cfg, device=device, on_sample=on_sample, on_iteration=bar.iteration)
+    return regenerate
 
 
 def _samples(dataset: ImageDataset, indices: Sequence[int], workers: int | None = None):

@@ -28,5 +28,7 @@ COMMANDS.register("export", "fmr_bench.commands.export:COMMAND", help="export a 
 COMMANDS.register("transfer", "fmr_bench.commands.transfer:COMMAND", help="score models on images generated for another model (App. D/F/G)")
 COMMANDS.register("sweep", "fmr_bench.commands.sweep:COMMAND", help="FMR over a grid of step sizes and budgets: table and plot (App. J)")
 COMMANDS.register("per-class", "fmr_bench.commands.per_class:COMMAND", help="per-class VR/SA/PA/FMR table of an FMR run (App. J)")
+COMMANDS.register("audit", "fmr_bench.commands.audit:COMMAND",
+                  help="score the validated perturbed images of a finished run or export with an independent judge")
 COMMANDS.register("compare-generators", "fmr_bench.commands.compare_generators:COMMAND",
                   help="PA/FMR of several models under several generators, and Kendall tau between them (Table 3)")

@@ -17,6 +17,9 @@ def add_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--fresh", action="store_true",
                     help="redo a run whose folder already holds outcomes; the earlier files move to "
                          "replaced-<time>/ inside the run folder (nothing is deleted)")
+    ev.add_argument("--audit", default=None, metavar="JUDGE",
+                    help="score every validated perturbed image with an independent judge (any oracle spec or "
+                         "A+B ensemble, e.g. openclip:ViT-L-14/openai); not part of the run's identity")
     ev.add_argument("--evaluator", default="fmr",
                     help="comma-separated: fmr (the dynamic FMR protocol, default) and/or static evaluators "
                          "ood-accuracy, imagenet-x, ood-detection, calibration, group-robustness, zero-shot; "
@@ -31,7 +34,7 @@ def add_arguments(ev: argparse.ArgumentParser) -> None:
 
 #: flags only the static evaluators read (``dest`` names), and only the FMR protocol reads
 STATIC_FLAGS = ("ood", "option", "no_cache")
-FMR_FLAGS = (*FMR_ONLY, "generator", "oracle", "no_grid", "fresh")
+FMR_FLAGS = (*FMR_ONLY, "generator", "oracle", "no_grid", "fresh", "audit")
 
 
 def split_evaluators(text: str) -> tuple[bool, list[str]]:
@@ -111,7 +114,8 @@ def run_fmr(args: argparse.Namespace, overrides: dict) -> None:
 
     keep_freed_memory()  # a process of its own: the loop may keep its peak memory reserved
     result = evaluate(args.model, args.data, generator=args.generator, oracle=args.oracle, out=args.out,
-                      progress=not args.quiet, write_grid=not args.no_grid, fresh=args.fresh, **overrides)
+                      progress=not args.quiet, write_grid=not args.no_grid, fresh=args.fresh, audit=args.audit,
+                      **overrides)
     console = Console(highlight=False, soft_wrap=True)  # paths stay whole, for copying
     if result.reused and args.quiet:  # without --quiet the runner has said so already
         console.print(f"reused finished run ({result.path}); pass --fresh to redo it", highlight=False)
@@ -119,6 +123,8 @@ def run_fmr(args: argparse.Namespace, overrides: dict) -> None:
     console.print(metrics_table(result.record))
     for line in result.record.get("warnings", []):
         console.print(f"[yellow]warning:[/] {line}", highlight=False)
+    if "audit" in result.record:
+        console.print(audit_table(result.record["audit"]))
     if result.path is not None:
         console.print(f"record: {result.path / 'record.json'}")
         if (result.path / "grid.png").is_file():
@@ -138,10 +144,27 @@ def metrics_table(record: dict):
     s = record["settings"]
     t = Table(title=f"FMR — {record['model']['spec']} on {record['dataset']['spec']} "
                     f"(generator {record['generator']['spec']}, oracle {record['oracle']['spec']}, "
-                    f"B={s['budget']}, eta={s['step_size']}, {s['optimizer']})")
+                    f"B={s['budget']}, eta={s['step_size']}, {s['optimizer']}, accept {s.get('accept') or 'argmax'})")
     cols = [("SA", "sa"), ("VR", "vr"), ("PA", "pa"), ("FMR", "fmr"), ("PA_all", "pa_all"),
             ("oracle", "oracle_acc"), ("steps", "mean_steps"), ("valid", "n_validated"), ("n", "n")]
     t.caption = "percent: SA, VR, PA, FMR, PA_all, oracle (its clean accuracy); steps: mean survived; valid: validated"
+    for name, _ in cols:
+        t.add_column(name, justify="right", no_wrap=True)
+    t.add_row(*["-" if m[k] is None else (f"{m[k]:.2f}" if isinstance(m[k], float) else str(m[k])) for _, k in cols])
+    return t
+
+
+def audit_table(audit: dict, title: str | None = None):
+    """The audited metrics of a record's ``audit`` section (or an export's audit report)."""
+    from rich.table import Table
+
+    m = audit["metrics"]
+    t = Table(title=title or f"audit by judge {audit['judge']['spec']}")
+    cols = [("validity", "audit_validity"), ("PA", "audit_pa"), ("FMR", "audit_fmr"),
+            ("fails confirmed", "audit_failures_confirmed"), ("confirmed", "n_confirmed"), ("audited", "n_audited"),
+            ("unaudited", "n_unaudited")]
+    t.caption = ("percent; validity: validated images the judge labels y; PA, FMR: over those; "
+                 "fails confirmed: the model's errors the judge labels y")
     for name, _ in cols:
         t.add_column(name, justify="right", no_wrap=True)
     t.add_row(*["-" if m[k] is None else (f"{m[k]:.2f}" if isinstance(m[k], float) else str(m[k])) for _, k in cols])

@@ -21,11 +21,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 
 @dataclass(frozen=True)
 class WorldDefaults:
-    """The generator, oracle and step size a dataset world runs with by default."""
+    """The generator, oracle, step size and acceptance rule a dataset world runs with by default."""
 
     generator: str
     oracle: str
     step_size: float
+    accept: str = "argmax"
 
 
 class ImageDataset(Dataset):

@@ -4,6 +4,7 @@
 queried with "an image of {class}" as in the paper, or ``?prompts=openai`` for the 80
 OpenAI ImageNet templates, or any template (``?prompts=a photo of a {}``). Oracles
 built from several specs joined by ``+`` average their probabilities (an ensemble, §5.2).
+When the oracle accepts an image is an acceptance rule (:mod:`fmr_bench.oracles.acceptance`).
 """
 
 from __future__ import annotations
@@ -33,10 +34,14 @@ class Oracle(nn.Module):
         self.spec, self.prompts = spec, prompts
 
     @torch.no_grad()
+    def member_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of each member, (M, N, C): what acceptance rules decide on."""
+        return torch.stack([m(x).float().softmax(-1) for m in self.members])
+
+    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, C), averaged over members."""
-        probs = [m(x).float().softmax(-1) for m in self.members]
-        return torch.stack(probs).mean(0)
+        return self.member_probs(x).mean(0)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

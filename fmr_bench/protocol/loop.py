@@ -25,6 +25,7 @@ from ..config import CPU_BATCH_PIXELS
 from ..generators.base import Generator
 from ..models.base import ImageClassifier
 from ..oracles import Oracle
+from ..oracles.acceptance import DEFAULT_RULE, decide, parse_rule
 from .cpu import flush_denormals
 from .optim import LatentOptimizer, concat_state, select_state
 from .outcome import SampleOutcome
@@ -50,6 +51,8 @@ class LoopConfig:
     fgsm_eps: float = 0.003
     #: On a CPU, at most this many pixels per batch (``None``: no cap); see config.CPU_BATCH_PIXELS.
     cpu_batch_pixels: int | None = CPU_BATCH_PIXELS
+    #: When the oracle accepts an image (fmr_bench.oracles.acceptance); the paper's rule by default.
+    accept: str = DEFAULT_RULE
 
     def capacity(self, device: torch.device, height: int, width: int) -> int:
         """Slots in flight for images of this size on ``device``."""
@@ -87,8 +90,9 @@ class _Slots:
     def __init__(self) -> None:
         self.z: torch.Tensor | None = None
         self.opt: dict[str, torch.Tensor] = {}
-        self.meta: list[dict] = []  # per row: id, index, label, target, clean_pred, oracle_clean, x
-        self.accepted: list[tuple[torch.Tensor, int, torch.Tensor] | None] = []  # image, pred, latent
+        self.meta: list[dict] = []  # per row: id, index, label, target, clean_pred, oracle_clean, verdict, x, z0
+        # per row: the last accepted image, the model's pred on it, its latent, the oracle's verdict on it
+        self.accepted: list[tuple[torch.Tensor, int, torch.Tensor, dict] | None] = []
 
     def __len__(self) -> int:
         return len(self.meta)
@@ -131,6 +135,7 @@ def _run_batched(samples: Iterator[Sample], *, model: ImageClassifier, oracle: O
         on_iteration: receives the number of samples in flight after each iteration.
     """
     opt = LatentOptimizer(cfg.optimizer, cfg.step_size)
+    rule = parse_rule(cfg.accept)
     if cfg.channels_last:
         generator.to(memory_format=torch.channels_last)
     slots = _Slots()
@@ -155,25 +160,28 @@ def _run_batched(samples: Iterator[Sample], *, model: ImageClassifier, oracle: O
         labels = torch.tensor([s[3] for s in new], device=device)
         targets = target_of[labels]
         with torch.no_grad():  # once per sample, so in full precision: bf16 only speeds up the steps
-            oracle_clean = oracle.predict(x)
+            clean_verdict = decide(rule, oracle.member_probs(x), labels)
             clean_pred = model(x).argmax(-1)
         start = starting_image(x, model, targets, cfg)
         with torch.no_grad():
             z = generator.encode(start).float()
             z0 = generator.final_latent(z).float().cpu()
         meta = [{"id": s[0], "index": s[1], "label": s[3], "target": int(target_of[s[3]]),
-                 "clean_pred": int(clean_pred[i]), "oracle_clean": int(oracle_clean[i]), "x": s[2].cpu(), "z0": z0[i]}
+                 "clean_pred": int(clean_pred[i]), "oracle_clean": int(clean_verdict.pred[i]),
+                 "verdict": clean_verdict.row(i), "x": s[2].cpu(), "z0": z0[i]}
                 for i, s in enumerate(new)]
         slots.add(z, opt.init_state(z), meta)
         del labels
 
     def finish(row: int, validated: bool, steps: int, accepted: tuple | None) -> None:
         m = slots.meta[row]
-        final_img, final_pred, final_z = accepted if accepted is not None else (None, None, m["z0"])
+        # not validated: x-hat = x, so the oracle's verdict on x-hat is its verdict on x
+        final_img, final_pred, final_z, verdict = accepted if accepted is not None else (None, None, m["z0"],
+                                                                                         m["verdict"])
         outcome = SampleOutcome(
             id=m["id"], index=m["index"], label=m["label"], target=m["target"], clean_pred=m["clean_pred"],
             oracle_clean=m["oracle_clean"], validated=validated, steps=steps,
-            final_pred=m["clean_pred"] if final_pred is None else final_pred)
+            final_pred=m["clean_pred"] if final_pred is None else final_pred, **verdict)
         on_sample(outcome, m["x"], m["x"] if final_img is None else final_img, final_z)
 
     steers = generator.steers
@@ -188,14 +196,16 @@ def _run_batched(samples: Iterator[Sample], *, model: ImageClassifier, oracle: O
         loss = F.cross_entropy(logits.float(), targets, reduction="none")
         preds = logits.argmax(-1).tolist()
         checked = [i for i, ti in enumerate(t) if ti >= 1]
-        ok = {}
+        ok, verdicts = {}, {}
         if checked:
             # The oracle decides in fp32 whatever the precision: its decisions define the
             # protocol, and its forward is cheap next to the decoder's backward.
             with torch.no_grad():
                 rows = torch.tensor(checked, device=device)
-                oracle_pred = oracle.predict(img.detach()[rows].float()).tolist()
-            ok = {i: oracle_pred[k] == slots.meta[i]["label"] for k, i in enumerate(checked)}
+                labels = torch.tensor([slots.meta[i]["label"] for i in checked], device=device)
+                verdict = decide(rule, oracle.member_probs(img.detach()[rows].float()), labels)
+            ok = {i: bool(verdict.accepted[k]) for k, i in enumerate(checked)}
+            verdicts = {i: verdict.row(k) for k, i in enumerate(checked)}
         accepted = [i for i in checked if ok[i]]
         if accepted:
             with torch.no_grad():
@@ -212,7 +222,7 @@ def _run_batched(samples: Iterator[Sample], *, model: ImageClassifier, oracle: O
                     finish(i, True, ti - 1, slots.accepted[i])
                 cont.append(False)
             else:
-                slots.accepted[i] = (img[i].detach().float().cpu(), preds[i], zq[i])
+                slots.accepted[i] = (img[i].detach().float().cpu(), preds[i], zq[i], verdicts[i])
                 if ti >= cfg.budget:
                     finish(i, True, ti, slots.accepted[i])
                     cont.append(False)

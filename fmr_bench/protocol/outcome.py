@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 
@@ -20,6 +20,15 @@ class SampleOutcome:
         validated: the oracle kept the true class after the first step.
         steps: accepted perturbation steps (0 when not validated).
         final_pred: the model's argmax on the final image x-hat (the clean image if not validated).
+        oracle_pred: the oracle's argmax on x-hat (dataset label).
+        oracle_conf: the oracle's probability of the true class, p(y), on x-hat.
+        oracle_margin: p(y) minus the largest probability of another class, on x-hat.
+        oracle_accept: the acceptance rule's verdict on x-hat (always true for a validated
+            sample; for one not validated, x-hat is the clean image).
+        audit: verdicts of independent judges on x-hat of a validated sample, by judge spec:
+            ``{"pred": label, "conf": p(y), "ok": pred == label}`` (see :mod:`fmr_bench.audit`).
+
+    The ``oracle_*`` and ``audit`` fields are ``None`` in lines written before they existed.
     """
 
     id: str
@@ -31,6 +40,12 @@ class SampleOutcome:
     validated: bool
     steps: int
     final_pred: int
+    oracle_pred: int | None = None
+    oracle_conf: float | None = None
+    oracle_margin: float | None = None
+    oracle_accept: bool | None = None
+    # not hashed (a dict); equality still compares it
+    audit: dict[str, dict[str, Any]] | None = field(default=None, hash=False)
 
     @property
     def clean_correct(self) -> bool:
@@ -48,7 +63,16 @@ class SampleOutcome:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SampleOutcome":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        """The outcome of a JSONL line; a missing optional field keeps its default (older lines)."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d or f.default is MISSING})
+
+    def verdict(self, judge: str) -> dict[str, Any] | None:
+        """The verdict of ``judge`` (an oracle spec) on x-hat, if it has audited this sample."""
+        return (self.audit or {}).get(judge)
+
+    def with_verdict(self, judge: str, verdict: dict[str, Any]) -> "SampleOutcome":
+        """A copy that also holds ``judge``'s verdict (the other judges' stay)."""
+        return replace(self, audit={**(self.audit or {}), judge: verdict})
 
     def key(self) -> tuple:
         """What must agree between two implementations of the loop."""

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ..generators.base import Generator
 from ..models.base import ImageClassifier
 from ..oracles import Oracle
+from ..oracles.acceptance import DEFAULT_RULE, decide
 from .cpu import flush_denormals
 from .loop import exact_fp32
 from .outcome import SampleOutcome
@@ -33,14 +34,20 @@ def _optimizer(kind: str, z: torch.Tensor, lr: float):
 
 def reference_one(sample: Sample, *, model: ImageClassifier, oracle: Oracle, generator: Generator,
                   target: int, budget: int, step_size: float, optimizer: str = "adam", init: str = "none",
-                  fgsm_eps: float = 0.003) -> tuple[SampleOutcome, torch.Tensor, torch.Tensor]:
-    """Algorithm 1 for one sample; returns the outcome, the final image and its latent."""
+                  fgsm_eps: float = 0.003,
+                  accept: str = DEFAULT_RULE) -> tuple[SampleOutcome, torch.Tensor, torch.Tensor]:
+    """Algorithm 1 for one sample; returns the outcome, the final image and its latent.
+
+    ``accept`` is the acceptance rule (fmr_bench.oracles.acceptance) deciding each oracle check.
+    """
     sid, index, x, label = sample
     x = x[None]
     y = torch.tensor([target], device=x.device)
+    y_label = torch.tensor([label], device=x.device)
     with torch.no_grad():
         clean_pred = int(model(x).argmax(-1))
-        oracle_clean = int(oracle.predict(x))
+        verdict = decide(accept, oracle.member_probs(x), y_label).row(0)  # x-hat = x until a step is accepted
+        oracle_clean = verdict["oracle_pred"]
     start = x
     if init == "fgsm":
         xg = x.clone().requires_grad_(True)
@@ -72,22 +79,24 @@ def reference_one(sample: Sample, *, model: ImageClassifier, oracle: Oracle, gen
             if not generator.steers:
                 z.copy_(generator.post_step(z, torch.tensor([index]), torch.tensor([t + 1])))
             candidate = generator.decode(z)
-            if int(oracle.predict(candidate)) != label:
+            checked = decide(accept, oracle.member_probs(candidate), y_label).row(0)
+            if not checked["oracle_accept"]:
                 break
             z_hat = generator.final_latent(z).clone()
-        x_hat, steps, validated = candidate, t + 1, True
+        x_hat, steps, validated, verdict = candidate, t + 1, True, checked
     with torch.no_grad():
         final_pred = int(model(x_hat).argmax(-1)) if validated else clean_pred
     outcome = SampleOutcome(id=sid, index=index, label=label, target=target, clean_pred=clean_pred,
-                            oracle_clean=oracle_clean, validated=validated, steps=steps, final_pred=final_pred)
+                            oracle_clean=oracle_clean, validated=validated, steps=steps, final_pred=final_pred,
+                            **verdict)
     return outcome, x_hat[0].detach(), z_hat[0].detach()
 
 
 def run_reference(samples: Iterable[Sample], *, model: ImageClassifier, oracle: Oracle, generator: Generator,
                   target_of: torch.Tensor, budget: int, step_size: float, optimizer: str = "adam",
-                  init: str = "none", fgsm_eps: float = 0.003) -> list[SampleOutcome]:
+                  init: str = "none", fgsm_eps: float = 0.003, accept: str = DEFAULT_RULE) -> list[SampleOutcome]:
     with exact_fp32(), flush_denormals():  # the same numerics as the batched loop
         return [reference_one(s, model=model, oracle=oracle, generator=generator, target=int(target_of[s[3]]),
                               budget=budget, step_size=step_size, optimizer=optimizer, init=init,
-                              fgsm_eps=fgsm_eps)[0]
+                              fgsm_eps=fgsm_eps, accept=accept)[0]
                 for s in samples]

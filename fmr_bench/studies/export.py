@@ -150,7 +150,9 @@ def export_request(model: Any, dataset: ImageDataset, *, generator: Any, oracle:
     """What determines an export's images (its ``generation.json`` ``request``)."""
     return json.loads(json.dumps({
         "model": _spec(model), "dataset": dataset.spec, "generator": _spec(generator), "oracle": _spec(oracle),
-        "settings": {k: v for k, v in asdict(settings).items() if k not in _RUNTIME}, "pretrained": pretrained,
+        "settings": {k: v for k, v in asdict(settings).items()
+                     if k not in _RUNTIME and not (k == "accept" and v is None)},  # exports made before rules existed
+        "pretrained": pretrained,
     }))
 
 

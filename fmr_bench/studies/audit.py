@@ -1,0 +1,116 @@
+"""Audit after the fact (``fmr audit``): a finished run or an export folder, scored by a judge.
+
+* A run folder: the run is rebuilt from its ``record.json`` (model, dataset, generator,
+  oracle and settings specs) and resumed with ``audit=JUDGE`` through
+  :func:`fmr_bench.evaluate`: its recorded outcomes are reused, and the x-hat of each
+  validated sample without this judge's verdict is generated again (the loop is
+  deterministic and a sample's outcome does not depend on its batch), checked to reproduce
+  the recorded outcome, and judged. The settings must still name the same run folder
+  (same weights and data); otherwise nothing runs. Runs of in-memory models cannot be
+  rebuilt: audit them with ``fmr_bench.evaluate(model, ..., audit=JUDGE)``.
+* An export folder (``fmr export``): the judge reads its 8-bit PNGs; SA and the model's
+  predictions come from ``labels.csv``. The report goes to ``audit-<judge>.json`` in the folder.
+
+Why regenerate instead of keeping every x-hat: see docs/protocol.md, "Audit".
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..audit import Audit
+from ..config import FmrSettings
+from ..errors import DataError, SpecError
+from ..metrics import audit_counts
+from ..oracles import Oracle, oracle_specs
+from ..results import FmrResult, write_json
+from .data import GENERATION_FILE, LABELS_FILE, read_export
+
+
+def audit_run(folder: str | Path, judge: str | Oracle, *, device: str = "auto", batch_size: int | None = None,
+              progress: Any = False, pretrained: bool = True) -> FmrResult:
+    """Audit the finished FMR run in ``folder`` with ``judge``; returns the updated record.
+
+    Raises:
+        DataError: ``folder`` holds no finished FMR run.
+        OutputError: its recorded settings now name another run (changed weights or data).
+    """
+    from ..runner import evaluate
+
+    folder = Path(folder)
+    if isinstance(judge, str):
+        oracle_specs(judge)  # a bad judge spec stops here, before anything is loaded
+    try:
+        record = json.loads((folder / "record.json").read_text())
+    except FileNotFoundError:
+        raise DataError(f"{folder} holds no record.json; pass a finished run folder (or finish the run by "
+                        "re-running its command with --audit JUDGE)") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {folder / 'record.json'} ({e}); re-run the run's command") from None
+    if record.get("evaluator") != "fmr":
+        raise DataError(f"{folder} holds a {record.get('evaluator')!r} record, not an FMR run; pass an FMR run folder")
+    known = {f.name for f in fields(FmrSettings)}
+    try:
+        settings = FmrSettings(**{k: v for k, v in record["settings"].items() if k in known})
+        specs = [record[part]["spec"] for part in ("model", "dataset", "generator", "oracle")]
+    except (KeyError, TypeError) as e:
+        raise DataError(f"{folder / 'record.json'} lacks {e} (not a complete FMR record); "
+                        "re-run the run's command") from None
+    settings = replace(settings, device=device, batch_size=batch_size or settings.batch_size)
+    try:
+        return evaluate(specs[0], specs[1], generator=specs[2], oracle=specs[3], out=folder.parent, settings=settings,
+                        audit=judge, expect_run=folder, progress=progress, pretrained=pretrained)
+    except SpecError as e:
+        raise SpecError(f"cannot rebuild the run in {folder} from its record ({e}); runs of in-memory models are "
+                        "audited with fmr_bench.evaluate(model, ..., audit=JUDGE)") from None
+
+
+def audit_export(folder: str | Path, judge: str | Oracle, *, device: str = "cpu", batch_size: int = 64,
+                 pretrained: bool = True) -> dict[str, Any]:
+    """Audit the PNGs of an ``fmr export`` folder and write ``audit-<judge>.json`` into it.
+
+    Returns:
+        the report: judge, metrics (:func:`fmr_bench.metrics.audit_counts`), verdicts by sample id.
+    """
+    folder = Path(folder)
+    data = read_export(folder)
+    spec = judge if isinstance(judge, str) else judge.spec
+    aud = (Audit.load(judge, data.class_names, pretrained=pretrained) if isinstance(judge, str)
+           else Audit(judge.eval(), spec)).to(torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                                                          else "cpu" if device == "auto" else device))
+    by_id: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(data), batch_size):
+        idx = range(start, min(start + batch_size, len(data)))
+        images = torch.stack([data.load(i) for i in idx])
+        for i, v in zip(idx, aud.verdicts(images, [data.labels[i] for i in idx])):
+            by_id[data.ids[i]] = v
+    try:
+        with open(folder / LABELS_FILE, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise DataError(f"cannot read {folder / LABELS_FILE} ({e}); re-run the fmr export command") from None
+
+    def truth(text: str) -> bool:  # csv holds booleans as True/False
+        return text.strip().lower() == "true"
+
+    counts = [(r["clean_pred"] == r["target"], truth(r["validated"]), r["final_pred"] == r["target"],
+               by_id[r["id"]]["ok"] if truth(r["validated"]) and r["id"] in by_id else None) for r in rows]
+    report = {"judge": {**aud.judge.settings(), "rule": "argmax"}, "source": "export PNGs (8-bit)",
+              "metrics": audit_counts(counts), "samples": by_id}
+    write_json(folder / f"audit-{_slug(spec)}.json", report)
+    return report
+
+
+def is_export(folder: str | Path) -> bool:
+    return (Path(folder) / GENERATION_FILE).is_file()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-")[-60:] or "judge"

@@ -30,3 +30,5 @@ COMMANDS.register("sweep", "fmr_bench.commands.sweep:COMMAND", help="FMR over a 
 COMMANDS.register("per-class", "fmr_bench.commands.per_class:COMMAND", help="per-class VR/SA/PA/FMR table of an FMR run (App. J)")
 COMMANDS.register("compare-generators", "fmr_bench.commands.compare_generators:COMMAND",
                   help="PA/FMR of several models under several generators, and Kendall tau between them (Table 3)")
+COMMANDS.register("leaderboard", "fmr_bench.commands.leaderboard:COMMAND",
+                  help="build leaderboards to Markdown, CSV and HTML, or run a board's evaluations")

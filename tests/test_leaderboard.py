@@ -222,6 +222,7 @@ def _entries_with(bad: dict) -> list[dict]:
     (entry("r", "reported", reported={"mean": 1.0}), "computed by the build"),
     (entry("fine", "reported", reported={"sa": 2.0}), "also used by"),
     (entry("s", "wished"), "status 'wished' must be one of"),
+    (entry("m", "measured", "builtin:digits-cnn", reported={"sa": 1.0}), "set status to 'both'"),
     ({**entry("x", "reported", reported={"sa": 1.0}), "colour": "red"}, "unknown key(s) colour"),
 ])
 def test_bad_entries(tmp_path, capsys, bad, expect):

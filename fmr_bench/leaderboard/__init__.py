@@ -15,8 +15,8 @@ Library use::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .records import record_metrics
 from .schema import Board, BoardError, Entry, load_board

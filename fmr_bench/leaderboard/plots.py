@@ -7,8 +7,9 @@ calibration record for reliability diagrams).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,6 +40,12 @@ def _save(plt, fig, path: Path) -> Path:
     return path
 
 
+def _title(ax, text: str) -> None:
+    import textwrap
+
+    ax.set_title(textwrap.fill(text, 70), fontsize=9)
+
+
 def _label(table: BoardTable, key: str) -> str:
     return table.board.column(key).label
 
@@ -49,6 +56,8 @@ def _points(table: BoardTable, x: str, y: str):
 
 
 def _annotate(ax, frame, x: str, y: str) -> None:
+    if len(frame) > 12:  # names would cover each other; the table beside the plot names the points
+        return
     for _, r in frame.iterrows():
         ax.annotate(str(r["name"]), (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
 
@@ -76,7 +85,7 @@ def scatter(table: BoardTable, plot: Plot, path: Path) -> Path | None:
     _annotate(ax, pts, plot.x, y)
     ax.set_xlabel(_label(table, plot.x))
     ax.set_ylabel(_label(table, y))
-    ax.set_title(plot.title or f"{_label(table, y)} against {_label(table, plot.x)}", fontsize=10)
+    _title(ax, plot.title or f"{_label(table, y)} against {_label(table, plot.x)}")
     ax.grid(alpha=0.3)
     return _save(plt, fig, path)
 
@@ -113,16 +122,22 @@ def effective_robustness(table: BoardTable, plot: Plot, path: Path) -> Path | No
     frame = pts.assign(_lx=lx, _ly=ly)
     _by_group(ax, frame, "_lx", "_ly")
     _annotate(ax, frame, "_lx", "_ly")
-    xs = np.linspace(lx.min() - 0.2, lx.max() + 0.2, 50)
-    ax.plot(xs, a * xs + b, "k--", lw=1, label=f"baseline fit ({'group baseline' if base is not pts else 'all'})")
+    pad = 0.3
+    xlim = (float(lx.min()) - pad, float(lx.max()) + pad)
+    ylim = (float(min(ly.min(), (a * np.array(xlim) + b).min())) - pad,
+            float(max(ly.max(), (a * np.array(xlim) + b).max())) + pad)
+    xs = np.linspace(*xlim, 50)
+    ax.plot(xs, a * xs + b, "k--", lw=1, label=f"baseline fit ({'group baseline' if base is not pts else 'all entries'})")
     ax.plot(xs, xs, color="0.7", lw=1, label="y = x")
-    ticks = np.array([10, 20, 30, 50, 70, 80, 90, 95])
-    for setter, lim in ((ax.set_xticks, (xs.min(), xs.max())), (ax.set_yticks, ax.get_ylim())):
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ticks = np.array([1, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 98, 99, 99.5, 99.8])
+    for setter, lim in ((ax.set_xticks, xlim), (ax.set_yticks, ylim)):
         inside = ticks[(logit(ticks) >= lim[0]) & (logit(ticks) <= lim[1])]
         setter(logit(inside), [f"{t:g}" for t in inside])
     ax.set_xlabel(f"{_label(table, plot.x)} (logit axis)")
     ax.set_ylabel(f"{_label(table, y)} (logit axis)")
-    ax.set_title(plot.title or "Effective robustness: distance above the baseline fit", fontsize=10)
+    _title(ax, plot.title or "Effective robustness: distance above the baseline fit")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _save(plt, fig, path)
@@ -141,7 +156,7 @@ def bars(table: BoardTable, plot: Plot, path: Path) -> Path | None:
     for i, (_, r) in enumerate(f.iterrows()):
         ax.bar(xs + i * width - 0.4 + width / 2, [r[k] if r[k] == r[k] else 0 for k in keys], width, label=r["name"])
     ax.set_xticks(xs, [_label(table, k) for k in keys], rotation=30, ha="right", fontsize=8)
-    ax.set_title(plot.title or "Per-factor results", fontsize=10)
+    _title(ax, plot.title or "Per-factor results")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     return _save(plt, fig, path)
@@ -165,7 +180,7 @@ def reliability(table: BoardTable, plot: Plot, path: Path) -> Path | None:
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_title(plot.title or "Reliability diagrams (ID test half)", fontsize=10)
+    _title(ax, plot.title or "Reliability diagrams (ID test half)")
     ax.legend(fontsize=6)
     ax.grid(alpha=0.3)
     return _save(plt, fig, path)

@@ -9,8 +9,9 @@ FLOPs of one forward pass) is counted once per model into ``runs/sizes.json``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .schema import FMR_EVALUATOR, Board, BoardError, Entry, expand, load_board
 from .table import RUNS, SIZES, BoardTable, build_table, measured_records

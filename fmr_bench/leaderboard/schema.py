@@ -309,16 +309,16 @@ def parse_entry(obj: dict[str, Any], where: str, board: Board, path: Path | None
     if status not in STATUSES:
         raise BoardError(f"{where}: status {status!r} must be one of {', '.join(STATUSES)}")
     model = f.opt("model", None)
-    if status in ("measured", "both"):
-        if not model:
-            raise BoardError(f"{where}: a {status} entry needs 'model' (the spec to run, e.g. builtin:digits-cnn)")
+    if status in ("measured", "both") and not model:
+        raise BoardError(f"{where}: a {status} entry needs 'model' (the spec to run, e.g. builtin:digits-cnn)")
     if model:
         check_model_spec(model, where)
     reported = None
     rep = f.opt("reported", None, dict)
-    if status in ("reported", "both"):
-        if rep is None:
-            raise BoardError(f"{where}: a {status} entry needs 'reported' {{values, source, protocol_version}}")
+    if status in ("reported", "both") and rep is None:
+        raise BoardError(f"{where}: a {status} entry needs 'reported' {{values, source, protocol_version}}")
+    if status == "measured" and rep is not None:
+        raise BoardError(f"{where}: a measured entry with reported numbers: set status to 'both'")
     if rep is not None:
         rf = _Fields(rep, f"{where}: reported", {"values", "source", "protocol_version", "note"})
         source = rf.req("source", fix="name the paper's table or figure the numbers come from, e.g. 'Table 1'")

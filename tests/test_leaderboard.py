@@ -251,6 +251,32 @@ def test_run_needs_data_variables(tmp_path, capsys, monkeypatch):
     assert rc == 2 and "set the environment variable FMR_TEST_NO_SUCH_VAR" in err and len(err.splitlines()) == 1
 
 
+def test_run_board_runs_what_is_missing_then_skips(tmp_path, monkeypatch):
+    from fmr_bench.leaderboard import run as run_mod
+
+    board = {**BOARD, "tasks": BOARD["tasks"][:1], "columns": BOARD["columns"][:2], "plots": []}
+    entries = [entry("mlp", "measured", "builtin:digits-mlp"), entry("paper", "reported", reported={"sa": 1.0})]
+    folder = make_board(tmp_path, board, entries, records=[])
+    calls = []
+
+    def fake_task(board, entry, task, runs):  # stands in for fmr_bench.evaluate: writes the record it would
+        calls.append((entry.name, task.evaluator))
+        write(runs / "r" / "record.json", fmr_record(entry.model, 98.0, 30.0))
+
+    monkeypatch.setattr(run_mod, "_run_task", fake_task)
+    logs: list[str] = []
+    table = run_mod.run_board(folder, log=logs.append)
+    assert calls == [("mlp", "fmr")] and table.frame.set_index("name").loc["mlp", "fmr"] == 30.0
+    run_mod.run_board(folder, log=logs.append)
+    assert calls == [("mlp", "fmr")] and logs[-1].startswith("skip  mlp / fmr")
+    assert "| mlp |" in (folder / "README.md").read_text()
+    # size counted independently: 3072-128-128-10 MLP, a multiply-add is two FLOPs
+    sizes = json.loads((folder / "runs" / "sizes.json").read_text())["builtin:digits-mlp"]
+    macs = 3072 * 128 + 128 * 128 + 128 * 10
+    assert sizes["params_m"] == pytest.approx((macs + 128 + 128 + 10) / 1e6)
+    assert sizes["gflops"] == pytest.approx(2 * macs / 1e9, rel=1e-5)
+
+
 def test_unwritable_and_full_disk_outputs(tmp_path, capsys, monkeypatch):
     make_board(tmp_path)
     blocker = tmp_path / "file"

@@ -56,7 +56,7 @@ def _points(table: BoardTable, x: str, y: str):
 
 
 def _annotate(ax, frame, x: str, y: str) -> None:
-    if len(frame) > 12:  # names would cover each other; the table beside the plot names the points
+    if len(frame) > 15:  # names would cover each other; the table beside the plot names the points
         return
     for _, r in frame.iterrows():
         ax.annotate(str(r["name"]), (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")

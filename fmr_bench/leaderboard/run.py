@@ -34,7 +34,7 @@ def count_size(model: str) -> dict[str, float]:
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         clf.net(torch.zeros(1, 3, h, w))
-    return {"params_m": round(params / 1e6, 4), "gflops": round(counter.get_total_flops() / 1e9, 6)}
+    return {"params_m": float(f"{params / 1e6:.6g}"), "gflops": float(f"{counter.get_total_flops() / 1e9:.6g}")}
 
 
 def _run_task(board: Board, entry: Entry, task, runs: Path) -> None:

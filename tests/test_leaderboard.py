@@ -84,7 +84,8 @@ def make_board(root: Path, board: dict | None = None, entries: list[dict] | None
     write(folder / "board.json", board or BOARD)
     entries = entries if entries is not None else [
         entry("paper-only", "reported", reported={"sa": 90.0, "fmr": 50.0, "extra": 7.0}),
-        entry("measured-a", "measured", "builtin:digits-cnn"),
+        entry("measured-a", "measured", "builtin:digits-cnn",
+              size={"params_m": 1.5, "images_per_s": 1234.0, "speed_device": "an idle test machine"}),
         entry("both-close", "both", "builtin:digits-mlp", reported={"sa": 95.5, "fmr": 40.4}),
         entry("both-far", "both", "builtin:digits-cnn-aug", reported={"sa": 99.0, "fmr": 80.0}, group="baseline"),
         entry("pending", "measured", "builtin:digits-clip"),
@@ -120,6 +121,7 @@ def test_build_order_columns_flags_from_fixture(tmp_path):
     assert bool(row.loc["pending", "pending"]) and pd.isna(row.loc["pending", "fmr"])
     assert not bool(row.loc["measured-a", "pending"])
     assert set(table.reliability) == {"measured-a"}
+    assert (row.loc["measured-a", "params_m"], row.loc["measured-a", "images_per_s"]) == (1.5, 1234.0)
 
     out = tmp_path / "site"
     build_boards([folder], out)
@@ -130,6 +132,7 @@ def test_build_order_columns_flags_from_fixture(tmp_path):
     assert list(csv["name"]) == list(f["name"])
     md = (folder / "README.md").read_text()
     assert md.index("both-far") < md.index("measured-a") < md.index("paper-only")
+    assert "| 1.5 | – | 1234 (an idle test machine) |" in md
     assert "70.00 (reported 80.00)" in md and "unreliable: fmr" in md and "(not yet run)" in md
     assert len(list(out.glob("toy-*.png"))) == 4  # scatter, effective robustness, bars, reliability
     html = (out / "toy.html").read_text()
@@ -222,6 +225,7 @@ def _entries_with(bad: dict) -> list[dict]:
     (entry("r", "reported", reported={"mean": 1.0}), "computed by the build"),
     (entry("fine", "reported", reported={"sa": 2.0}), "also used by"),
     (entry("s", "wished"), "status 'wished' must be one of"),
+    (entry("s", "reported", reported={"sa": 1.0}, size={"images_per_s": 9.0}), "needs speed_device"),
     (entry("m", "measured", "builtin:digits-cnn", reported={"sa": 1.0}), "set status to 'both'"),
     ({**entry("x", "reported", reported={"sa": 1.0}), "colour": "red"}, "unknown key(s) colour"),
 ])

@@ -72,7 +72,8 @@ def render_markdown(table: BoardTable) -> str:
                                                   notes=_notes(table))
 
 
-def _write(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a ``.part`` file, so a crash or a full disk keeps the old file."""
     tmp = path.with_name(path.name + ".part")
     try:
         tmp.write_text(text, encoding="utf-8")
@@ -85,7 +86,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def write_csv(table: BoardTable, path: Path) -> None:
-    _write(path, table.frame[csv_columns(table)].to_csv(index=False))
+    write_text_atomic(path, table.frame[csv_columns(table)].to_csv(index=False))
 
 
 def write_figures(table: BoardTable, out: Path) -> list[dict[str, str]]:
@@ -118,12 +119,12 @@ def write_site(tables: list[BoardTable], out: str | Path) -> Path:
     for t in tables:
         write_csv(t, out / f"{t.board.name}.csv")
         figures = write_figures(t, out)
-        _write(out / f"{t.board.name}.html", env.get_template("page.html.j2").render(
+        write_text_atomic(out / f"{t.board.name}.html", env.get_template("page.html.j2").render(
             board=t.board, rows=_rows(t), figures=figures, notes=_notes(t)))
         f = t.frame
         summary.append({"name": t.board.name, "title": t.board.title, "description": t.board.description,
                         "n": len(f), "measured": int((f["runs"] != "").sum()), "flagged": int((f["flag"] != "").sum())})
-    _write(out / "index.html", env.get_template("index.html.j2").render(boards=summary))
+    write_text_atomic(out / "index.html", env.get_template("index.html.j2").render(boards=summary))
     return out / "index.html"
 
 
@@ -132,5 +133,5 @@ def write_board_readme(table: BoardTable) -> Path | None:
     if table.board.folder is None:
         return None
     path = table.board.folder / "README.md"
-    _write(path, render_markdown(table))
+    write_text_atomic(path, render_markdown(table))
     return path

@@ -101,6 +101,7 @@ def build_table(board: Board, entries: list[Entry], runs: Path | None = None) ->
         row["params_m"] = e.size.params_m if e.size.params_m is not None else measured_size.get("params_m")
         row["gflops"] = e.size.gflops if e.size.gflops is not None else measured_size.get("gflops")
         row["images_per_s"] = e.size.images_per_s
+        row["speed_device"] = e.size.speed_device
         gaps = []
         runs_used = set()
         for c in sorted(board.columns, key=lambda c: bool(c.mean_of)):  # computed columns after their inputs
@@ -142,5 +143,5 @@ def csv_columns(table: BoardTable) -> list[str]:
     keys = table.value_columns
     pairs = [f"{k}_{side}" for k in keys for side in ("reported", "measured")]
     return (["rank", "name", "status", "flag"] + keys + pairs +
-            ["params_m", "gflops", "images_per_s", "group", "model", "architecture", "pretraining_data", "extra_data",
+            ["params_m", "gflops", "images_per_s", "speed_device", "group", "model", "architecture", "pretraining_data", "extra_data",
              "paper", "venue", "url", "source", "reported_protocol", "runs"])

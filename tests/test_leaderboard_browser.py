@@ -145,3 +145,15 @@ def test_site_in_headless_chromium(site, browser, tmp_path):
     got = _wait(lambda: downloaded[0].read_bytes() if not list(browser.downloads.glob("*.crdownload")) else b"")
     assert got == (out / "toy.csv").read_bytes()
     assert _errors(browser) == []
+
+
+def test_missing_browser_skips_locally_and_fails_in_ci(monkeypatch):
+    import test_leaderboard_browser as mod
+
+    monkeypatch.setattr(mod, "CHROMIUM", None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="needs .*chromium"):
+        mod._require_browser()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run it"):
+        mod._require_browser()

@@ -234,6 +234,11 @@ def test_bad_entries(tmp_path, capsys, bad, expect):
     assert expect in _cli_error(capsys, tmp_path)
 
 
+def test_same_model_twice(tmp_path, capsys):
+    make_board(tmp_path, entries=[entry("a", "measured", "builtin:digits-cnn"), entry("b", "measured", "builtin:digits-cnn")])
+    assert "is also measured by" in _cli_error(capsys, tmp_path)
+
+
 def test_bad_records_and_names(tmp_path, capsys):
     make_board(tmp_path, records=[fmr_record("builtin:digits-cnn", 100, 50), fmr_record("builtin:digits-cnn", 100, 40)])
     assert "two runs of builtin:digits-cnn for fmr" in _cli_error(capsys, tmp_path)

@@ -362,11 +362,16 @@ def load_board(folder: str | Path) -> tuple[Board, list[Entry]]:
         raise BoardError(f"{bfile}: name {board.name!r} differs from its folder {folder.name!r}; make them equal")
     entries: list[Entry] = []
     seen: dict[str, Path] = {}
+    models: dict[str, Path] = {}
     for path in sorted((folder / "entries").glob("*.json")):
         e = parse_entry(_read(path), str(path), board, path)
         if e.name in seen:
             raise BoardError(f"{path}: entry name {e.name!r} is also used by {seen[e.name]}; give each entry its own name")
+        if e.measurable and e.model in models:
+            raise BoardError(f"{path}: model {e.model!r} is also measured by {models[e.model]}; "
+                             "keep one entry per model spec")
         seen[e.name] = path
+        models.update({e.model: path} if e.measurable else {})
         entries.append(e)
     if not entries:
         raise BoardError(f"{folder}/entries holds no entry; add one JSON file per model")

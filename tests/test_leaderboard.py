@@ -294,20 +294,17 @@ def test_unwritable_and_full_disk_outputs(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert rc == 2 and "pass --out to a writable folder" in err
     import errno
+    import os
 
-    real = Path.write_text
-
-    def full(self, *a, **k):
-        if self.name.endswith(".part"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, *a, **k)
+    def full(fd):  # every atomic write of the toolkit fsyncs before its rename
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     readme = tmp_path / "toy" / "README.md"
     readme.write_text("previous board\n")
-    monkeypatch.setattr(Path, "write_text", full)
+    monkeypatch.setattr(os, "fsync", full)
     rc = main(["leaderboard", "build", "--root", str(tmp_path), "--out", str(tmp_path / "site")])
     err = capsys.readouterr().err
-    assert rc == 2 and "disk full while writing" in err
+    assert rc == 2 and "disk full while writing" in err and len(err.strip().splitlines()) == 1
     assert readme.read_text() == "previous board\n"  # the last good board is kept
     assert not list((tmp_path / "toy").glob("*.part"))
 

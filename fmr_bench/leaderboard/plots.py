@@ -33,10 +33,13 @@ def _figure(width: float = 6.0, height: float = 4.2):
 
 
 def _save(plt, fig, path: Path) -> Path:
+    from ..files import save_figure
+
     fig.tight_layout()
-    # metadata without a date: the same board renders to the same bytes
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
+    try:  # metadata without a date: the same board renders to the same bytes
+        save_figure(fig, path, metadata={"Software": None})
+    finally:
+        plt.close(fig)
     return path
 
 

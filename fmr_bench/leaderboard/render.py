@@ -6,13 +6,12 @@ Pages come from the jinja2 templates in ``templates/``; the site is self-contain
 
 from __future__ import annotations
 
-import errno
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError
+from ..files import atomic_write, write_text
 from .plots import PLOTS
 from .table import BoardTable, csv_columns
 
@@ -72,31 +71,15 @@ def render_markdown(table: BoardTable) -> str:
                                                   notes=_notes(table))
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a ``.part`` file, so a crash or a full disk keeps the old file."""
-    tmp = path.with_name(path.name + ".part")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.errno == errno.ENOSPC:
-            raise OutputError(f"disk full while writing {path}; free space and build again") from None
-        raise OutputError(f"cannot write {path} ({e.strerror or e}); pass --out to a writable folder") from None
-
-
 def write_csv(table: BoardTable, path: Path) -> None:
-    write_text_atomic(path, table.frame[csv_columns(table)].to_csv(index=False))
+    write_text(path, table.frame[csv_columns(table)].to_csv(index=False), resume=False)
 
 
 def write_figures(table: BoardTable, out: Path) -> list[dict[str, str]]:
     figures = []
     for i, plot in enumerate(table.board.plots):
         name = f"{table.board.name}-{i}-{plot.kind}.png"
-        try:
-            made = PLOTS.get(plot.kind)(table, plot, out / name)
-        except OSError as e:
-            raise OutputError(f"cannot write {out / name} ({e.strerror or e}); free space or pass --out") from None
+        made = PLOTS.get(plot.kind)(table, plot, out / name)
         if made is not None:
             figures.append({"file": name, "alt": plot.title or f"{plot.kind} plot of {table.board.title}"})
     return figures
@@ -111,20 +94,17 @@ def write_site(tables: list[BoardTable], out: str | Path) -> Path:
         raise OutputError(f"cannot create {out} ({e.strerror or e}); pass --out to a writable folder") from None
     env = _env()
     for name in STATIC:
-        try:
-            shutil.copyfile(TEMPLATES / name, out / name)
-        except OSError as e:
-            raise OutputError(f"cannot write {out / name} ({e.strerror or e}); pass --out to a writable folder") from None
+        atomic_write(out / name, (TEMPLATES / name).read_bytes(), resume=False)
     summary = []
     for t in tables:
         write_csv(t, out / f"{t.board.name}.csv")
         figures = write_figures(t, out)
-        write_text_atomic(out / f"{t.board.name}.html", env.get_template("page.html.j2").render(
+        write_text(out / f"{t.board.name}.html", resume=False, text=env.get_template("page.html.j2").render(
             board=t.board, rows=_rows(t), figures=figures, notes=_notes(t)))
         f = t.frame
         summary.append({"name": t.board.name, "title": t.board.title, "description": t.board.description,
                         "n": len(f), "measured": int((f["runs"] != "").sum()), "flagged": int((f["flag"] != "").sum())})
-    write_text_atomic(out / "index.html", env.get_template("index.html.j2").render(boards=summary))
+    write_text(out / "index.html", env.get_template("index.html.j2").render(boards=summary), resume=False)
     return out / "index.html"
 
 
@@ -133,5 +113,5 @@ def write_board_readme(table: BoardTable) -> Path | None:
     if table.board.folder is None:
         return None
     path = table.board.folder / "README.md"
-    write_text_atomic(path, render_markdown(table))
+    write_text(path, render_markdown(table), resume=False, fix="make the board folder writable")
     return path

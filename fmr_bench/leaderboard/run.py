@@ -78,9 +78,9 @@ def run_board(folder: str | Path, *, log: Callable[[str], None] = print) -> Boar
     for entry in todo:
         if entry.model not in sizes:
             sizes[entry.model] = count_size(entry.model)
-    from .render import write_text_atomic
+    from ..files import write_text
 
-    write_text_atomic(sizes_path, json.dumps(sizes, indent=2, sort_keys=True) + "\n")
+    write_text(sizes_path, json.dumps(sizes, indent=2, sort_keys=True) + "\n", fix="make the board folder writable")
     table = build_table(board, entries)
     write_board_readme(table)
     return table

@@ -32,3 +32,5 @@ COMMANDS.register("audit", "fmr_bench.commands.audit:COMMAND",
                   help="score the validated perturbed images of a finished run or export with an independent judge")
 COMMANDS.register("compare-generators", "fmr_bench.commands.compare_generators:COMMAND",
                   help="PA/FMR of several models under several generators, and Kendall tau between them (Table 3)")
+COMMANDS.register("leaderboard", "fmr_bench.commands.leaderboard:COMMAND",
+                  help="build leaderboards to Markdown, CSV and HTML, or run a board's evaluations")

@@ -1,0 +1,147 @@
+"""A board's table: entries joined with their measured records, flagged and ranked.
+
+Each column of the board gets, per entry, the reported number (from the entry), the
+measured number (from the run record of the column's evaluator), and the number shown:
+measured where it exists, else reported. An entry with both whose gap exceeds the board's
+tolerance on any column is flagged ``unreliable`` (RobustBench's word for it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .records import read_records
+from .schema import Board, BoardError, Entry, Task
+
+RUNS = "runs"
+SIZES = "sizes.json"
+
+
+@dataclass
+class BoardTable:
+    """The built board: one row per entry, ranked; ``reliability`` holds calibration bins per entry."""
+
+    board: Board
+    entries: list[Entry]
+    frame: pd.DataFrame
+    reliability: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def value_columns(self) -> list[str]:
+        return [c.key for c in self.board.columns]
+
+
+def _task(board: Board, evaluator: str) -> Task:
+    return next(t for t in board.tasks if t.evaluator == evaluator)
+
+
+def _matches(task: Task, settings: dict[str, Any]) -> bool:
+    """A record belongs to a task when every setting the task pins has that value in the record."""
+    pinned = {**task.settings, **{f"option.{k}": v for k, v in task.options.items()}}
+    return all(settings.get(k) == v for k, v in pinned.items())
+
+
+def measured_records(board: Board, entries: list[Entry], runs: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """(model spec, evaluator) -> record view, for the measurable entries of the board.
+
+    Raises:
+        BoardError: a record of another protocol version than the board's, or two
+            records for the same entry and task.
+    """
+    if not runs.is_dir():
+        return {}
+    wanted = {e.model for e in entries if e.measurable}
+    found: dict[tuple[str, str], tuple[Path, dict[str, Any]]] = {}
+    for path, rec in read_records(runs):
+        if rec["model"] not in wanted or rec["evaluator"] not in {t.evaluator for t in board.tasks}:
+            continue
+        if not _matches(_task(board, rec["evaluator"]), rec["settings"]):
+            continue
+        if rec["protocol_version"] != board.protocol_version:
+            raise BoardError(f"{path} is a protocol-version {rec['protocol_version']} record but board {board.name} "
+                             f"holds version {board.protocol_version}; delete the old runs and re-run "
+                             f"`fmr leaderboard run {board.name}`, or put them on a board of their own")
+        key = (rec["model"], rec["evaluator"])
+        if key in found:
+            raise BoardError(f"two runs of {key[0]} for {key[1]} on board {board.name}: {found[key][0].parent} and "
+                             f"{path.parent}; delete the one that should not count")
+        found[key] = (path, rec)
+    return {k: v[1] for k, v in found.items()}
+
+
+def _sizes(runs: Path) -> dict[str, dict[str, Any]]:
+    path = runs / SIZES
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise BoardError(f"{path} is unreadable ({e}); delete it and re-run the board") from None
+
+
+def build_table(board: Board, entries: list[Entry], runs: Path | None = None) -> BoardTable:
+    """Join entries with records under ``runs`` (default ``<board folder>/runs``), flag and rank."""
+    runs = runs if runs is not None else (board.folder / RUNS if board.folder else None)
+    records = measured_records(board, entries, runs) if runs is not None else {}
+    sizes = _sizes(runs) if runs is not None else {}
+    rows, reliability = [], {}
+    for e in entries:
+        row: dict[str, Any] = {"name": e.name, "group": e.group, "status": e.status, "model": e.model or "",
+                               "paper": e.paper.title, "venue": e.paper.venue, "url": e.paper.url,
+                               "architecture": e.architecture, "pretraining_data": e.pretraining_data,
+                               "extra_data": e.extra_data,
+                               "source": e.reported.source if e.reported else "",
+                               "reported_protocol": e.reported.protocol_version if e.reported else ""}
+        measured_size = sizes.get(e.model or "", {})
+        row["params_m"] = e.size.params_m if e.size.params_m is not None else measured_size.get("params_m")
+        row["gflops"] = e.size.gflops if e.size.gflops is not None else measured_size.get("gflops")
+        row["images_per_s"] = e.size.images_per_s
+        row["speed_device"] = e.size.speed_device
+        gaps = []
+        runs_used = set()
+        for c in sorted(board.columns, key=lambda c: bool(c.mean_of)):  # computed columns after their inputs
+            if c.mean_of:
+                for suffix in ("", "_reported", "_measured"):
+                    parts = [row[f"{k}{suffix}"] for k in c.mean_of]
+                    row[f"{c.key}{suffix}"] = None if any(v is None for v in parts) else sum(parts) / len(parts)
+                continue
+            rep = e.reported.values.get(c.key) if e.reported else None
+            mea = None
+            if e.measurable and c.evaluator is not None:
+                rec = records.get((e.model, c.evaluator))
+                if rec is not None:
+                    mea = rec["metrics"].get(c.metric_key)
+                    runs_used.add(rec["run"])
+                    if rec.get("reliability") and e.name not in reliability:
+                        reliability[e.name] = rec["reliability"]
+            row[c.key] = mea if mea is not None else rep
+            row[f"{c.key}_reported"] = rep
+            row[f"{c.key}_measured"] = mea
+            if rep is not None and mea is not None and abs(mea - rep) > board.tolerance:
+                gaps.append(c.key)
+        for c in board.columns:
+            if c.mean_of:
+                rep, mea = row[f"{c.key}_reported"], row[f"{c.key}_measured"]
+                row[c.key] = mea if mea is not None else (rep if rep is not None else row[c.key])
+        row["runs"] = " ".join(sorted(r for r in runs_used if r))
+        row["flag"] = ("unreliable: " + ", ".join(gaps)) if gaps else ""
+        row["pending"] = e.measurable and not runs_used
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame = frame.sort_values(board.sort, ascending=not board.descending, na_position="last", kind="stable")
+    frame.insert(0, "rank", range(1, len(frame) + 1))
+    return BoardTable(board, entries, frame.reset_index(drop=True), reliability)
+
+
+def csv_columns(table: BoardTable) -> list[str]:
+    """CSV column order: rank and identity, shown values, reported/measured pairs, provenance."""
+    keys = table.value_columns
+    pairs = [f"{k}_{side}" for k in keys for side in ("reported", "measured")]
+    return (["rank", "name", "status", "flag"] + keys + pairs +
+            ["params_m", "gflops", "images_per_s", "speed_device", "group", "model", "architecture", "pretraining_data", "extra_data",
+             "paper", "venue", "url", "source", "reported_protocol", "runs"])

@@ -283,11 +283,11 @@ def test_disk_full_during_a_later_audit_keeps_verdicts_and_resumes(tmp_path, mon
     real = results.OutcomeWriter.write
     writes = []
 
-    def full_after_two(self, outcome):
+    def full_after_two(self, outcome, *args):
         if len(writes) == 2:
             raise OutputError(f"disk full while writing {self.path} ({errno.errorcode[errno.ENOSPC]})")
         writes.append(outcome.id)
-        real(self, outcome)
+        real(self, outcome, *args)
 
     monkeypatch.setattr(results.OutcomeWriter, "write", full_after_two)
     with pytest.raises(OutputError, match="disk full"):

@@ -111,7 +111,7 @@ class EvalCallback(Callback):
         """Score ``trainer.model`` now; returns (and appends) the new records."""
         clf = trainer.model
         with isolated_rng():
-            trainer.parts.prepare_eval()
+            trainer.prepare_eval()
             new = score(clf, self.names, self._dataset(), self.ood, limit=self.limit, budget=self.budget,
                         seed=self.seed, device=str(trainer.device), **self.options)
         clf.train()

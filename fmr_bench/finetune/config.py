@@ -94,6 +94,11 @@ class FinetuneSettings:
         if self.mask_patch < 0:
             raise SettingsError(f"mask-patch must be >= 0 (got {self.mask_patch})")
         check_mask_settings(self.mask, self.mask_threshold, self.mask_rate, self.fill)
+        if self.method == "starft" and self.star_suffix == "spurious":  # before any model is loaded
+            from .descriptors import load_pools, select_phrases
+
+            concepts = self.concepts if self.concepts == "all" else [c.strip() for c in self.concepts.split(",") if c.strip()]
+            select_phrases(load_pools(self.descriptors), concepts)
         return self
 
     def to_dict(self) -> dict[str, Any]:

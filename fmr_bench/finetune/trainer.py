@@ -136,6 +136,11 @@ class Trainer:
     def stage_name(self) -> str:
         return self.stage.name
 
+    def prepare_eval(self) -> None:
+        """Bring the head up to date for scoring (FLYP / StarFT: rebuilt from the text tower)."""
+        if self.method.head_from_text:
+            self.parts.prepare_eval()
+
     def is_last_epoch(self) -> bool:
         return self.stage_index == len(self.method.stages) - 1 and self.epoch == self.stage.epochs - 1
 
@@ -283,8 +288,7 @@ class Trainer:
                     self._save(ckpt_root, opt, sched, nxt)
                 for cb in self.callbacks:
                     cb.on_epoch_end(self)
-        if self.method.head_from_text:
-            self.parts.prepare_eval()
+        self.prepare_eval()
         model.eval()
         for cb in self.callbacks:
             cb.on_train_end(self)

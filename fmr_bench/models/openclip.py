@@ -13,6 +13,7 @@ bilinear) get theirs, also for ``pretrained=False`` and ``?weights=PATH``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -70,6 +71,14 @@ class ZeroShotHead(nn.Module):
         self.tokenizer = tokenizer
         self.class_names = list(class_names) if class_names is not None else None
         self.templates = list(templates) if templates is not None else None
+
+    def __deepcopy__(self, memo: dict) -> "ZeroShotHead":
+        # The tokenizer is stateless for our use and costly to copy (its BPE tables): share it.
+        memo[id(self.tokenizer)] = self.tokenizer
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        return new
 
     def rebuild(self) -> None:
         """Recompute the class embeddings from the current text tower (no disk cache)."""

@@ -98,6 +98,12 @@ class EvalCallback(Callback):
             self._data = self.data if not isinstance(self.data, str) else load_dataset(self.data)
         return self._data
 
+    def on_train_start(self, trainer: Trainer) -> None:
+        if self.log is not None and trainer.global_step > 0:  # resumed: keep what the checkpoint covers
+            from .trainer import truncate_jsonl
+
+            self.records = truncate_jsonl(self.log, trainer.global_step)
+
     def on_step_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         if self.unit == "step" and trainer.global_step % self.every == 0:
             self.run(trainer)

@@ -94,6 +94,9 @@ class FinetuneSettings:
         if self.mask_patch < 0:
             raise SettingsError(f"mask-patch must be >= 0 (got {self.mask_patch})")
         check_mask_settings(self.mask, self.mask_threshold, self.mask_rate, self.fill)
+        if self.method == "maskcf" and self.fill != "none" and self.batch_size < 2:
+            raise SettingsError("filling masked patches from other images needs batches of at least 2 images; "
+                                "raise --batch-size or use --fill none")
         if self.method == "starft" and self.star_suffix == "spurious":  # before any model is loaded
             from .descriptors import load_pools, select_phrases
 

@@ -349,8 +349,16 @@ class Trainer:
             except ValueError:
                 old = None
             if old is not None and old.get("fingerprint") != fp:
-                raise OutputError(f"{out} holds a fine-tuning run of other settings; pick another --out "
-                                  "(its checkpoints and model are kept)")
+                if latest_checkpoint(ckpt_root) is not None or (out / "model.safetensors").exists():
+                    raise OutputError(f"{out} holds a fine-tuning run of other settings; pick another --out "
+                                      "(its checkpoints and model are kept)")
+                # A run that stopped before its first checkpoint left nothing to keep: start afresh.
+                for name in ("zeroshot.safetensors", "train_log.jsonl", "evaluations.jsonl"):
+                    (out / name).unlink(missing_ok=True)
+                old = None
+            if old is None:
+                write_json_atomic(manifest, {"fingerprint": fp,
+                                             "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
             if (out / "model.safetensors").is_file() and (out / "finetune.json").is_file():
                 raise OutputError(f"{out} already holds the finished model of this run ({out / 'model.safetensors'}); "
                                   "pick another --out to train again")
@@ -380,11 +388,18 @@ class Trainer:
         if folder is None:
             return (0, 0, 0), theta0
 
-        _, opt_state, rng, state = load_checkpoint(folder)
+        try:
+            _, opt_state, rng, state = load_checkpoint(folder)
+        except (OSError, ValueError, KeyError) as e:
+            raise OutputError(f"checkpoint {folder} is unreadable ({type(e).__name__}); delete {ckpt_root / 'latest.json'} "
+                              "to start over, or pick another --out") from None
+        if {k: state.get(k) for k in fp} != fp:
+            raise OutputError(f"{out} holds checkpoints of other settings; pick another --out (they are kept)")
         st_load(self.model.net, str(folder / "model.safetensors"), strict=True)
         self._set_rng_state(rng)
         self.rng.setstate(_tuplify(state["py_rng"]))
         self.global_step = state["global_step"]
+        self.log = truncate_jsonl(out / "train_log.jsonl", self.global_step)  # steps after it are redone
         self.epochs_done = state["epochs_done"]
         self._resume_state = {"optimizer": opt_state, "scheduler": state["scheduler"]}
         pos = tuple(state["position"])
@@ -417,6 +432,24 @@ class Trainer:
             raise OutputError(f"cannot write {path} ({e.strerror or type(e).__name__}); free space and re-run the same "
                               "command: training resumes from the last checkpoint") from None
         return path
+
+
+def truncate_jsonl(path: Path, step: int) -> list[dict[str, Any]]:
+    """Keep the records of ``path`` up to ``step`` (a resumed run redoes the later ones); returns them."""
+    if not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut by the kill
+        if rec.get("step", 0) <= step:
+            kept.append(rec)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp.replace(path)
+    return kept
 
 
 def _listify(obj: Any) -> Any:

@@ -235,3 +235,13 @@ def test_cli_never_overwrites_another_run(capsys, tiny_clip, tmp_path):
     with pytest.raises(OutputError, match="already holds the finished model"):
         finetune(tiny_clip, world(), out=out, method="ft", epochs=1, batch_size=12, pretrained=False, **FAST)
     assert _digest(out) == before
+
+
+def test_wise_kd_distils_towards_the_wise_ft_mix(tiny_clip, tmp_path):
+    ft = finetune(tiny_clip, world(), out=tmp_path / "ft", method="ft", epochs=1, batch_size=12, pretrained=False, **FAST)
+    res = finetune(tiny_clip, world(), method="maskcf", epochs=1, batch_size=12, pretrained=False, wise_kd=1.0,
+                   wise_kd_teacher=f"file:{ft.path}", mask="random", **FAST)
+    assert all(r["loss/wise_kd"] >= 0 for r in res.log)
+    total = [r["loss"] for r in res.log]
+    parts = [r["loss/ce"] + 30 * r["loss/feature_mse"] + r["loss/wise_kd"] for r in res.log]
+    assert total == pytest.approx(parts, rel=1e-5)

@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     data: Any = args.data
     if args.extra_data:
         data = ConcatImages([load_train_data(s) for s in [args.data, *args.extra_data]])
-    callbacks = []
+    callbacks: list = [] if args.quiet else [_epoch_line(console)]
     if evaluators:
         callbacks.append(EvalCallback(evaluators, args.eval_data, ood=args.eval_ood, every=args.eval_every,
                                       unit=args.eval_unit, limit=args.eval_limit, budget=args.eval_budget,
@@ -158,6 +158,24 @@ def run(args: argparse.Namespace) -> int:
                          limit=args.eval_limit, budget=args.eval_budget)
         _print_wise(console, rows, out / "wise" / "wise.json")
     return 0
+
+
+def _epoch_line(console):
+    """A callback printing one line per finished epoch: stage, epoch, step, mean loss."""
+    from ..finetune.callbacks import Callback
+
+    class EpochLine(Callback):
+        def on_train_start(self, trainer) -> None:
+            if trainer.global_step:
+                console.print(f"resuming at step {trainer.global_step}")
+
+        def on_epoch_end(self, trainer) -> None:
+            rows = [r for r in trainer.log if r.get("epoch") == trainer.epoch and r.get("stage") == trainer.stage_name]
+            mean = sum(r["loss"] for r in rows) / len(rows) if rows else float("nan")
+            console.print(f"{trainer.stage_name} epoch {trainer.epoch + 1}/{trainer.stage.epochs}: "
+                          f"step {trainer.global_step}, mean loss {mean:.4f}")
+
+    return EpochLine()
 
 
 def _print_wise(console, rows: list[dict], where: Path) -> None:

@@ -11,10 +11,24 @@ from typing import Any
 
 from ..errors import SettingsError
 from .descriptors import SUFFIXES
-from .masking import check_mask_settings
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-EVAL_UNITS = ("step", "epoch")
+MASKS = ("object", "context", "random")
+FILLS = ("none", "single", "multi")
+
+
+def check_mask_settings(kind: str, threshold: float, rate: float, fill: str) -> None:
+    """Raise :class:`SettingsError` naming the fix for an unknown kind or a value out of range."""
+    if kind not in MASKS:
+        raise SettingsError(f"unknown mask {kind!r}; use one of {', '.join(MASKS)}")
+    if fill not in FILLS:
+        raise SettingsError(f"unknown fill {fill!r}; use one of {', '.join(FILLS)}")
+    if not 0.0 <= threshold <= 1.0:
+        raise SettingsError(f"mask threshold must be in [0, 1] (got {threshold}); CAMs are max-normalised, "
+                            "pass e.g. --mask-threshold 0.3")
+    if not 0.0 <= rate <= 1.0:
+        raise SettingsError(f"mask rate must be in [0, 1] (got {rate}); pass e.g. --mask-rate 0.5")
+
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="after training (or with --mix), write and score WiSE-FT mixes at these alphas: 0,0.5,1 or 0:1:0.1")
     w.add_argument("--mix", nargs=2, default=None, metavar=("ZERO_SHOT", "FINE_TUNED"),
                    help="no training: mix two checkpoints (file:...) at the --wise alphas")
+    w.add_argument("--rebuild-head", action="store_true",
+                   help="with --mix: rebuild each mix's zero-shot head from its mixed text tower (FLYP / StarFT "
+                        "models; automatic after training with those methods)")
     w.add_argument("--soup", nargs="+", default=None, metavar="MODEL",
                    help="no training: uniform soup of these checkpoints, written to OUT/soup.safetensors")
     p.add_argument("--cache-dir", default=None, help="where downloaded weights live")
@@ -126,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(highlight=False, soft_wrap=True)
     evaluators = [e for e in (args.eval or "").split(",") if e.strip()]
+    if args.rebuild_head and not args.mix:
+        raise SettingsError("--rebuild-head applies to --mix; after training FLYP / StarFT mixes rebuild it anyway")
     if args.soup or args.mix:
         return _weight_space(args, console, evaluators)
     if not args.model or not args.out:
@@ -155,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         rows = wise_grid(f"file:{out / 'zeroshot.safetensors'}", f"file:{res.path}", args.wise, out / "wise",
                          evaluators=evaluators, data=args.eval_data if evaluators else None, ood=args.eval_ood,
-                         limit=args.eval_limit, budget=args.eval_budget)
+                         limit=args.eval_limit, budget=args.eval_budget,
+                         rebuild_head=res.settings.method in ("flyp", "starft"))
         _print_wise(console, rows, out / "wise" / "wise.json")
     return 0
 
@@ -192,13 +198,15 @@ def _weight_space(args: argparse.Namespace, console, evaluators: list[str]) -> i
         raise SettingsError("--mix and --soup need --out DIR for the mixed checkpoints")
     if args.soup and args.mix:
         raise SettingsError("give either --mix or --soup, not both")
+    if args.soup and args.wise is not None:
+        raise SettingsError("--wise applies to --mix or to a training run, not to --soup")
     out = Path(args.out)
     if args.mix:
         if args.wise is None:
             raise SettingsError("--mix needs --wise ALPHAS, e.g. --wise 0:1:0.1")
         rows = wise_grid(args.mix[0], args.mix[1], args.wise, out, evaluators=evaluators,
                          data=args.eval_data if evaluators else None, ood=args.eval_ood,
-                         limit=args.eval_limit, budget=args.eval_budget)
+                         limit=args.eval_limit, budget=args.eval_budget, rebuild_head=args.rebuild_head)
         _print_wise(console, rows, out / "wise.json")
         return 0
     soup = uniform_soup(args.soup)

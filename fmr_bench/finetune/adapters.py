@@ -50,6 +50,12 @@ class Parts:
         """The module holding the image encoder (CAM hooks attach here)."""
         raise NotImplementedError
 
+    def patch_grid(self) -> tuple[int, int] | None:
+        """The ViT patch grid of the image encoder, or None for other encoders."""
+        m = self.image_module()
+        grid = getattr(m, "grid_size", None) or getattr(getattr(m, "patch_embed", None), "grid_size", None)
+        return (int(grid[0]), int(grid[1])) if grid is not None else None
+
     def make_head_trainable(self) -> None:
         """Turn the head into parameters an optimiser can update (no-op when it already is)."""
 

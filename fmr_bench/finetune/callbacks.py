@@ -99,6 +99,11 @@ class EvalCallback(Callback):
         return self._data
 
     def on_train_start(self, trainer: Trainer) -> None:
+        from ..models import map_classes
+
+        ds, clf = self._dataset(), trainer.model
+        map_classes(clf.class_names, clf.num_classes, ds.class_names, label_space=ds.label_space,
+                    model_label_space=clf.label_space, model=clf.spec or "the model")  # fail before training
         if self.log is not None and trainer.global_step > 0:  # resumed: keep what the checkpoint covers
             from .trainer import truncate_jsonl
 

@@ -102,7 +102,10 @@ def counterfactual(ctx: StepContext) -> torch.Tensor:
         if s.mask_patch:
             cam = F.adaptive_max_pool2d(cam[:, None], s.mask_patch)[:, 0] if cam.shape[-1] > s.mask_patch else \
                 F.interpolate(cam[:, None], size=(s.mask_patch,) * 2, mode="nearest")[:, 0]
-    grid = tuple(cam.shape[1:]) if cam is not None else (s.mask_patch or 7,) * 2
+    if cam is not None:
+        grid = tuple(cam.shape[1:])
+    else:  # random masks: the ViT's own patches, else a K x K grid (--mask-patch, default 7 as ViT-B/32 at 224)
+        grid = (s.mask_patch,) * 2 if s.mask_patch else (ctx.parts.patch_grid() or (7, 7))
     mask = patch_mask(s.mask, cam, threshold=s.mask_threshold, rate=s.mask_rate, grid=grid, n=len(ctx.x),
                       generator=ctx.generator)
     ctx.cache["mask_rate"] = float(mask.float().mean())

@@ -87,11 +87,14 @@ def uniform_soup(models: Sequence[str | ImageClassifier]) -> ImageClassifier:
 
 def wise_grid(zero_shot: str | ImageClassifier, fine_tuned: str | ImageClassifier, alphas: Sequence[float],
               out: str | Path | None, *, evaluators: Sequence[str] = (), data=None, ood: Sequence = (),
-              limit: int | None = None, budget: int | None = None, device: str = "auto") -> list[dict]:
+              limit: int | None = None, budget: int | None = None, device: str = "auto",
+              rebuild_head: bool = False) -> list[dict]:
     """Write and score the WiSE-FT model at each α: ``OUT/wise-alpha0.50.safetensors`` and ``OUT/wise.json``.
 
     Each mix is a file ``fmr evaluate --model file:…`` loads; scoring (optional) uses
-    :func:`fmr_bench.finetune.callbacks.score` on ``data``. Returns one row per α.
+    :func:`fmr_bench.finetune.callbacks.score` on ``data``. ``rebuild_head`` (for FLYP / StarFT
+    models, whose head comes from the text tower) recomputes each mix's zero-shot head from
+    its mixed text tower. Returns one row per α.
     """
     from ..models.file import save_model
     from .callbacks import score
@@ -109,7 +112,12 @@ def wise_grid(zero_shot: str | ImageClassifier, fine_tuned: str | ImageClassifie
         mixed = copy.deepcopy(m1)
         mixed.net.load_state_dict(mix_states(s0, s1, a))
         mixed.spec = f"wise-ft:alpha={a:g}"
-        row: dict = {"alpha": a}
+        if rebuild_head:
+            from .adapters import parts_of
+
+            parts_of(mixed).require_text("--rebuild-head")
+            parts_of(mixed).prepare_eval()
+        row: dict = {"alpha": a, "head": "rebuilt from the mixed text tower" if rebuild_head else "mixed"}
         if folder is not None:
             path = save_model(mixed, folder / f"wise-alpha{a:.2f}.safetensors")
             row["model"] = f"file:{path}"

@@ -13,6 +13,7 @@ bilinear) get theirs, also for ``pretrained=False`` and ``?weights=PATH``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -56,12 +57,35 @@ def templates_for(name: str) -> list[str]:
 
 
 class ZeroShotHead(nn.Module):
-    """Cosine-similarity logits against fixed class embeddings."""
+    """Cosine-similarity logits against fixed class embeddings.
 
-    def __init__(self, clip: nn.Module, class_embeddings: torch.Tensor) -> None:
+    ``tokenizer``, ``class_names`` and ``templates`` are kept (outside the state dict) so
+    that a fine-tuned text tower can rebuild the head (:meth:`rebuild`, FLYP / StarFT).
+    """
+
+    def __init__(self, clip: nn.Module, class_embeddings: torch.Tensor, *, tokenizer: Callable | None = None,
+                 class_names: Sequence[str] | None = None, templates: Sequence[str] | None = None) -> None:
         super().__init__()
         self.clip = clip
         self.register_buffer("class_embeddings", class_embeddings)
+        self.tokenizer = tokenizer
+        self.class_names = list(class_names) if class_names is not None else None
+        self.templates = list(templates) if templates is not None else None
+
+    def __deepcopy__(self, memo: dict) -> "ZeroShotHead":
+        # The tokenizer is stateless for our use and costly to copy (its BPE tables): share it.
+        memo[id(self.tokenizer)] = self.tokenizer
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        return new
+
+    def rebuild(self) -> None:
+        """Recompute the class embeddings from the current text tower (no disk cache)."""
+        if self.tokenizer is None or not self.class_names or not self.templates:
+            raise ClassMappingError("this zero-shot head carries no tokenizer, class names and templates to rebuild from")
+        emb = class_embeddings(self.clip, self.tokenizer, self.class_names, self.templates)
+        self.class_embeddings.data = emb.to(self.class_embeddings.device, self.class_embeddings.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = F.normalize(self.clip.encode_image(x), dim=-1)
@@ -106,7 +130,8 @@ def zero_shot_classifier(clip: nn.Module, tokenizer: Callable, class_names: Sequ
     if not class_names:
         raise ClassMappingError(f"{spec} is a zero-shot model and needs class names; use a dataset that has them")
     clip.eval()
-    head = ZeroShotHead(clip, class_embeddings(clip, tokenizer, class_names, templates, cache_key=cache_key))
+    head = ZeroShotHead(clip, class_embeddings(clip, tokenizer, class_names, templates, cache_key=cache_key),
+                        tokenizer=tokenizer, class_names=class_names, templates=templates)
     return ImageClassifier(head, pre, class_names=class_names, spec=spec, arch=arch)
 
 

@@ -1,0 +1,247 @@
+"""Fine-tuning runs on tiny random-weight models: losses fall, kill-and-resume reaches the
+same weights, results load as ``file:`` models, the callback, the CLI's refusals."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fmr_bench import load_model, save_model
+from fmr_bench.cli import main
+from fmr_bench.datasets import TensorImages, WorldDefaults
+from fmr_bench.errors import FmrBenchError, OutputError
+from fmr_bench.finetune import Callback, EvalCallback, finetune, load_train_data
+
+from test_finetune import CLIP_ARCH, TINY_CLIP, _planted
+
+NAMES = ["red", "green", "blue"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("clipcfg")
+    (folder / f"{CLIP_ARCH}.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(folder)
+    return f"openclip:{CLIP_ARCH}?prompts=single"
+
+
+def world(n: int = 24, seed: int = 0) -> TensorImages:
+    x, y, _ = _planted(n, torch.Generator().manual_seed(seed))
+    return TensorImages(x, y.tolist(), NAMES, spec="planted",
+                        world=WorldDefaults("pixel", "builtin:digits-clip", 0.05))
+
+
+FAST = dict(lr=1e-3, warmup_steps=0, weight_decay=0.0, seed=0, caption="a {} square", star_lambda=1.0,
+            star_decay=False, lp_lr=1e-2, checkpoint_every=1000)
+
+
+def _mean(log, key, epoch):
+    vals = [r[key] for r in log if r["epoch"] == epoch and key in r]
+    return sum(vals) / len(vals)
+
+
+@pytest.mark.parametrize("method, key", [("ft", "loss/ce"), ("lp", "loss/ce_features"), ("flyp", "loss/clip"),
+                                         ("starft", "loss/clip"), ("maskcf", "loss/ce")])
+def test_a_few_steps_on_a_tiny_open_clip_lower_the_loss(tiny_clip, method, key):
+    res = finetune(tiny_clip, world(), method=method, epochs=4, lp_epochs=4, batch_size=12, pretrained=False,
+                   mask_threshold=0.5, **FAST)
+    assert res.steps == 8
+    assert _mean(res.log, key, 3) < _mean(res.log, key, 0)
+    if method == "starft":
+        assert all(r["loss/star"] >= -1e-6 for r in res.log)
+    if method == "maskcf":
+        assert all("loss/feature_mse" in r and 0 <= r["mask_rate"] <= 1 for r in res.log)
+
+
+@pytest.mark.parametrize("method", ["ft", "maskcf"])
+def test_a_few_steps_on_a_tiny_timm_vit_lower_the_loss(method):
+    import timm
+
+    from fmr_bench.models import ImageClassifier, Preprocess
+
+    torch.manual_seed(0)
+    net = timm.create_model("test_vit", num_classes=3, img_size=32, patch_size=8)
+    clf = ImageClassifier(net, Preprocess((32, 32)), class_names=NAMES, spec="timm:test_vit", arch="timm:test_vit")
+    res = finetune(clf, world(), method=method, epochs=4, batch_size=12, fill="multi",
+                   **FAST)
+    assert _mean(res.log, "loss/ce", 3) < _mean(res.log, "loss/ce", 0)
+
+
+class Crash(Callback):
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_step_end(self, trainer, logs) -> None:
+        if trainer.global_step == self.at:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+@pytest.mark.parametrize("method, crash_at", [("maskcf", 3), ("starft", 5), ("lp-ft", 4)])
+def test_kill_and_resume_reaches_the_same_weights(tiny_clip, tmp_path, method, crash_at):
+    kw = dict(method=method, epochs=2, lp_epochs=1, batch_size=8, pretrained=False,
+              **{**FAST, "checkpoint_every": 2, "star_decay": True}, fill="multi", mask_threshold=0.5)
+    full = finetune(tiny_clip, world(), out=tmp_path / "full", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny_clip, world(), out=tmp_path / "cut", callbacks=[Crash(crash_at)], **kw)
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    assert (tmp_path / "cut" / "checkpoints" / "latest.json").is_file()
+    resumed = finetune(tiny_clip, world(), out=tmp_path / "cut", **kw)
+    assert resumed.steps == full.steps
+    a, b = _state(full.path), _state(resumed.path)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_the_run_resumes(tiny_clip, tmp_path, monkeypatch):
+    import safetensors.torch as st
+
+    kw = dict(method="ft", epochs=2, batch_size=8, pretrained=False, **{**FAST, "checkpoint_every": 1})
+    full = finetune(tiny_clip, world(), out=tmp_path / "full", **kw)
+    real, calls = st.save_file, {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:  # θ₀ is call 1, checkpoint 1 calls 2-4 (model, optimiser, RNG): fail in checkpoint 2
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **k)
+
+    monkeypatch.setattr(st, "save_file", flaky)
+    with pytest.raises(OutputError, match="disk is full"):
+        finetune(tiny_clip, world(), out=tmp_path / "cut", **kw)
+    monkeypatch.setattr(st, "save_file", real)
+    latest = json.loads((tmp_path / "cut" / "checkpoints" / "latest.json").read_text())
+    assert latest["step"] == 1 and not list((tmp_path / "cut" / "checkpoints").glob("*.part"))
+    resumed = finetune(tiny_clip, world(), out=tmp_path / "cut", **kw)
+    a, b = _state(full.path), _state(resumed.path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("method", ["ft", "flyp"])
+def test_the_result_loads_as_a_file_model_with_its_head(tiny_clip, tmp_path, method):
+    res = finetune(tiny_clip, world(), out=tmp_path / "run", method=method, epochs=1, batch_size=12,
+                   pretrained=False, **FAST)
+    back = load_model(f"file:{res.path}").eval()
+    x = world(6, seed=1).images
+    with torch.no_grad():
+        assert torch.allclose(back(x), res.model.eval()(x), atol=1e-5)
+    meta = json.loads((tmp_path / "run" / "finetune.json").read_text())
+    assert meta["settings"]["method"] == method and meta["versions"]["fmr_bench"] and meta["steps"] == 2
+    zs = load_model(f"file:{tmp_path / 'run' / 'zeroshot.safetensors'}")
+    assert not torch.equal(zs.net.clip.visual.conv1.weight, back.net.clip.visual.conv1.weight)
+    if method == "flyp":  # the head was rebuilt from the fine-tuned text tower
+        assert not torch.allclose(zs.net.class_embeddings, back.net.class_embeddings)
+
+
+def test_eval_callback_appends_subset_records_without_moving_training(tiny_clip, tmp_path):
+    kw = dict(method="maskcf", epochs=2, batch_size=12, pretrained=False, mask="random", fill="single", **FAST)
+    plain = finetune(tiny_clip, world(), **kw)
+    cb = EvalCallback("fmr", world(8, seed=2), every=1, unit="epoch", limit=4, budget=2, log=tmp_path / "ev.jsonl")
+    tracked = finetune(tiny_clip, world(), callbacks=[cb], **kw)
+    assert [r["epoch"] for r in cb.records] == [1, 2]
+    assert all(r["subset"] == {"limit": 4, "budget": 2} and r["metrics"]["n"] == 4 for r in cb.records)
+    assert len((tmp_path / "ev.jsonl").read_text().splitlines()) == 2
+    a, b = plain.model.state_dict(), tracked.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_csv_and_concatenated_training_sets(tmp_path):
+    from PIL import Image
+
+    rows = ["path,label"]
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 60, 0, 0)).save(tmp_path / f"im{i}.png")
+        rows.append(f"im{i}.png,{'cat' if i % 2 else 'dog'}")
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    ds = load_train_data(f"csv:{tmp_path / 'train.csv'}")
+    assert ds.class_names == ["cat", "dog"] and ds.labels == [1, 0, 1, 0]
+    ds.set_resolution(8)
+    assert ds.load(1).shape == (3, 8, 8)
+    (tmp_path / "bad.csv").write_text("file,y\na.png,0\n")
+    with pytest.raises(FmrBenchError, match="needs path and label"):
+        load_train_data(f"csv:{tmp_path / 'bad.csv'}")
+    from fmr_bench.finetune import ConcatImages
+
+    both = ConcatImages([ds, TensorImages(torch.zeros(2, 3, 8, 8), [0, 1], ["dog", "cat"])])
+    assert both.labels == [1, 0, 1, 0, 1, 0] and len(both) == 6
+
+
+def _one_line_exit_2(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fmr: error: ")
+    return err[0]
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--mask-threshold", "1.5"], r"\[0, 1\]"),
+    (["--beta", "-1"], "beta must be >= 0"),
+    (["--star-lambda", "-0.5"], "star-lambda must be >= 0"),
+    (["--wise", "0,1.5"], r"\[0, 1\]"),
+    (["--method", "starft", "--concepts", "colour"], "unknown descriptor concept"),
+])
+def test_cli_bad_settings_are_one_line_and_exit_2(capsys, tmp_path, flags, match):
+    line = _one_line_exit_2(capsys, ["finetune", "--model", "builtin:digits-clip", "--out", str(tmp_path / "o"), *flags])
+    assert __import__("re").search(match, line)
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_cli_refuses_text_methods_without_text_and_mixes_across_architectures(capsys, tmp_path):
+    pools = tmp_path / "pools.json"
+    pools.write_text('{"colour": []}')
+    line = _one_line_exit_2(capsys, ["finetune", "--model", "builtin:digits-clip", "--method", "starft", "--concepts",
+                                     "colour", "--descriptors", str(pools), "--out", str(tmp_path / "p")])
+    assert "empty" in line
+    line = _one_line_exit_2(capsys, ["finetune", "--model", "timm:test_resnet?num_classes=10", "--random-weights",
+                                     "--method", "flyp", "--out", str(tmp_path / "f")])
+    assert "text tower" in line
+    save_model(load_model("timm:test_resnet?num_classes=10", pretrained=False), tmp_path / "r.safetensors")
+    line = _one_line_exit_2(capsys, ["finetune", "--mix", "builtin:digits-cnn", f"file:{tmp_path / 'r.safetensors'}",
+                                     "--wise", "0.5", "--out", str(tmp_path / "m")])
+    assert "different architectures" in line
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_cli_never_overwrites_another_run(capsys, tiny_clip, tmp_path):
+    out = tmp_path / "run"
+    finetune(tiny_clip, world(), out=out, method="ft", epochs=1, batch_size=12, pretrained=False, **FAST)
+    before = _digest(out)
+    line = _one_line_exit_2(capsys, ["finetune", "--model", "builtin:digits-clip", "--preset", "digits",
+                                     "--out", str(out)])
+    assert "other settings" in line and _digest(out) == before
+    with pytest.raises(OutputError, match="already holds the finished model"):
+        finetune(tiny_clip, world(), out=out, method="ft", epochs=1, batch_size=12, pretrained=False, **FAST)
+    assert _digest(out) == before
+
+
+def test_wise_kd_distils_towards_the_wise_ft_mix(tiny_clip, tmp_path):
+    ft = finetune(tiny_clip, world(), out=tmp_path / "ft", method="ft", epochs=1, batch_size=12, pretrained=False, **FAST)
+    res = finetune(tiny_clip, world(), method="maskcf", epochs=1, batch_size=12, pretrained=False, wise_kd=1.0,
+                   wise_kd_teacher=f"file:{ft.path}", mask="random", **FAST)
+    assert all(r["loss/wise_kd"] >= 0 for r in res.log)
+    total = [r["loss"] for r in res.log]
+    parts = [r["loss/ce"] + 30 * r["loss/feature_mse"] + r["loss/wise_kd"] for r in res.log]
+    assert total == pytest.approx(parts, rel=1e-5)

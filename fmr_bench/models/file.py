@@ -33,13 +33,15 @@ from .transform import EvalTransform
 META_KEY = "fmr_bench"
 
 
-def save_model(model: ImageClassifier, path: str | Path, *, class_names: Sequence[str] | None = None) -> Path:
+def save_model(model: ImageClassifier, path: str | Path, *, class_names: Sequence[str] | None = None,
+               metadata: dict[str, str] | None = None) -> Path:
     """Write ``model`` as a self-describing safetensors file that ``file:PATH`` loads.
 
     Args:
         model: the classifier (``model.arch`` must be a buildable spec).
         path: destination, ``.safetensors``.
         class_names: overrides ``model.class_names``.
+        metadata: extra string entries for the safetensors header (e.g. training settings).
     """
     from safetensors.torch import save_model as st_save
 
@@ -47,7 +49,8 @@ def save_model(model: ImageClassifier, path: str | Path, *, class_names: Sequenc
     names = list(class_names) if class_names is not None else model.class_names
     meta = {"arch": model.arch, "class_names": names, "num_classes": model.num_classes,
             "preprocess": model.preprocess.to_dict(), "label_space": model.label_space}
-    return atomic_write_file(path, lambda tmp: st_save(model.net, str(tmp), metadata={META_KEY: json.dumps(meta)}),
+    return atomic_write_file(path, lambda tmp: st_save(model.net, str(tmp),
+                                                       metadata={**(metadata or {}), META_KEY: json.dumps(meta)}),
                              fix="save to a writable folder")
 
 

@@ -56,12 +56,27 @@ def templates_for(name: str) -> list[str]:
 
 
 class ZeroShotHead(nn.Module):
-    """Cosine-similarity logits against fixed class embeddings."""
+    """Cosine-similarity logits against fixed class embeddings.
 
-    def __init__(self, clip: nn.Module, class_embeddings: torch.Tensor) -> None:
+    ``tokenizer``, ``class_names`` and ``templates`` are kept (outside the state dict) so
+    that a fine-tuned text tower can rebuild the head (:meth:`rebuild`, FLYP / StarFT).
+    """
+
+    def __init__(self, clip: nn.Module, class_embeddings: torch.Tensor, *, tokenizer: Callable | None = None,
+                 class_names: Sequence[str] | None = None, templates: Sequence[str] | None = None) -> None:
         super().__init__()
         self.clip = clip
         self.register_buffer("class_embeddings", class_embeddings)
+        self.tokenizer = tokenizer
+        self.class_names = list(class_names) if class_names is not None else None
+        self.templates = list(templates) if templates is not None else None
+
+    def rebuild(self) -> None:
+        """Recompute the class embeddings from the current text tower (no disk cache)."""
+        if self.tokenizer is None or not self.class_names or not self.templates:
+            raise ClassMappingError("this zero-shot head carries no tokenizer, class names and templates to rebuild from")
+        emb = class_embeddings(self.clip, self.tokenizer, self.class_names, self.templates)
+        self.class_embeddings.data = emb.to(self.class_embeddings.device, self.class_embeddings.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = F.normalize(self.clip.encode_image(x), dim=-1)
@@ -106,7 +121,8 @@ def zero_shot_classifier(clip: nn.Module, tokenizer: Callable, class_names: Sequ
     if not class_names:
         raise ClassMappingError(f"{spec} is a zero-shot model and needs class names; use a dataset that has them")
     clip.eval()
-    head = ZeroShotHead(clip, class_embeddings(clip, tokenizer, class_names, templates, cache_key=cache_key))
+    head = ZeroShotHead(clip, class_embeddings(clip, tokenizer, class_names, templates, cache_key=cache_key),
+                        tokenizer=tokenizer, class_names=class_names, templates=templates)
     return ImageClassifier(head, pre, class_names=class_names, spec=spec, arch=arch)
 
 

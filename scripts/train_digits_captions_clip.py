@@ -61,8 +61,8 @@ from fmr_bench.digits.scenes import (  # noqa: E402
     render_scenes,
 )
 
-STEPS = 1500
-BATCH = 128
+STEPS = 350
+BATCH = 96
 LR = 2e-3
 PLAIN_SHARE = 0.25
 ATTRS = ("bg", "ink", "tex", "qual")
@@ -165,7 +165,7 @@ def batch(density, x_plain, labels, idx, g, rng):
     return x, y, attrs, [c for c, _ in caps], [cl for _, cl in caps]
 
 
-def cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:
+def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
@@ -176,7 +176,7 @@ def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
-def train(steps: int, seed: int, log_every: int = 100):
+def train(steps: int, seed: int, batch_size: int = BATCH, log_every: int = 25):
     model, mean, std, tokenizer = create_digits_clip_captions(pretrained=False)
     # Only the tokens of the caption vocabulary get embedding rows: training a compact
     # table is several times faster than the dense 49,408-row one, and the rows of tokens
@@ -200,11 +200,11 @@ def train(steps: int, seed: int, log_every: int = 100):
     t0 = time.time()
     perm, pos = torch.randperm(len(labels), generator=g), 0
     for step in range(steps):
-        if pos + BATCH > len(perm):
+        if pos + batch_size > len(perm):
             perm, pos = torch.randperm(len(labels), generator=g), 0
-        idx, pos = perm[pos: pos + BATCH], pos + BATCH
+        idx, pos = perm[pos: pos + batch_size], pos + batch_size
         for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, steps, LR)
+            group["lr"] = cosine_lr(step, steps, LR, warmup=max(1, min(100, steps // 10)))
         x, y, attrs, caps, claims = batch(density, x_plain, labels, idx, g, rng)
         img = F.normalize(model.encode_image(normalise(x, mean, std)), dim=-1)
         txt = F.normalize(model.encode_text(tokenizer(caps)), dim=-1)
@@ -278,14 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="folder for the weights (default: the package's)")
     parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"captioned digits CLIP: {args.steps} steps, batch {BATCH}, seed {args.seed}")
-    model, seconds = train(args.steps, args.seed)
+    print(f"captioned digits CLIP: {args.steps} steps, batch {args.batch}, seed {args.seed}")
+    model, seconds = train(args.steps, args.seed, args.batch)
     from safetensors.torch import save_file
 
     path = args.out / CAPTIONS_WEIGHTS
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     lines = [
         "# Captioned digits CLIP (`builtin:digits-clip-captions`)", "",
-        f"Written by `{cmd}` (seed {args.seed}, {args.steps} steps of batch {BATCH}, {args.threads} CPU thread(s), "
+        f"Written by `{cmd}` (seed {args.seed}, {args.steps} steps of batch {args.batch}, {args.threads} CPU thread(s), "
         f"torch {torch.__version__}, {seconds / 60:.1f} min on a shared machine). "
         f"File `{CAPTIONS_WEIGHTS}`: {path.stat().st_size / 1024:.0f} KB, fp16, compact token embedding.", "",
         "Zero-shot accuracy (%). Descriptor rows: held-out test digits on random scenes, the digit given, "

@@ -327,11 +327,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{cfg.epochs} epochs, batch {cfg.batch_size}; FMR on digits:test, {cfg.fmr_limit} images, "
               f"budget {cfg.fmr_budget}", flush=True)
         table.run()
+        text = markdown(summarise(table.rows, cfg.methods))
+        try:
+            (out / "table.md").write_text(text + "\n")
+        except OSError as e:
+            raise FmrBenchError(f"cannot write {out / 'table.md'} ({e.strerror or type(e).__name__}); free space "
+                                "and re-run the same command: finished rows are kept") from None
     except FmrBenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    text = markdown(summarise(table.rows, cfg.methods))
-    (out / "table.md").write_text(text + "\n")
     print(text)
     return 0
 

@@ -159,3 +159,84 @@ def test_captioned_clip_is_a_builtin_model():
     with torch.no_grad():
         acc = (clf(x).argmax(1) == torch.tensor(ds.labels[:64])).double().mean().item()
     assert acc > 0.6
+
+
+# -- the fine-tuning table ----------------------------------------------------------------
+
+
+def _table_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "finetune_digits_table.py"
+    spec = importlib.util.spec_from_file_location("finetune_digits_table", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+TINY = ["--seeds", "0", "--epochs", "1", "--batch-size", "16", "--train-limit", "32", "--eval-limit", "20",
+        "--fmr-limit", "2", "--fmr-budget", "1"]
+
+
+def test_table_script_runs_end_to_end_and_resumes(tmp_path, capsys):
+    import json
+
+    mod = _table_script()
+    out = tmp_path / "t"
+    argv = ["--out", str(out), "--methods", "zero-shot", "ft", "starft", "wise-ft", "soup", "--wise-alpha", "0", *TINY]
+    assert mod.main(argv) == 0
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    by = {(r["method"], r["seed"]): r["metrics"] for r in rows}
+    assert set(by) == {("zero-shot", None), ("ft", 0), ("starft", 0), ("wise-ft", 0), ("soup", None)}
+    # WiSE-FT at alpha 0 is the zero-shot model; a soup of one FT model is that model
+    for k in ("ID", "digits", "shift avg", "WG", "Avg", "FMR"):
+        assert by[("wise-ft", 0)][k] == pytest.approx(by[("zero-shot", None)][k])
+        assert by[("soup", None)][k] == pytest.approx(by[("ft", 0)][k])
+    for m in by.values():
+        assert 0 <= m["WG"] <= m["Avg"] <= 100
+    table = (out / "table.md").read_text()
+    assert "| starft | 1 |" in table and "WG" in table
+    # a killed run left a cut line: it is ignored and only that row is recomputed
+    with open(out / "rows.jsonl", "a") as f:
+        f.write('{"method": "lp", "se')
+    assert mod.main(["--out", str(out), "--methods", "zero-shot", "ft", "wise-ft", "soup", "--wise-alpha", "0",
+                     *TINY]) == 0
+    again = (out / "rows.jsonl").read_text().splitlines()
+    assert len([line for line in again if line.endswith("}")]) == 5  # nothing recomputed
+
+
+def test_table_summary_is_mean_and_sample_std():
+    import statistics
+
+    mod = _table_script()
+    rows = [{"method": "ft", "seed": s, "metrics": {c: v + i for i, c in enumerate(mod.COLUMNS)}}
+            for s, v in enumerate([70.0, 74.0, 79.0])]
+    (entry,) = mod.summarise(rows, ("ft", "lp"))
+    assert entry["n"] == 3
+    assert entry["WG"][0] == pytest.approx(statistics.mean([73.0, 77.0, 82.0]))
+    assert entry["WG"][1] == pytest.approx(statistics.stdev([73.0, 77.0, 82.0]))
+    assert "74.3 ± 4.5" in mod.markdown([entry])
+
+
+def test_table_script_bad_input_is_one_line(tmp_path, capsys):
+    mod = _table_script()
+    assert mod.main(["--out", str(tmp_path / "a"), "--wise-alpha", "2"]) == 2
+    assert "wise-alpha" in capsys.readouterr().err
+    assert mod.main(["--out", str(tmp_path / "b"), "--methods", "ft", "sgd"]) == 2
+    assert "sgd" in capsys.readouterr().err
+    import errno
+    from pathlib import Path
+
+    def full_disk(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Path, "write_text", full_disk)
+        assert mod.main(["--out", str(tmp_path / "c"), *TINY]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    # a folder holding rows of other settings is refused, not mixed into
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "rows.jsonl").write_text('{"method": "ft", "seed": 0, "metrics": {}, "settings": {"epochs": 9}}\n')
+    assert mod.main(["--out", str(tmp_path / "d"), *TINY]) == 2
+    assert "other settings" in capsys.readouterr().err

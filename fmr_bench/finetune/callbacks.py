@@ -109,32 +109,46 @@ class EvalCallback(Callback):
 
     def run(self, trainer: Trainer) -> list[dict[str, Any]]:
         """Score ``trainer.model`` now; returns (and appends) the new records."""
-        import fmr_bench
-
         clf = trainer.model
-        new = []
         with isolated_rng():
             trainer.parts.prepare_eval()
-            for name in self.names:
-                t0 = time.perf_counter()
-                if name == "fmr":
-                    kw = {k: v for k, v in (("limit", self.limit), ("budget", self.budget)) if v is not None}
-                    res = fmr_bench.evaluate(clf, self._dataset(), out=None, seed=self.seed, write_grid=False,
-                                             device=str(trainer.device), **kw, **self.options)
-                else:
-                    res = fmr_bench.run_evaluator(clf, name, self._dataset(), self.ood or None, out=None,
-                                                  device=str(trainer.device), cache=False, **self.options)
-                rec = {"step": trainer.global_step, "epoch": trainer.epochs_done, "stage": trainer.stage_name,
-                       "evaluator": name, "dataset": getattr(self._dataset(), "spec", str(self.data)),
-                       "metrics": dict(res.metrics),
-                       "subset": {"limit": self.limit, "budget": self.budget} if name == "fmr" else None,
-                       "seconds": round(time.perf_counter() - t0, 3)}
-                new.append(rec)
+            new = score(clf, self.names, self._dataset(), self.ood, limit=self.limit, budget=self.budget,
+                        seed=self.seed, device=str(trainer.device), **self.options)
         clf.train()
+        for r in new:
+            r.update(step=trainer.global_step, epoch=trainer.epochs_done, stage=trainer.stage_name)
         self.records += new
         if self.log is not None:
-            self.log.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.log, "a") as f:
-                for r in new:
-                    f.write(json.dumps(r) + "\n")
+            append_jsonl(self.log, new)
         return new
+
+
+def append_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def score(clf: Any, names: Sequence[str], data: Any, ood: Sequence[Any] = (), *, limit: int | None = None,
+          budget: int | None = None, seed: int = 0, device: str = "auto", **options: Any) -> list[dict[str, Any]]:
+    """One record per evaluator for the in-memory model ``clf`` (nothing written to disk).
+
+    ``fmr`` runs the FMR protocol on a fixed seeded subset of ``limit`` images with ``budget``
+    steps (both recorded under ``"subset"``); static evaluators see the whole sets.
+    """
+    import fmr_bench
+
+    out = []
+    for name in names:
+        t0 = time.perf_counter()
+        if name == "fmr":
+            kw = {k: v for k, v in (("limit", limit), ("budget", budget)) if v is not None}
+            res = fmr_bench.evaluate(clf, data, out=None, seed=seed, write_grid=False, device=device, **kw, **options)
+        else:
+            res = fmr_bench.run_evaluator(clf, name, data, list(ood) or None, out=None, device=device, cache=False,
+                                          **options)
+        out.append({"evaluator": name, "dataset": getattr(data, "spec", str(data)), "metrics": dict(res.metrics),
+                    "subset": {"limit": limit, "budget": budget} if name == "fmr" else None,
+                    "seconds": round(time.perf_counter() - t0, 3)})
+    return out

@@ -9,6 +9,7 @@ checkpoints. Both refuse models of different architectures.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -82,3 +83,39 @@ def uniform_soup(models: Sequence[str | ImageClassifier]) -> ImageClassifier:
     out.net.load_state_dict(mixed)
     out.spec = f"soup:{len(ms)}"
     return out
+
+
+def wise_grid(zero_shot: str | ImageClassifier, fine_tuned: str | ImageClassifier, alphas: Sequence[float],
+              out: str | Path | None, *, evaluators: Sequence[str] = (), data=None, ood: Sequence = (),
+              limit: int | None = None, budget: int | None = None, device: str = "auto") -> list[dict]:
+    """Write and score the WiSE-FT model at each α: ``OUT/wise-alpha0.50.safetensors`` and ``OUT/wise.json``.
+
+    Each mix is a file ``fmr evaluate --model file:…`` loads; scoring (optional) uses
+    :func:`fmr_bench.finetune.callbacks.score` on ``data``. Returns one row per α.
+    """
+    from ..models.file import save_model
+    from .callbacks import score
+    from .checkpoint import write_json_atomic
+
+    alphas = check_alphas(alphas)
+    m0, m1 = _as_model(zero_shot), _as_model(fine_tuned)
+    check_same_architecture([m0, m1])
+    if evaluators and data is None:
+        raise SettingsError("scoring the WiSE-FT grid needs evaluation data, e.g. --eval-data digits")
+    folder = Path(out) if out is not None else None
+    rows = []
+    s0, s1 = m0.net.state_dict(), m1.net.state_dict()
+    for a in alphas:
+        mixed = copy.deepcopy(m1)
+        mixed.net.load_state_dict(mix_states(s0, s1, a))
+        mixed.spec = f"wise-ft:alpha={a:g}"
+        row: dict = {"alpha": a}
+        if folder is not None:
+            path = save_model(mixed, folder / f"wise-alpha{a:.2f}.safetensors")
+            row["model"] = f"file:{path}"
+        if evaluators:
+            row["evaluations"] = score(mixed.eval(), list(evaluators), data, ood, limit=limit, budget=budget, device=device)
+        rows.append(row)
+        if folder is not None:
+            write_json_atomic(folder / "wise.json", {"zero_shot": m0.spec, "fine_tuned": m1.spec, "rows": rows})
+    return rows

@@ -78,7 +78,7 @@ class TableSettings:
     prompt: str = "a photo of a {}"
     concepts: str = "all"
     wise_alpha: float = 0.5
-    fmr_limit: int = 64
+    fmr_limit: int = 32
     fmr_budget: int = 10
     train_limit: int | None = None
     eval_limit: int | None = None

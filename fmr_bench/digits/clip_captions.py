@@ -9,8 +9,9 @@ backgrounds, inks, textures and qualities (:mod:`fmr_bench.digits.scenes`), with
 captions that name a random subset of them ("a photo of a three in white ink on a
 striped red background"), and on plain digits-world images captioned by their digit.
 
-Architecture: the open_clip config ``fmr-digits-clip-captions.json`` beside this file
-(the oracle's 4-layer ViT, a 3-layer 64-wide text transformer, context 24 tokens).
+Architecture: the open_clip config ``fmr-digits-clip-captions.json`` beside this file:
+the oracle's towers (4-layer ViT, 2-layer 32-wide text transformer) with a 24-token
+context; training starts from the oracle's weights.
 
 Storage: open_clip's tokenizer has 49,408 tokens but the captions use about a hundred;
 the training script keeps the other rows of the token embedding at zero, and the

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..registry import DATASETS
 from ..specs import Spec, parse_spec
 from . import digits, folder, imagenet  # noqa: F401  (registration)
-from . import classic, digits_shifts, groups, imagenet_variants, ood  # noqa: F401  (static-evaluator sources)
+from . import classic, digits_shifts, digits_spurious, groups, imagenet_variants, ood  # noqa: F401  (static-evaluator sources)
 from .base import ImageDataset, TensorImages, WorldDefaults
 
 

@@ -347,7 +347,7 @@ def ds_name(dataset: ImageDataset) -> str:
     source, _, ident = spec.partition(":")
     if getattr(dataset, "ood_name", None):
         return dataset.ood_name
-    if source in ("digits", "digits-shift", "digits-ood", "folder", "ood"):
+    if source in ("digits", "digits-shift", "digits-spurious", "digits-ood", "folder", "ood"):
         return f"{source}:{ident}" if ident and source.startswith("digits") else (Path(ident).name or source)
     return source
 

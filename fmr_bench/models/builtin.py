@@ -42,15 +42,18 @@ def _digits_net(name: str, pretrained: bool) -> ImageClassifier:
                            label_space="digits")
 
 
-def _digits_clip(pretrained: bool, class_names: Sequence[str] | None, templates: str = "single") -> ImageClassifier:
+def _digits_clip(pretrained: bool, class_names: Sequence[str] | None, templates: str = "single",
+                 name: str = "digits-clip") -> ImageClassifier:
     from .. import digits
     from ..digits.clip import create_digits_clip
+    from ..digits.clip_captions import create_digits_clip_captions
     from .openclip import templates_for, zero_shot_classifier
 
-    clip, mean, std, tokenizer = create_digits_clip(pretrained=pretrained)
+    create = {"digits-clip": create_digits_clip, "digits-clip-captions": create_digits_clip_captions}[name]
+    clip, mean, std, tokenizer = create(pretrained=pretrained)
     pre = _native(mean, std)
     return zero_shot_classifier(clip, tokenizer, class_names or digits.CLASS_NAMES, templates_for(templates), pre,
-                                spec="builtin:digits-clip", arch="builtin:digits-clip", cache_key=None)
+                                spec=f"builtin:{name}", arch=f"builtin:{name}", cache_key=None)
 
 
 for _name, _help in (("digits-cnn", "small CNN trained on the digits world"),
@@ -61,6 +64,12 @@ BUILTIN_MODELS.register(
     "digits-clip",
     lambda pretrained, class_names=None, templates="single": _digits_clip(pretrained, class_names, templates),
     help="tiny open_clip model trained contrastively on captioned digits (the digits oracle)",
+)
+BUILTIN_MODELS.register(
+    "digits-clip-captions",
+    lambda pretrained, class_names=None, templates="a photo of a {}": _digits_clip(
+        pretrained, class_names, templates, name="digits-clip-captions"),
+    help="tiny open_clip model whose captions also name backgrounds, inks, textures (fine-tuning testbed)",
 )
 
 

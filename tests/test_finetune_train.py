@@ -245,3 +245,14 @@ def test_wise_kd_distils_towards_the_wise_ft_mix(tiny_clip, tmp_path):
     total = [r["loss"] for r in res.log]
     parts = [r["loss/ce"] + 30 * r["loss/feature_mse"] + r["loss/wise_kd"] for r in res.log]
     assert total == pytest.approx(parts, rel=1e-5)
+
+
+@pytest.mark.parametrize("flag", [["--eval-limit", "8"], ["--eval-data", "digits:test"], ["--eval-unit", "step"]])
+def test_evaluation_flags_without_eval_are_refused(flag, tmp_path, capsys):
+    from fmr_bench.cli import main
+
+    code = main(["finetune", "--model", "builtin:digits-clip", "--method", "ft", "--data", "digits:train",
+                 "--out", str(tmp_path / "ft"), *flag])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "only apply with --eval" in err[0], err
+    assert not (tmp_path / "ft").exists()  # refused before any work

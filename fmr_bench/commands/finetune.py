@@ -73,12 +73,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, default=None, help=help_text)
     g = p.add_argument_group("evaluation while training (a callback) and of WiSE-FT mixes")
     g.add_argument("--eval", default=None, metavar="NAMES", help="evaluators, e.g. fmr,ood-accuracy (fmr list evaluators)")
-    g.add_argument("--eval-data", default="digits", help="evaluation set (default: digits)")
-    g.add_argument("--eval-ood", action="append", default=[], metavar="SPEC", help="shifted sets for static evaluators")
-    g.add_argument("--eval-every", type=int, default=1, help="every N units (default: 1)")
-    g.add_argument("--eval-unit", choices=("step", "epoch"), default="epoch", help="steps or epochs (default: epoch)")
-    g.add_argument("--eval-limit", type=int, default=64, help="FMR: images of the fixed subset (default: 64)")
-    g.add_argument("--eval-budget", type=int, default=10, help="FMR: perturbation steps per image (default: 10)")
+    g.add_argument("--eval-data", default=None, help="evaluation set (default: digits)")
+    g.add_argument("--eval-ood", action="append", default=None, metavar="SPEC", help="shifted sets for static evaluators")
+    g.add_argument("--eval-every", type=int, default=None, help="every N units (default: 1)")
+    g.add_argument("--eval-unit", choices=("step", "epoch"), default=None, help="steps or epochs (default: epoch)")
+    g.add_argument("--eval-limit", type=int, default=None, help="FMR: images of the fixed subset (default: 64)")
+    g.add_argument("--eval-budget", type=int, default=None, help="FMR: perturbation steps per image (default: 10)")
     w = p.add_argument_group("weight space")
     w.add_argument("--wise", type=_alphas, default=None, metavar="ALPHAS",
                    help="after training (or with --mix), write and score WiSE-FT mixes at these alphas: 0,0.5,1 or 0:1:0.1")
@@ -123,8 +123,25 @@ def _fmt(v: Any) -> str:
     return "" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
 
 
+#: defaults of the evaluation flags; given without --eval they would be ignored, so they are refused
+EVAL_DEFAULTS = {"eval_data": "digits", "eval_ood": [], "eval_every": 1, "eval_unit": "epoch", "eval_limit": 64,
+                 "eval_budget": 10}
+
+
+def _eval_flags(args: argparse.Namespace) -> None:
+    given = [k for k in EVAL_DEFAULTS if getattr(args, k) is not None]
+    if given and not args.eval:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise SettingsError(f"{flags} only apply with --eval NAMES (e.g. --eval fmr,ood-accuracy); add --eval or "
+                            "drop them")
+    for k, v in EVAL_DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+
+
 def run(args: argparse.Namespace) -> int:
     set_cache(args.cache_dir)
+    _eval_flags(args)
     from rich.console import Console
 
     console = Console(highlight=False, soft_wrap=True)

@@ -84,7 +84,7 @@ def test_file_torch_checkpoint_needs_arch_and_is_read_weights_only(tmp_path):
     assert not marker.exists()
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x80\x02not a pickle")
-    with pytest.raises(WeightsError, match="safely"):
+    with pytest.raises(WeightsError, match="without running code"):
         load_model(f"file:{garbage}?arch=timm:test_resnet")
     with pytest.raises(WeightsError, match="does not exist"):
         load_model(f"file:{tmp_path / 'missing.pt'}?arch=timm:test_resnet")

@@ -29,6 +29,12 @@ def _modules() -> dict[str, Path]:
     return out
 
 
+def _type_checking_only(node: ast.stmt) -> bool:
+    """``if TYPE_CHECKING:`` blocks: read by type checkers, never run, so no import at run time."""
+    return isinstance(node, ast.If) and isinstance(node.test, (ast.Name, ast.Attribute)) and \
+        getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
+
+
 def _imports(name: str, path: Path, top_level_only: bool) -> set[str]:
     """Modules of fmr_bench that ``name`` imports (``from . import x`` resolved to the module x)."""
     tree = ast.parse(path.read_text())
@@ -36,7 +42,8 @@ def _imports(name: str, path: Path, top_level_only: bool) -> set[str]:
     nodes = tree.body if top_level_only else list(ast.walk(tree))
     if top_level_only:  # also imports under module-level if/try blocks
         nodes = [n for top in tree.body for n in ast.walk(top)
-                 if not isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+                 if not isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                 and not _type_checking_only(top)]
     found = set()
     for node in nodes:
         if isinstance(node, ast.Import):

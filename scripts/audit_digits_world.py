@@ -10,18 +10,16 @@ every validated final image x-hat with ``sample_hook``, and asks the independent
 - fooled-agree: among validated x-hat the model gets wrong, the share where the judge
   agrees with the model's wrong label (the image has changed class: not the model's fault).
 
-Variants of the world are options: ``--oracle`` (any oracle spec, ``+`` ensembles average),
-``--rule`` (acceptance rule, see below), ``--step-size``, ``--budget``. Run folders are not
-written (``out=None``): the audit is a measurement, repeatable from its command.
-
-Rules (how the oracle's probabilities p decide "still class y"): ``argmax`` (the paper's,
-argmax p = y), ``confidence:T`` (p(y) >= T), ``margin:T`` (p(y) - max_{c != y} p(c) >= T);
-``all-agree`` makes an ensemble accept only when every member accepts under the rule.
+Variants of the world are options: ``--oracle`` (any oracle spec, ``+`` ensembles),
+``--accept`` (acceptance rule, as ``fmr evaluate --accept``: ``argmax``, ``confidence:T``,
+``margin:T``, ``all-agree``, ``RULE+RULE``), ``--step-size``, ``--budget``; each defaults to
+the digits world's. Run folders are not written (``out=None``): the audit is a
+measurement, repeatable from its command.
 
 Usage::
 
     python scripts/audit_digits_world.py --limit 120
-    python scripts/audit_digits_world.py --limit 120 --rule margin:0.6 --json audit.jsonl
+    python scripts/audit_digits_world.py --limit 120 --accept argmax --json audit.jsonl
 """
 
 from __future__ import annotations
@@ -42,22 +40,20 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(ROOT))
 
-from fmr_bench.digits.audit import AuditTally, RuleOracle, parse_rule  # noqa: E402
+from fmr_bench.digits.audit import AuditTally
 
 MODELS = ("builtin:digits-cnn", "builtin:digits-cnn-aug", "builtin:digits-mlp")
 
 
-def audit_model(model: str, *, oracle: str | None, rule: str, all_agree: bool, judge: str, limit: int | None,
+def audit_model(model: str, *, oracle: str | None, accept: str | None, judge: str, limit: int | None,
                 step_size: float | None, budget: int, seed: int) -> dict:
     """One FMR run of ``model`` on digits:test, audited by ``judge``; returns a row of figures."""
     import fmr_bench
     from fmr_bench.datasets import load_dataset
     from fmr_bench.models import load_model
-    from fmr_bench.oracles import load_oracle
 
     data = load_dataset("digits:test")
     ora_spec = oracle or data.world.oracle
-    ora = RuleOracle(load_oracle(ora_spec, data.class_names), parse_rule(rule), all_agree=all_agree)
     judge_clf = load_model(judge, class_names=data.class_names).freeze()
     tally = AuditTally()
 
@@ -66,12 +62,12 @@ def audit_model(model: str, *, oracle: str | None, rule: str, all_agree: bool, j
             verdict = int(judge_clf(final[None].float()).argmax(-1)) if outcome.validated else None
         tally.add(outcome, verdict)
 
-    overrides = {"step_size": step_size} if step_size is not None else {}
+    overrides = {k: v for k, v in (("step_size", step_size), ("accept", accept)) if v is not None}
     t0 = time.time()
-    res = fmr_bench.evaluate(model, data, oracle=ora, out=None, limit=limit, budget=budget, seed=seed,
+    res = fmr_bench.evaluate(model, data, oracle=ora_spec, out=None, limit=limit, budget=budget, seed=seed,
                              device="cpu", sample_hook=hook, **overrides)
     m = res.metrics
-    row = {"model": model, "oracle": ora_spec, "rule": rule, "all_agree": all_agree, "judge": judge,
+    row = {"model": model, "oracle": ora_spec, "accept": res.record["settings"]["accept"], "judge": judge,
            "step_size": res.record["settings"]["step_size"], "budget": budget, "limit": limit, "seed": seed,
            **{k: m[k] for k in ("n", "sa", "vr", "pa", "fmr", "mean_steps")}, **tally.metrics(sa=m["sa"]),
            "seconds": round(time.time() - t0, 1)}
@@ -86,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated model specs")
     parser.add_argument("--oracle", default=None, help="oracle spec (default: the digits world's)")
-    parser.add_argument("--rule", default="argmax", help="argmax | confidence:T | margin:T")
-    parser.add_argument("--all-agree", action="store_true", help="an ensemble accepts only if every member does")
+    parser.add_argument("--accept", default=None, help="acceptance rule (default: the digits world's)")
     parser.add_argument("--judge", default="builtin:digits-judge", help="the independent judge (a model spec)")
     parser.add_argument("--limit", type=int, default=120, help="images of digits:test (seeded subset)")
     parser.add_argument("--step-size", type=float, default=None, help="default: the digits world's")
@@ -100,13 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     from fmr_bench.errors import FmrBenchError
 
     cols = ("model", "sa", "vr", "pa", "fmr", "validity", "audited_pa", "audited_fmr", "fooled_agree", "n_validated")
-    print(f"oracle {args.oracle or '(world default)'}  rule {args.rule}{'  all-agree' if args.all_agree else ''}  "
+    print(f"oracle {args.oracle or '(world default)'}  accept {args.accept or '(world default)'}  "
           f"judge {args.judge}  step {args.step_size or '(world default)'}  B {args.budget}  limit {args.limit}")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for model in args.models.split(","):
         try:
-            row = audit_model(model, oracle=args.oracle, rule=args.rule, all_agree=args.all_agree, judge=args.judge,
+            row = audit_model(model, oracle=args.oracle, accept=args.accept, judge=args.judge,
                               limit=args.limit, step_size=args.step_size, budget=args.budget, seed=args.seed)
         except FmrBenchError as e:
             print(f"error: {e}", file=sys.stderr)

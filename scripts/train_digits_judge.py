@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(ROOT))
 
-from fmr_bench.digits import WEIGHTS_DIR, load_digits_split  # noqa: E402
-from fmr_bench.digits.judge import JUDGE_WEIGHTS, MIN_CLEAN_ACCURACY, DigitsJudge, load_digits_judge  # noqa: E402
+from fmr_bench.digits import WEIGHTS_DIR, load_digits_split
+from fmr_bench.digits.judge import JUDGE_WEIGHTS, MIN_CLEAN_ACCURACY, DigitsJudge, load_digits_judge
 
 EPOCHS = 60
 BATCH = 64
@@ -50,7 +50,7 @@ def jitter(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     on half of the images.
     """
     n, _, h, w = x.shape
-    u = lambda lo, hi: torch.rand(n, generator=g) * (hi - lo) + lo  # noqa: E731
+    u = lambda lo, hi: torch.rand(n, generator=g) * (hi - lo) + lo
     angle = u(-12, 12) * math.pi / 180
     scale = u(0.9, 1.1)
     tx, ty = u(-2, 2) * 2 / w, u(-2, 2) * 2 / h
@@ -111,8 +111,8 @@ def write_card(path: Path, *, n_params: int, size: int, acc: dict[str, float], a
         "  to 12 degrees, scale 0.9-1.1, shift up to 2 px, pixel noise std up to 0.04 on half);",
         "  no VQGAN images, no colour augmentation, nothing from the oracle's training.",
         f"- **Recipe**: AdamW lr {LR} (one-cycle), weight decay 1e-4, batch {BATCH}, {args.epochs} epochs,",
-        f"  label smoothing 0.05, seed {args.seed}; {seconds:.0f} s on {args.threads} CPU threads"
-        " (not measured on an idle machine).",
+        (f"  label smoothing 0.05, seed {args.seed}; {seconds:.0f} s on {args.threads} CPU thread(s)"
+         " (not measured on an idle machine)."),
         "",
         "| split | images | accuracy |",
         "|---|---:|---:|",

@@ -7,14 +7,12 @@ import torch
 
 from fmr_bench.datasets import load_dataset
 from fmr_bench.digits import load_digits_split
-from fmr_bench.digits.audit import REJECT, AuditTally, Rule, RuleOracle, parse_rule
+from fmr_bench.digits.audit import AuditTally
 from fmr_bench.digits.judge import MIN_CLEAN_ACCURACY, ShapeFeatures, load_digits_judge
-from fmr_bench.errors import SettingsError, SpecError, WeightsError
-from fmr_bench.models import ImageClassifier, load_model
-from fmr_bench.oracles import Oracle, load_oracle
+from fmr_bench.errors import SpecError, WeightsError
+from fmr_bench.models import load_model
+from fmr_bench.oracles import load_oracle
 from fmr_bench.protocol.outcome import SampleOutcome
-
-from conftest import identity_pre
 
 
 def test_shipped_judge_is_accurate_on_the_clean_test_split():
@@ -64,63 +62,6 @@ def test_judge_refuses_other_classes_and_bad_weights(tmp_path):
         load_digits_judge(path=bad)
 
 
-# -- acceptance rules as oracles -----------------------------------------------------------
-
-
-class _Fixed(torch.nn.Module):
-    """Returns log-probabilities read from the image's first pixel row (so softmax gives them back)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, 0, 0, : x.shape[-1]].clamp_min(1e-12).log()
-
-
-def _probs_oracle(*members: int) -> Oracle:
-    return Oracle([ImageClassifier(_Fixed(), identity_pre(4)) for _ in range(members[0] if members else 1)],
-                  "scripted", "single")
-
-
-def _images(rows: list[list[float]]) -> torch.Tensor:
-    x = torch.zeros(len(rows), 3, 4, 4)
-    x[:, 0, 0] = torch.tensor(rows)
-    return x
-
-
-@pytest.mark.parametrize(("rule", "rows", "expected"), [
-    ("argmax", [[0.4, 0.3, 0.2, 0.1], [0.2, 0.5, 0.2, 0.1]], [0, 1]),
-    ("confidence:0.7", [[0.69, 0.11, 0.1, 0.1], [0.70, 0.1, 0.1, 0.1], [0.1, 0.8, 0.05, 0.05]], [REJECT, 0, 1]),
-    ("margin:0.5", [[0.7, 0.21, 0.05, 0.04], [0.7, 0.19, 0.06, 0.05], [0.05, 0.05, 0.1, 0.8]], [REJECT, 0, 3]),
-])
-def test_rule_oracle_at_and_around_its_threshold(rule, rows, expected):
-    oracle = RuleOracle(_probs_oracle(), parse_rule(rule))
-    assert oracle.predict(_images(rows)).tolist() == expected
-    assert oracle.settings()["rule"] == rule
-
-
-def test_all_agree_needs_every_member():
-    class Member(torch.nn.Module):
-        def __init__(self, probs: list[list[float]]) -> None:
-            super().__init__()
-            self.p = torch.tensor(probs)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.p.log()
-
-    a = [[0.9, 0.1], [0.9, 0.1], [0.4, 0.6]]
-    b = [[0.8, 0.2], [0.3, 0.7], [0.45, 0.55]]
-    base = Oracle([ImageClassifier(Member(a), identity_pre(4)), ImageClassifier(Member(b), identity_pre(4))], "ab",
-                  "single")
-    x = torch.zeros(3, 3, 4, 4)
-    assert RuleOracle(base, Rule(), all_agree=True).predict(x).tolist() == [0, REJECT, 1]
-    assert RuleOracle(base, Rule()).predict(x).tolist() == [0, 0, 1]  # the paper's mean: (0.6, 0.4) for row 2
-    assert RuleOracle(base, parse_rule("margin:0.5"), all_agree=True).predict(x).tolist() == [0, REJECT, REJECT]
-
-
-@pytest.mark.parametrize("text", ["", "argmax:1", "confidence", "confidence:0.5", "margin:1", "margin:x", "top5"])
-def test_bad_rules_name_the_valid_forms(text):
-    with pytest.raises(SettingsError, match="margin:T"):
-        parse_rule(text)
-
-
 # -- the audit tally -----------------------------------------------------------------------
 
 
@@ -158,3 +99,39 @@ def test_audit_tally_edge_cases():
     assert tally.metrics(sa=100.0)["validity"] is None  # nothing validated: no figure, not 0 %
     with pytest.raises(ValueError, match="no judge verdict"):
         tally.add(_outcome(1, 1, True, 2), None)
+
+
+class _ValueJudge(torch.nn.Module):
+    """Scripted judge: class 0 while the image's value (channel 0) is below ``limit``, else class 1."""
+
+    def __init__(self, limit: float) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = x[:, 0].mean((1, 2))
+        return torch.stack([self.limit - v, v - self.limit], 1)
+
+
+def test_audited_run_counts_the_judges_verdicts_on_the_final_images():
+    import fmr_bench
+    from fmr_bench.models import ImageClassifier
+
+    from conftest import LR, identity_pre, scripted_world
+
+    # The oracle first rejects sample i at step reject_at[i], so its x-hat carries the value
+    # (reject_at[i] - 1) * LR; the judge sees class 0 below 4.5 * LR: steps 2 and 4 pass, 6 and 9 fail.
+    reject_at = [1, 3, 5, 7, 10]
+    data, model, gen, oracle = scripted_world(reject_at)
+    judge = ImageClassifier(_ValueJudge(4.5 * LR), identity_pre(4)).freeze()
+    tally = AuditTally()
+
+    def hook(outcome, clean, final, latent):
+        tally.add(outcome, int(judge(final[None]).argmax(-1)) if outcome.validated else None)
+
+    res = fmr_bench.evaluate(model, data, generator=gen, oracle=oracle, out=None, budget=20, step_size=LR,
+                             optimizer="sign", device="cpu", sample_hook=hook)
+    assert [o.steps for o in res.outcomes] == [0, 2, 4, 6, 9]
+    m = tally.metrics(sa=res.metrics["sa"])
+    assert (m["n_validated"], m["validity"]) == (4, 50.0)
+    assert m["audited_pa"] == 0.0 and m["fooled_agree"] == 50.0  # the model says 1 on every x-hat

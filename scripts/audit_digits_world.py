@@ -16,10 +16,19 @@ Variants of the world are options: ``--oracle`` (any oracle spec, ``+`` ensemble
 the digits world's. Run folders are not written (``out=None``): the audit is a
 measurement, repeatable from its command.
 
+``--sweep RULE,RULE,...`` compares acceptance rules cheaply: every rule stricter than the
+paper's argmax stops a sample on the same latent trajectory, only earlier (the oracle
+never changes the steps). So each model's trajectories are traced once for the whole
+budget without stopping, recording at every step the oracle members' probabilities, the
+model's and the judge's labels; each rule is then replayed on the trace with the
+protocol's own decision function (:func:`fmr_bench.oracles.acceptance.parse_rule`). For
+``argmax`` the replay gives the figures of the real run.
+
 Usage::
 
     python scripts/audit_digits_world.py --limit 120
     python scripts/audit_digits_world.py --limit 120 --accept argmax --json audit.jsonl
+    python scripts/audit_digits_world.py --limit 120 --sweep argmax,margin:0.9,margin:0.99,confidence:0.99
 """
 
 from __future__ import annotations
@@ -74,6 +83,86 @@ def audit_model(model: str, *, oracle: str | None, accept: str | None, judge: st
     return row
 
 
+@torch.no_grad()
+def _probs(oracle, img: torch.Tensor) -> torch.Tensor:
+    return torch.stack([m(img).float().softmax(-1) for m in oracle.members])
+
+
+def trace_model(model: str, *, oracle: str | None, judge: str, limit: int | None, step_size: float | None,
+                budget: int, seed: int) -> dict[str, torch.Tensor]:
+    """Run ``budget`` latent steps on every selected image without stopping; record each step.
+
+    Returns:
+        ``labels`` (N,), ``clean`` (N,) the model's clean predictions, and per step
+        t = 0..budget (t = 0 is the reconstruction): ``probs`` (T+1, M, N, C) of the oracle's
+        members, ``model`` and ``judge`` (T+1, N) labels.
+    """
+    import torch.nn.functional as F
+
+    from fmr_bench.datasets import load_dataset
+    from fmr_bench.generators import load_generator
+    from fmr_bench.models import load_model
+    from fmr_bench.oracles import load_oracle
+    from fmr_bench.protocol.loop import exact_fp32
+    from fmr_bench.protocol.optim import LatentOptimizer
+    from fmr_bench.runner import select_indices
+
+    data = load_dataset("digits:test")
+    idx = select_indices(len(data), limit, seed)
+    x = torch.stack([data.load(i) for i in idx])
+    labels = torch.tensor([data.labels[i] for i in idx])
+    clf = load_model(model, class_names=data.class_names).freeze()
+    gen = load_generator(data.world.generator, seed=seed).freeze()
+    ora = load_oracle(oracle or data.world.oracle, data.class_names).eval()
+    judge_clf = load_model(judge, class_names=data.class_names).freeze()
+    opt = LatentOptimizer("adam", step_size or data.world.step_size)
+    probs, preds, verdicts = [], [], []
+    with exact_fp32():
+        with torch.no_grad():
+            clean = clf(x).argmax(-1)
+            z = gen.encode(x).float()
+        state = opt.init_state(z)
+        for t in range(budget + 1):
+            zt = z.detach().requires_grad_(True)
+            img = gen.decode(zt)
+            logits = clf(img)
+            with torch.no_grad():
+                probs.append(_probs(ora, img.detach()))
+                preds.append(logits.argmax(-1))
+                verdicts.append(judge_clf(img.detach()).argmax(-1))
+            if t == budget:
+                break
+            (grad,) = torch.autograd.grad(F.cross_entropy(logits.float(), labels, reduction="sum"), zt)
+            z = gen.post_step(opt.step(z.detach(), grad, state), torch.tensor(idx), state["t"].cpu())
+    return {"labels": labels, "clean": clean, "probs": torch.stack(probs), "model": torch.stack(preds),
+            "judge": torch.stack(verdicts)}
+
+
+def replay(trace: dict[str, torch.Tensor], rule: str) -> dict:
+    """The figures a run under ``rule`` would give on a traced trajectory set."""
+    from fmr_bench.metrics import fmr_metrics
+    from fmr_bench.oracles.acceptance import parse_rule
+    from fmr_bench.protocol.outcome import SampleOutcome
+
+    r = parse_rule(rule)
+    labels, probs = trace["labels"], trace["probs"]
+    ok = torch.stack([r.accepts(probs[t], labels) for t in range(len(probs))])  # (T+1, N)
+    tally, outcomes = AuditTally(), []
+    for i, y in enumerate(labels.tolist()):
+        clean = int(trace["clean"][i])
+        steps = 0
+        while steps + 1 < len(ok) and ok[steps + 1, i]:
+            steps += 1
+        o = SampleOutcome(id=str(i), index=i, label=y, target=y, clean_pred=clean,
+                          oracle_clean=int(probs[0, :, i].mean(0).argmax()), validated=steps > 0, steps=steps,
+                          final_pred=int(trace["model"][steps, i]) if steps else clean)
+        outcomes.append(o)
+        tally.add(o, int(trace["judge"][steps, i]) if steps else None)
+    m = fmr_metrics(outcomes)
+    return {"accept": r.spec, **{k: m[k] for k in ("n", "sa", "vr", "pa", "fmr", "mean_steps")},
+            **tally.metrics(sa=m["sa"])}
+
+
 def fmt(v) -> str:
     return "–" if v is None else f"{v:.1f}" if isinstance(v, float) else str(v)
 
@@ -90,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="append one JSON line per model here")
+    parser.add_argument("--sweep", default=None, help="comma-separated rules to replay on traced trajectories")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from fmr_bench.errors import FmrBenchError
@@ -97,9 +187,22 @@ def main(argv: list[str] | None = None) -> int:
     cols = ("model", "sa", "vr", "pa", "fmr", "validity", "audited_pa", "audited_fmr", "fooled_agree", "n_validated")
     print(f"oracle {args.oracle or '(world default)'}  accept {args.accept or '(world default)'}  "
           f"judge {args.judge}  step {args.step_size or '(world default)'}  B {args.budget}  limit {args.limit}")
+    if args.sweep:
+        cols = ("accept",) + cols
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for model in args.models.split(","):
+        if args.sweep:
+            try:
+                trace = trace_model(model, oracle=args.oracle, judge=args.judge, limit=args.limit,
+                                    step_size=args.step_size, budget=args.budget, seed=args.seed)
+                rows = [{"model": model, **replay(trace, rule)} for rule in args.sweep.split(",")]
+            except FmrBenchError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            for row in rows:
+                print("| " + " | ".join(fmt(row[c]) for c in cols) + " |", flush=True)
+            continue
         try:
             row = audit_model(model, oracle=args.oracle, accept=args.accept, judge=args.judge,
                               limit=args.limit, step_size=args.step_size, budget=args.budget, seed=args.seed)

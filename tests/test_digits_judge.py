@@ -135,3 +135,17 @@ def test_audited_run_counts_the_judges_verdicts_on_the_final_images():
     m = tally.metrics(sa=res.metrics["sa"])
     assert (m["n_validated"], m["validity"]) == (4, 50.0)
     assert m["audited_pa"] == 0.0 and m["fooled_agree"] == 50.0  # the model says 1 on every x-hat
+
+
+def test_digits_world_runs_under_its_margin_rule_and_imagenet_keeps_argmax(tmp_path):
+    import fmr_bench
+    from fmr_bench.datasets.digits import DIGITS_WORLD
+    from fmr_bench.datasets.imagenet import IMAGENET_WORLD
+
+    assert DIGITS_WORLD.accept == "margin:0.99" and DIGITS_WORLD.oracle == "builtin:digits-clip"
+    assert IMAGENET_WORLD.accept == "argmax"  # the paper's rule stays the ImageNet default
+    res = fmr_bench.evaluate("builtin:digits-cnn", "digits", out=None, limit=2, budget=1, device="cpu")
+    assert res.record["settings"]["accept"] == "margin:0.99"
+    explicit = fmr_bench.evaluate("builtin:digits-cnn", "digits", out=None, limit=2, budget=1, device="cpu",
+                                  accept="argmax")
+    assert explicit.record["settings"]["accept"] == "argmax"

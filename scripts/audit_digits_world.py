@@ -1,8 +1,8 @@
 """Audit the digits world: does each validated perturbed image still show its class?
 
-Runs the main FMR job (``fmr_bench.evaluate``) for each shipped digits model, captures
-every validated final image x-hat with ``sample_hook``, and asks the independent judge
-(``builtin:digits-judge`` by default) what it sees. Prints, per model:
+Runs the main FMR job (``fmr_bench.evaluate(..., audit=JUDGE)``, i.e. ``fmr evaluate --audit``)
+for each shipped digits model; the independent judge (``builtin:digits-judge`` by default)
+labels every validated final image x-hat. Prints, per model:
 
 - SA, VR, PA, FMR: the protocol's own figures;
 - validity: share of validated x-hat the judge still labels y (the oracle's trustworthiness);
@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(ROOT))
 
-from fmr_bench.digits.audit import AuditTally
+from fmr_bench.metrics import audit_counts
 
 MODELS = ("builtin:digits-cnn", "builtin:digits-cnn-aug", "builtin:digits-mlp")
 
@@ -59,26 +59,20 @@ def audit_model(model: str, *, oracle: str | None, accept: str | None, judge: st
     """One FMR run of ``model`` on digits:test, audited by ``judge``; returns a row of figures."""
     import fmr_bench
     from fmr_bench.datasets import load_dataset
-    from fmr_bench.models import load_model
 
     data = load_dataset("digits:test")
     ora_spec = oracle or data.world.oracle
-    judge_clf = load_model(judge, class_names=data.class_names).freeze()
-    tally = AuditTally()
-
-    def hook(outcome, clean, final, latent) -> None:
-        with torch.no_grad():
-            verdict = int(judge_clf(final[None].float()).argmax(-1)) if outcome.validated else None
-        tally.add(outcome, verdict)
-
     overrides = {k: v for k, v in (("step_size", step_size), ("accept", accept)) if v is not None}
     t0 = time.time()
-    res = fmr_bench.evaluate(model, data, oracle=ora_spec, out=None, limit=limit, budget=budget, seed=seed,
-                             device="cpu", sample_hook=hook, **overrides)
+    res = fmr_bench.evaluate(model, data, oracle=ora_spec, audit=judge, out=None, limit=limit, budget=budget,
+                             seed=seed, device="cpu", **overrides)
     m = res.metrics
+    verdicts = [(o, o.verdict(judge)) for o in res.outcomes if o.validated]
     row = {"model": model, "oracle": ora_spec, "accept": res.record["settings"]["accept"], "judge": judge,
            "step_size": res.record["settings"]["step_size"], "budget": budget, "limit": limit, "seed": seed,
-           **{k: m[k] for k in ("n", "sa", "vr", "pa", "fmr", "mean_steps")}, **tally.metrics(sa=m["sa"]),
+           **{k: m[k] for k in ("n", "n_validated", "sa", "vr", "pa", "fmr", "mean_steps", "audit_validity",
+                                "audit_pa", "audit_fmr")},
+           "fooled_agree": fooled_agree((o.final_pred, o.label, v["pred"]) for o, v in verdicts),
            "seconds": round(time.time() - t0, 1)}
     return row
 
@@ -147,7 +141,7 @@ def replay(trace: dict[str, torch.Tensor], rule: str) -> dict:
     r = parse_rule(rule)
     labels, probs = trace["labels"], trace["probs"]
     ok = torch.stack([r.accepts(probs[t], labels) for t in range(len(probs))])  # (T+1, N)
-    tally, outcomes = AuditTally(), []
+    outcomes, judged = [], []
     for i, y in enumerate(labels.tolist()):
         clean = int(trace["clean"][i])
         steps = 0
@@ -157,10 +151,24 @@ def replay(trace: dict[str, torch.Tensor], rule: str) -> dict:
                           oracle_clean=int(probs[0, :, i].mean(0).argmax()), validated=steps > 0, steps=steps,
                           final_pred=int(trace["model"][steps, i]) if steps else clean)
         outcomes.append(o)
-        tally.add(o, int(trace["judge"][steps, i]) if steps else None)
+        judged.append(int(trace["judge"][steps, i]) if steps else None)
     m = fmr_metrics(outcomes)
-    return {"accept": r.spec, **{k: m[k] for k in ("n", "sa", "vr", "pa", "fmr", "mean_steps")},
-            **tally.metrics(sa=m["sa"])}
+    audit = audit_counts((o.clean_correct, o.validated, o.final_correct, None if v is None else v == o.label)
+                         for o, v in zip(outcomes, judged))
+    return {"accept": r.spec, **{k: m[k] for k in ("n", "n_validated", "sa", "vr", "pa", "fmr", "mean_steps")},
+            **{k: audit[k] for k in ("audit_validity", "audit_pa", "audit_fmr")},
+            "fooled_agree": fooled_agree((o.final_pred, o.label, v) for o, v in zip(outcomes, judged) if v is not None)}
+
+
+def fooled_agree(rows) -> float | None:
+    """Among validated x-hat the model gets wrong, % where the judge gives the model's label.
+
+    Args:
+        rows: (model's label of x-hat, true label, judge's label of x-hat) per validated
+            sample; the digits models' outputs are the dataset labels.
+    """
+    wrong = [(pred, judge) for pred, label, judge in rows if pred != label]
+    return 100.0 * sum(pred == judge for pred, judge in wrong) / len(wrong) if wrong else None
 
 
 def fmt(v) -> str:
@@ -184,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from fmr_bench.errors import FmrBenchError
 
-    cols = ("model", "sa", "vr", "pa", "fmr", "validity", "audited_pa", "audited_fmr", "fooled_agree", "n_validated")
+    cols = ("model", "sa", "vr", "pa", "fmr", "audit_validity", "audit_pa", "audit_fmr", "fooled_agree", "n_validated")
     print(f"oracle {args.oracle or '(world default)'}  accept {args.accept or '(world default)'}  "
           f"judge {args.judge}  step {args.step_size or '(world default)'}  B {args.budget}  limit {args.limit}")
     if args.sweep:

@@ -7,12 +7,10 @@ import torch
 
 from fmr_bench.datasets import load_dataset
 from fmr_bench.digits import load_digits_split
-from fmr_bench.digits.audit import AuditTally
 from fmr_bench.digits.judge import MIN_CLEAN_ACCURACY, ShapeFeatures, load_digits_judge
 from fmr_bench.errors import SpecError, WeightsError
 from fmr_bench.models import load_model
 from fmr_bench.oracles import load_oracle
-from fmr_bench.protocol.outcome import SampleOutcome
 
 
 def test_shipped_judge_is_accurate_on_the_clean_test_split():
@@ -62,43 +60,7 @@ def test_judge_refuses_other_classes_and_bad_weights(tmp_path):
         load_digits_judge(path=bad)
 
 
-# -- the audit tally -----------------------------------------------------------------------
-
-
-def _outcome(i: int, label: int, validated: bool, final_pred: int) -> SampleOutcome:
-    return SampleOutcome(id=str(i), index=i, label=label, target=label, clean_pred=label, oracle_clean=label,
-                         validated=validated, steps=3 if validated else 0, final_pred=final_pred)
-
-
-def test_audit_tally_against_a_plain_count():
-    g = torch.Generator().manual_seed(0)
-    rows = []
-    for i in range(200):
-        label = int(torch.randint(0, 10, (1,), generator=g))
-        validated = bool(torch.rand(1, generator=g) < 0.8)
-        pred = label if torch.rand(1, generator=g) < 0.5 else int(torch.randint(0, 10, (1,), generator=g))
-        verdict = (label if torch.rand(1, generator=g) < 0.7 else pred) if validated else None
-        rows.append((_outcome(i, label, validated, pred), verdict))
-    tally = AuditTally()
-    for o, v in rows:
-        tally.add(o, v)
-    m = tally.metrics(sa=80.0)
-    val = [(o, v) for o, v in rows if o.validated]
-    ok = [o for o, v in val if v == o.label]
-    assert m["n_validated"] == len(val)
-    assert m["validity"] == pytest.approx(100 * len(ok) / len(val))
-    pa = 100 * sum(o.final_pred == o.label for o in ok) / len(ok)
-    assert m["audited_pa"] == pytest.approx(pa) and m["audited_fmr"] == pytest.approx(100 * pa / 80.0)
-    wrong = [(o, v) for o, v in val if o.final_pred != o.label]
-    assert m["fooled_agree"] == pytest.approx(100 * sum(v == o.final_pred for o, v in wrong) / len(wrong))
-
-
-def test_audit_tally_edge_cases():
-    tally = AuditTally()
-    tally.add(_outcome(0, 1, False, 1), None)
-    assert tally.metrics(sa=100.0)["validity"] is None  # nothing validated: no figure, not 0 %
-    with pytest.raises(ValueError, match="no judge verdict"):
-        tally.add(_outcome(1, 1, True, 2), None)
+# -- an audited run ------------------------------------------------------------------------
 
 
 class _ValueJudge(torch.nn.Module):
@@ -114,27 +76,26 @@ class _ValueJudge(torch.nn.Module):
 
 
 def test_audited_run_counts_the_judges_verdicts_on_the_final_images():
+    from conftest import LR, identity_pre, scripted_world
+
     import fmr_bench
     from fmr_bench.models import ImageClassifier
-
-    from conftest import LR, identity_pre, scripted_world
+    from fmr_bench.oracles import Oracle
 
     # The oracle first rejects sample i at step reject_at[i], so its x-hat carries the value
     # (reject_at[i] - 1) * LR; the judge sees class 0 below 4.5 * LR: steps 2 and 4 pass, 6 and 9 fail.
     reject_at = [1, 3, 5, 7, 10]
     data, model, gen, oracle = scripted_world(reject_at)
-    judge = ImageClassifier(_ValueJudge(4.5 * LR), identity_pre(4)).freeze()
-    tally = AuditTally()
-
-    def hook(outcome, clean, final, latent):
-        tally.add(outcome, int(judge(final[None]).argmax(-1)) if outcome.validated else None)
-
-    res = fmr_bench.evaluate(model, data, generator=gen, oracle=oracle, out=None, budget=20, step_size=LR,
-                             optimizer="sign", device="cpu", sample_hook=hook)
+    judge = Oracle([ImageClassifier(_ValueJudge(4.5 * LR), identity_pre(4), class_names=["zero", "one"])],
+                   "scripted-judge", "single")
+    res = fmr_bench.evaluate(model, data, generator=gen, oracle=oracle, audit=judge, out=None, budget=20,
+                             step_size=LR, optimizer="sign", device="cpu")
     assert [o.steps for o in res.outcomes] == [0, 2, 4, 6, 9]
-    m = tally.metrics(sa=res.metrics["sa"])
-    assert (m["n_validated"], m["validity"]) == (4, 50.0)
-    assert m["audited_pa"] == 0.0 and m["fooled_agree"] == 50.0  # the model says 1 on every x-hat
+    verdicts = [o.verdict("scripted-judge") for o in res.outcomes]
+    assert verdicts[0] is None and [v["ok"] for v in verdicts[1:]] == [True, True, False, False]
+    m = res.metrics
+    assert (m["n_audited"], m["audit_validity"]) == (4, 50.0)
+    assert m["audit_pa"] == 0.0  # the model says 1 on every x-hat
 
 
 def test_digits_world_runs_under_its_margin_rule_and_imagenet_keeps_argmax(tmp_path):

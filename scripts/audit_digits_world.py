@@ -219,8 +219,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print("| " + " | ".join(fmt(row[c]) for c in cols) + " |", flush=True)
         if args.json is not None:
-            with args.json.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            try:
+                with args.json.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+            except OSError as e:
+                print(f"error: cannot append to {args.json} ({e.strerror}); pass a writable --json path",
+                      file=sys.stderr)
+                return 2
     return 0
 
 

@@ -131,7 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        probe = args.out / ".write-test"
+        probe.write_bytes(b"")  # fail now, not after training
+        probe.unlink()
+    except OSError as e:
+        print(f"error: cannot write to {args.out} ({e.strerror}); pass a writable --out folder", file=sys.stderr)
+        return 2
     t0 = time.time()
 
     x_tr_u8, y_tr = load_digits_split("train")

@@ -59,7 +59,7 @@ def _digits_judge(pretrained: bool, class_names: Sequence[str] | None) -> ImageC
 
     _check_digit_classes("digits-judge", class_names)
     # Mean 0 / std 1: the judge takes raw [0, 1] pixels and extracts its shape features itself.
-    pre = Preprocess((digits.IMAGE_SIZE, digits.IMAGE_SIZE), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    pre = _native((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     return ImageClassifier(load_digits_judge(pretrained), pre, class_names=digits.CLASS_NAMES,
                            spec="builtin:digits-judge", arch="builtin:digits-judge", label_space="digits")
 

@@ -6,7 +6,11 @@ from ..errors import SpecError
 from ..registry import DATASETS
 from .base import TensorImages, WorldDefaults
 
-DIGITS_WORLD = WorldDefaults(generator="vqgan:digits", oracle="builtin:digits-clip", step_size=0.05)
+# The digits oracle accepts images that have turned into another digit under the paper's
+# argmax rule (the shape-only judge confirms only 47-81 % of validated x-hat); a margin
+# of 0.99 keeps 94-98 % (docs/digits-world.md, "A faithful digits world").
+DIGITS_WORLD = WorldDefaults(generator="vqgan:digits", oracle="builtin:digits-clip", step_size=0.05,
+                             accept="margin:0.99")
 
 
 class DigitsImages(TensorImages):

@@ -56,6 +56,26 @@ def _digits_clip(pretrained: bool, class_names: Sequence[str] | None, templates:
                                 spec=f"builtin:{name}", arch=f"builtin:{name}", cache_key=None)
 
 
+def _digits_judge(pretrained: bool, class_names: Sequence[str] | None) -> ImageClassifier:
+    from .. import digits
+    from ..digits.judge import load_digits_judge
+
+    _check_digit_classes("digits-judge", class_names)
+    # Mean 0 / std 1: the judge takes raw [0, 1] pixels and extracts its shape features itself.
+    pre = _native((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    return ImageClassifier(load_digits_judge(pretrained), pre, class_names=digits.CLASS_NAMES,
+                           spec="builtin:digits-judge", arch="builtin:digits-judge", label_space="digits")
+
+
+def _check_digit_classes(name: str, class_names: Sequence[str] | None) -> None:
+    """A fixed-head digits model used as an oracle must answer in the dataset's label order."""
+    from .. import digits
+
+    if class_names is not None and [c.lower() for c in class_names] != list(digits.CLASS_NAMES):
+        raise SpecError(f"builtin:{name} knows only the ten digits ({', '.join(digits.CLASS_NAMES)}, in that order) "
+                        f"but the dataset's classes are {', '.join(list(class_names)[:4])}...; use it on --data digits")
+
+
 for _name, _help in (("digits-cnn", "small CNN trained on the digits world"),
                      ("digits-mlp", "MLP trained on the digits world"),
                      ("digits-cnn-aug", "CNN trained on the digits world with heavy augmentation")):
@@ -70,6 +90,13 @@ BUILTIN_MODELS.register(
     lambda pretrained, class_names=None, templates="a photo of a {}": _digits_clip(
         pretrained, class_names, templates, name="digits-clip-captions"),
     help="tiny open_clip model whose captions also name backgrounds, inks, textures (fine-tuning testbed)",
+)
+
+
+BUILTIN_MODELS.register(
+    "digits-judge",
+    lambda pretrained, class_names=None, **_: _digits_judge(pretrained, class_names),
+    help="shape-only MLP on 8x8 grey ink, trained apart from the oracle (the digits world's audit judge)",
 )
 
 

@@ -146,8 +146,9 @@ def resolve_defaults(settings: FmrSettings, dataset: Any, generator: Any = None,
         taken["step_size"] = {"value": card[0], "from": card[1]}
         settings = replace(settings, step_size=card[0])
     if settings.accept is None:
-        taken["accept"] = {"value": world.accept, "from": world_name}
-        settings = replace(settings, accept=world.accept)
+        rule, source = _default_rule(ora_spec, world, world_name)
+        taken["accept"] = {"value": rule, "from": source}
+        settings = replace(settings, accept=rule)
     notes = []
     own = {k: v for k, v in (("generator", generator), ("oracle", oracle)) if v is not None}
     foreign = {k: v for k, v in own.items() if not isinstance(v, str) or v != getattr(world, k)}
@@ -159,6 +160,19 @@ def resolve_defaults(settings: FmrSettings, dataset: Any, generator: Any = None,
         notes.append(f"limit {settings.limit} is more than the {len(dataset)} images of {dataset.spec}: "
                      f"all {len(dataset)} ran")
     return RunDefaults(settings, gen_spec, ora_spec, taken, notes)
+
+
+def _default_rule(oracle: str | None, world: Any, world_name: str) -> tuple[str, str]:
+    """The acceptance rule belongs to the oracle, as the step size belongs to the generator: an
+    oracle that is a shipped world's default keeps that world's rule (the digits CLIP's
+    ``margin:0.99``) whatever the data; any other oracle takes the dataset world's rule."""
+    from .datasets.digits import DIGITS_WORLD
+    from .datasets.imagenet import IMAGENET_WORLD
+
+    for home in (DIGITS_WORLD, IMAGENET_WORLD):
+        if oracle is not None and oracle == home.oracle and home.accept != world.accept:
+            return home.accept, f"the default rule of oracle {oracle}"
+    return world.accept, world_name
 
 
 def settings_help() -> dict[str, str]:

@@ -176,6 +176,9 @@ def test_folder_data_with_digits_generator_runs_at_the_cards_step_size(capsys, t
     assert record["settings"]["step_size"] == 0.05  # not the folder (ImageNet) world's 0.001
     assert record["defaults"]["step_size"] == {"value": 0.05, "from": "generator card vqgan-digits"}
     assert set(record["defaults"]) <= {"step_size", "accept"}  # generator and oracle were given
+    # the rule belongs to the oracle: the digits CLIP keeps its world's rule on folder: data
+    assert record["defaults"]["accept"] == {"value": "margin:0.99",
+                                            "from": "the default rule of oracle builtin:digits-clip"}
     notes = record["notes"]
     assert any("mixes worlds" in n and "step_size 0.05 from generator card vqgan-digits" in n for n in notes)
     assert any(n.startswith("limit 10 is more than the 4 images") and "all 4 ran" in n for n in notes)
@@ -198,9 +201,9 @@ def test_world_defaults_are_recorded_without_a_note():
     ds = load_dataset("digits")
     r = resolve_defaults(FmrSettings().validated(), ds)
     assert (r.generator, r.oracle, r.settings.step_size) == ("vqgan:digits", "builtin:digits-clip", 0.05)
-    assert set(r.taken) == {"generator", "oracle", "step_size"} and r.notes == []
+    assert set(r.taken) == {"generator", "oracle", "step_size", "accept"} and r.notes == []
     r = resolve_defaults(FmrSettings(step_size=0.2).validated(), ds, generator="pixel")
-    assert r.settings.step_size == 0.2 and set(r.taken) == {"oracle"}
+    assert r.settings.step_size == 0.2 and set(r.taken) == {"oracle", "accept"}
     assert r.notes and "oracle builtin:digits-clip from the dataset world of digits" in r.notes[0]
 
 

@@ -107,7 +107,7 @@ class DigitsSpurious(TensorImages):
 
 
 @DATASETS.register("digits-spurious",
-                   help="digits-spurious[:train|id|test] — digits on class-correlated backgrounds (groups)")
+                   help="digits-spurious[:train|id|test] — digits on class-correlated backgrounds (groups)", options={})
 def build(spec) -> DigitsSpurious:
     from ..digits import CLASS_NAMES
 

@@ -363,18 +363,9 @@ class _Progress:
 
     def __enter__(self) -> "_Progress":
         if self.rich:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from .progress import rate_bar
 
-            self._bar = Progress(TextColumn("FMR"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[rate]} img/s"), TextColumn("in flight {task.fields[flight]}"),
-                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False)
+            self._bar = rate_bar("FMR", "in flight {task.fields[flight]}")
             self._bar.__enter__()
             self._task = self._bar.add_task("fmr", total=self.total, completed=self.done, rate="-", flight=0)
             self._start = self._bar.get_time()

@@ -39,5 +39,9 @@ class OutputError(FmrBenchError):
     disk_full: bool = False
 
 
+class InterruptedRun(FmrBenchError):
+    """Ctrl-C stopped a run; what finished is on disk and the same command resumes it."""
+
+
 class MissingDependencyError(FmrBenchError, ImportError):
     """An optional backend is not installed."""

@@ -11,10 +11,8 @@ Layout of a run folder ``OUT/<model>__<data>__<hash>/``::
     replaced-<time>/     files of an earlier run set aside by ``--fresh``
 
 Re-running the same command finds the folder, skips finished samples and yields the
-same final numbers. Record schema (``schema_version`` 1): ``run``, ``evaluator``,
-``model``, ``dataset``, ``generator``, ``oracle``, ``settings``, ``metrics`` (numbers,
-percentages for accuracies), ``per_class`` (list of rows), ``warnings``, ``versions``,
-``device``, ``timestamp``, ``files``.
+same final numbers. The record is built and read by :mod:`fmr_bench.record` (schema
+version 2; docs/results_schema.md); version-1 records are upgraded when read.
 """
 
 from __future__ import annotations
@@ -32,8 +30,7 @@ from typing import Any, Iterable
 from .errors import OutputError
 from .files import atomic_write, output_error, write_json
 from .protocol.outcome import SampleOutcome
-
-SCHEMA_VERSION = 1
+from .record import SCHEMA_VERSION, Record, RecordError, load_record  # noqa: F401  (SCHEMA_VERSION: re-exported)
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
@@ -303,6 +300,11 @@ class RecordResult:
     def to_dict(self) -> dict[str, Any]:
         return self.record
 
+    @property
+    def typed(self) -> Record:
+        """The record as a :class:`~fmr_bench.record.Record`."""
+        return Record.from_dict(self.record)
+
     def row(self) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -352,14 +354,13 @@ class FmrResult(RecordResult):
     @classmethod
     def load(cls, folder: str | Path) -> "FmrResult":
         folder = Path(folder)
-        try:
-            record = json.loads((folder / "record.json").read_text())
-        except FileNotFoundError:
+        if not (folder / "record.json").is_file():
             raise OutputError(f"{folder} holds no record.json (the run did not finish); re-run its command "
-                              "to resume it") from None
-        except ValueError:
-            raise OutputError(f"{folder}/record.json is not valid JSON; re-run the run's command to rewrite "
-                              "it") from None
+                              "to resume it")
+        try:
+            record = load_record(folder).to_dict()  # a version-1 record comes back upgraded
+        except RecordError as e:
+            raise OutputError(str(e)) from None
         outcomes = list(read_outcomes(folder / SAMPLES_FILE).values())  # reads only, never repairs
         return cls(record, outcomes, folder)
 

@@ -13,17 +13,16 @@ from torch import nn
 from .audit import Audit
 from .config import FmrSettings, check_given, resolve_defaults
 from .datasets import ImageDataset, load_dataset
-from .errors import FmrBenchError, OutputError, SettingsError
+from .errors import FmrBenchError, InterruptedRun, OutputError, SettingsError
 from .generators import Generator, generator_weight_refs, load_generator
-from .metrics import audit_metrics, fmr_metrics, fmr_warnings, per_class_metrics
 from .models import ImageClassifier, load_model, map_classes, model_weight_refs, wrap_module
 from .oracles import Oracle, load_oracle, oracle_weight_refs
 from .oracles.acceptance import DEFAULT_RULE, parse_rule
 from .protocol import LoopConfig, SampleOutcome, run_batched
 from .protocol.loop import OnSample
+from .record import Provenance, fmr_record, sample_set_fingerprint
 from .results import (
     SAMPLES_FILE,
-    SCHEMA_VERSION,
     FmrResult,
     OutcomeWriter,
     RunLock,
@@ -220,7 +219,7 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
                                           settings.workers)
                 auditor.complete(select(done, ids), regenerate, save)
         except KeyboardInterrupt:
-            raise FmrBenchError(f"interrupted; {sum(1 for i in ids if i in done)}/{total} samples are saved in "
+            raise InterruptedRun(f"interrupted; {sum(1 for i in ids if i in done)}/{total} samples are saved in "
                                 f"{folder}; re-run the same command to resume") from None
         finally:
             if writer is not None:
@@ -228,7 +227,6 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
 
         outcomes = select(done, ids)
         display = clf.class_names or (dataset.class_names if cmap.how.startswith("label space") else None)
-        metrics = {**fmr_metrics(outcomes), **(audit_metrics(outcomes, auditor.spec) if auditor else {})}
         files = {}
         if folder is not None:
             files["samples"] = SAMPLES_FILE
@@ -250,29 +248,21 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
                           judge=auditor.spec if auditor else None)
             if _nonempty(grid_path):
                 files["grid"] = GRID_FILE
-        record = {
-            "schema_version": SCHEMA_VERSION,
-            "evaluator": "fmr",
-            "run": folder.name if folder else None,
+        descriptions = {
             "model": {**clf.describe(), "weights_sha256_16": run_settings["model_weights"], "class_map": cmap.how},
-            "dataset": dataset.describe() | {"n_selected": total},
+            "dataset": dataset.describe() | {"n_selected": total, "fingerprint": sample_set_fingerprint(
+                ids, [dataset.labels[i] for i in indices], fps), "content_fingerprinted": folder is not None,
+                                             "class_names": list(dataset.class_names)},
             "generator": {"spec": str(gen_spec) if gen_spec else gen.name, **gen.settings()},
             "oracle": {**ora.settings(), "accept": settings.accept},
-            "weights": run_settings["weights"],
-            "settings": {**asdict(settings), "resolution": resolution},
-            "defaults": defaults.taken,
-            "notes": defaults.notes,
-            "metrics": metrics,
-            "per_class": per_class_metrics(outcomes, dataset.class_names, auditor.spec if auditor else None),
-            "warnings": fmr_warnings(metrics, len(dataset.class_names)),
-            "versions": versions(),
-            "device": describe_device(device),
-            "timestamp": started.isoformat(timespec="seconds"),
-            "command": command_line(),
-            "files": files,
+            "weights": run_settings["weights"], "defaults": defaults.taken, "notes": defaults.notes,
         }
-        if auditor is not None:
-            record["audit"] = auditor.describe(outcomes)
+        record = fmr_record({**asdict(settings), "resolution": resolution}, descriptions, outcomes,
+                            provenance=Provenance.collect(device=describe_device(device),
+                                                          timestamp=started.isoformat(timespec="seconds"),
+                                                          command=command_line()),
+                            run=folder.name if folder else None, judge=auditor.spec if auditor else None,
+                            audit=auditor.describe(outcomes) if auditor else None, files=files).to_dict()
         if folder is not None:
             write_json(folder / "record.json", record)  # last: a record means every listed file is complete
     finally:

@@ -130,7 +130,7 @@ def collect_latents(model: str, data: str, *, generator: str | None = None, orac
     rec = result.record
     meta = {"generator": gen_spec, "generator_settings": gen.settings(), "dataset": dataset.spec,
             "model": rec["model"]["spec"], "oracle": rec["oracle"].get("spec"), "settings": rec["settings"],
-            "loop_metrics": rec["metrics"], "timestamp": rec["timestamp"]}
+            "loop_metrics": rec["metrics"], "timestamp": rec["provenance"]["timestamp"]}
     return LatentSet(col(1), col(2), col(3), order, np.array([rows[k][4] for k in order]),
                      np.array([rows[k][5] for k in order]), hook.shape, meta)
 

@@ -16,6 +16,7 @@ from fmr_bench.cli import main
 from fmr_bench.datasets import TensorImages, WorldDefaults
 from fmr_bench.errors import FmrBenchError, OutputError
 from fmr_bench.finetune import Callback, EvalCallback, finetune, load_train_data
+from fmr_bench.record import load_record
 
 from test_finetune import CLIP_ARCH, TINY_CLIP, _planted
 
@@ -145,7 +146,10 @@ def test_the_result_loads_as_a_file_model_with_its_head(tiny_clip, tmp_path, met
     with torch.no_grad():
         assert torch.allclose(back(x), res.model.eval()(x), atol=1e-5)
     meta = json.loads((tmp_path / "run" / "finetune.json").read_text())
-    assert meta["settings"]["method"] == method and meta["versions"]["fmr_bench"] and meta["steps"] == 2
+    assert meta["settings"]["method"] == method and meta["provenance"]["versions"]["fmr_bench"] and meta["steps"] == 2
+    rec = load_record(tmp_path / "run" / "finetune.json")
+    assert (rec.kind, rec.evaluator, rec.model["weights_sha256_16"]) == ("finetune", f"finetune:{method}",
+                                                                          back.weights_hash())
     zs = load_model(f"file:{tmp_path / 'run' / 'zeroshot.safetensors'}")
     assert not torch.equal(zs.net.clip.visual.conv1.weight, back.net.clip.visual.conv1.weight)
     if method == "flyp":  # the head was rebuilt from the fine-tuned text tower

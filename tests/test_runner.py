@@ -23,12 +23,13 @@ def test_record_has_settings_metrics_and_per_class(tmp_path):
     res = _run(tmp_path)
     rec = json.loads((res.path / "record.json").read_text())
     assert rec == res.record
-    assert rec["schema_version"] == 1 and rec["evaluator"] == "fmr"
+    assert rec["schema_version"] == 2 and rec["evaluator"] == "fmr" and rec["kind"] == "fmr"
     assert rec["settings"]["budget"] == 8 and rec["settings"]["step_size"] == 0.02
     assert rec["settings"]["optimizer"] == "adam" and rec["settings"]["seed"] == 0
     assert rec["metrics"]["n"] == 14 and isinstance(rec["metrics"]["sa"], float)
     assert sum(r["n"] for r in rec["per_class"]) == 14
-    assert "torch" in rec["versions"] and rec["model"]["weights_sha256_16"]
+    assert "torch" in rec["provenance"]["versions"] and rec["model"]["weights_sha256_16"]
+    assert rec["n"] == 14 and rec["seed"] == 0 and rec["upgraded_from"] is None
     lines = (res.path / "samples.jsonl").read_text().splitlines()
     assert len(lines) == 14
     assert (res.path / "grid.png").stat().st_size > 1000

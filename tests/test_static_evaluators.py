@@ -92,7 +92,7 @@ def test_ood_accuracy_projects_and_matches_a_plain_forward(imagenet_family, tmp_
     res = run_evaluator("timm:test_resnet", "ood-accuracy", fam["val"], [fam["r"], fam["v2"], fam["objectnet"]],
                         out=tmp_path / "runs", pretrained=False, baseline="0.9,-0.2", **FAST)
     rec = json.loads((res.path / "record.json").read_text())
-    assert rec["evaluator"] == "ood-accuracy" and rec["schema_version"] == 1
+    assert rec["evaluator"] == "ood-accuracy" and rec["schema_version"] == 2 and rec["kind"] == "static"
     assert len(rec["model"]["weights_sha256_16"]) == 16 and rec["model"]["preprocess"]["input_size"] == [160, 160]
     assert all(isinstance(v, (int, float)) for v in rec["metrics"].values())
     r_ds = load_dataset(fam["r"])

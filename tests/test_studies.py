@@ -285,6 +285,11 @@ def test_per_class_errors(tmp_path, capsys):
     (tmp_path / "static" / "record.json").write_text(json.dumps({"evaluator": "calibration", "run": "x",
                                                                  "metrics": {}}))
     code, _, err = _run(capsys, ["per-class", str(tmp_path / "static")])
+    assert code == 2 and "no schema_version: not an fmr_bench run record" in err and len(err.splitlines()) == 1
+    (tmp_path / "static" / "record.json").write_text(json.dumps({
+        "schema_version": 2, "kind": "static", "evaluator": "calibration", "run": "x", "model": {"spec": "m"},
+        "dataset": {"spec": "d"}, "metrics": {}}))
+    code, _, err = _run(capsys, ["per-class", str(tmp_path / "static")])
     assert code == 2 and "no per-class table" in err
 
 

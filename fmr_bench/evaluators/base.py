@@ -26,9 +26,10 @@ from ..datasets import ImageDataset, load_dataset
 from ..errors import ClassMappingError, FmrBenchError, SettingsError
 from ..inference import Logits, compute_logits
 from ..models import ImageClassifier, load_model, map_classes
+from ..record import Provenance, sample_set_fingerprint, static_record
 from ..registry import EVALUATORS
-from ..results import SCHEMA_VERSION, RecordResult, run_dir, settings_hash, write_json
-from ..runtime import command_line, resolve_device, versions
+from ..results import RecordResult, run_dir, settings_hash, write_json
+from ..runtime import command_line, resolve_device
 
 ZERO_SHOT_SOURCES = ("openclip", "builtin")
 
@@ -284,32 +285,30 @@ def run_evaluator(model: str | ImageClassifier, evaluator: str, data: Any = "dig
         if was_training is not None:
             model.train(was_training)  # hand an in-memory model back as we found it
     main_clf, whash = next(iter(ctx._models.values())) if ctx._models else (None, None)
-    record = {
-        "schema_version": SCHEMA_VERSION,
-        "evaluator": evaluator,
-        "run": folder.name if folder else None,
-        "model": {**(main_clf.describe() if main_clf else {"spec": ctx.spec}), "spec": ctx.spec,
+    model_desc = {**(main_clf.describe() if main_clf else {"spec": ctx.spec}), "spec": ctx.spec,
                   "weights_sha256_16": whash,
                   "heads": [{"classes": len(k[0]) if isinstance(k, tuple) and k[0] else None,
                              "templates": k[1] if isinstance(k, tuple) else None, "weights_sha256_16": h}
-                            for k, (_, h) in ctx._models.items()]},
-        "dataset": datasets[0].describe(),
-        "datasets": [d.describe() for d in datasets],
-        "ood": [d.describe() for d in ood_sets],
-        "settings": {**asdict(settings), "options": options, "pretrained": pretrained},
-        "metrics": {k: _num(v) for k, v in result.metrics.items()},
-        **result.details,
-        "inference": ctx.inference[n_inference:],
-        "versions": versions(),
-        "device": str(ctx.device),
-        "timestamp": started.isoformat(timespec="seconds"),
-        "command": command_line(),
-        "files": result.files,
-    }
+                            for k, (_, h) in ctx._models.items()]}
+    record = static_record(
+        evaluator, {**asdict(settings), "options": options, "pretrained": pretrained}, model=model_desc,
+        dataset=_describe(datasets[0]), metrics={k: _num(v) for k, v in result.metrics.items()},
+        provenance=Provenance.collect(device=str(ctx.device), timestamp=started.isoformat(timespec="seconds"),
+                                      command=command_line()),
+        run=folder.name if folder else None,
+        sections={"datasets": [_describe(d) for d in datasets], "ood": [_describe(d) for d in ood_sets],
+                  **result.details, "inference": ctx.inference[n_inference:], "files": result.files},
+    ).to_dict()
     if folder is not None:
         write_json(folder / "settings.json", run_settings)
         write_json(folder / "record.json", record)
     return StaticResult(record, folder)
+
+
+def _describe(dataset: ImageDataset) -> dict[str, Any]:
+    """A dataset's description with the fingerprint of its sample set (ids and labels)."""
+    return {**dataset.describe(), "fingerprint": sample_set_fingerprint(dataset.ids, dataset.labels),
+            "content_fingerprinted": False}
 
 
 def _num(v: Any) -> float | int | None:

@@ -15,10 +15,10 @@ accuracies of other models; give the baseline with ``baseline=``:
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 from ..errors import DataError, SettingsError
+from ..record import load_record
 from ..registry import EVALUATORS
 from . import metrics as M
 from .base import Context, Output, ds_name
@@ -45,10 +45,10 @@ def load_baseline(spec: str) -> dict[str, tuple[float, float]]:
 
     if path.is_dir():
         for rec_path in sorted(path.rglob("record.json")):
-            rec = json.loads(rec_path.read_text())
-            if rec.get("evaluator") != "ood-accuracy":
+            rec = load_record(rec_path)  # RecordError (a DataError) names a file that is not a run record
+            if rec.evaluator != "ood-accuracy":
                 continue
-            m = rec["metrics"]
+            m = rec.metrics
             add("ood_avg", m.get("id_acc"), m.get("ood_avg"))
             for k, v in m.items():
                 if k.endswith("/acc") and not k.startswith("id/"):

@@ -7,7 +7,8 @@ A run folder ``OUT`` holds::
     checkpoints/           resumable checkpoints (see fmr_bench.finetune.checkpoint)
     train_log.jsonl        one line per step: step, stage, epoch, lr, loss and each term
     model.safetensors      the fine-tuned model (file:-loadable), written last
-    finetune.json          settings, method, data, versions, steps, evaluation records
+    finetune.json          the run's record (fmr_bench.record, kind ``finetune``): settings, method,
+                           data, provenance, steps, evaluation records, the last scores as metrics
 
 Re-running the same command after a kill continues from the last checkpoint and ends at
 the same weights as an uninterrupted run (the data order is a function of seed, stage
@@ -33,6 +34,8 @@ from ..datasets import ImageDataset
 from ..errors import OutputError, SettingsError
 from ..models import ImageClassifier, load_model, map_classes
 from ..models.file import save_model
+from ..record import Provenance, finetune_record
+from ..runtime import command_line
 from .adapters import Parts, parts_of
 from .callbacks import Callback
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
@@ -427,11 +430,36 @@ class Trainer:
         try:
             save_model(self.model, path, metadata={META_KEY: json.dumps(meta)})
             evals = [r for cb in self.callbacks for r in getattr(cb, "records", [])]
-            write_json_atomic(self.out / "finetune.json", {**meta, "evaluations": evals, "model_file": path.name})
+            write_json_atomic(self.out / "finetune.json", self._record(meta, evals, path).to_dict())
         except OSError as e:
             raise OutputError(f"cannot write {path} ({e.strerror or type(e).__name__}); free space and re-run the same "
                               "command: training resumes from the last checkpoint") from None
         return path
+
+
+    def _record(self, meta: dict[str, Any], evals: list[dict[str, Any]], path: Path):
+        """The run's record: the trained model, its training data and settings, its last scores."""
+        fp = self._fingerprint()
+        return finetune_record(
+            self.method.name, fp["settings"],
+            model={"spec": fp["model"], "arch": self.model.arch, "weights_sha256_16": self.model.weights_hash(),
+                   "file": path.name},
+            dataset={"spec": fp["data"], "n": fp["n_train"]}, metrics=last_scores(evals),
+            provenance=Provenance.collect(device=str(self.device), timestamp=meta["finished"],
+                                          command=command_line()),
+            run=self.out.name, seed=self.settings.seed,
+            sections={"stages": meta["stages"], "steps": meta["steps"], "evaluations": evals,
+                      "model_file": path.name})
+
+
+def last_scores(evals: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``EVALUATOR/METRIC`` -> number from each evaluator's last evaluation record (subsets, see EvalCallback)."""
+    out: dict[str, Any] = {}
+    for r in evals:
+        for k, v in (r.get("metrics") or {}).items():
+            if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+                out[f"{r.get('evaluator')}/{k}"] = v
+    return out
 
 
 def truncate_jsonl(path: Path, step: int) -> list[dict[str, Any]]:

@@ -1,9 +1,10 @@
 """The one place where boards read run records.
 
-Boards see a record only through :func:`record_metrics`, so the switch to the typed
-record (schema version 2) changes this file alone. Today it reads version-1 records: the
-FMR runner's (``evaluator == "fmr"``, :mod:`fmr_bench.results`) and the static
-evaluators' (:func:`fmr_bench.evaluators.run_evaluator`).
+Boards see a record only through :func:`record_metrics`, which reads it through
+:func:`fmr_bench.record.load_record`: version-2 records of every kind (FMR, static,
+fine-tuning) and version-1 records (the FMR runner's and the static evaluators' before the
+typed record), which come back upgraded. The protocol version a board compares is the
+schema the record was written with (``"1"`` or ``"2"``).
 """
 
 from __future__ import annotations
@@ -12,46 +13,45 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..record import READABLE_SCHEMAS, Record, RecordError
 from .schema import BoardError
 
-READABLE_SCHEMAS = (1,)
+__all__ = ["READABLE_SCHEMAS", "read_records", "record_metrics"]
 
 
-def record_metrics(record: dict[str, Any]) -> dict[str, Any]:
+def record_metrics(record: dict[str, Any] | Record) -> dict[str, Any]:
     """What a board needs from one run record.
 
     Returns:
         ``model`` (spec), ``evaluator``, ``dataset`` (spec), ``protocol_version``
-        (``"<schema>"``), ``settings`` (the run's settings, flat), ``metrics`` (name ->
-        number or None), ``n`` (samples), ``weights`` (hash), ``run`` (folder name),
-        ``reliability`` (calibration bins, when present).
+        (``"<schema the record was written with>"``), ``settings`` (the run's settings, flat),
+        ``metrics`` (name -> number or None), ``n`` (samples), ``weights`` (hash), ``run``
+        (folder name), ``reliability`` (calibration bins, when present), ``kind``,
+        ``provenance`` (the record's, as a dict).
 
     Raises:
-        BoardError: a record of a schema this reader does not know.
+        BoardError: not a run record, or one of a schema this reader does not know.
     """
-    version = record.get("schema_version")
     try:
-        version = int(version)
-    except (TypeError, ValueError):
-        version = None
-    if version not in READABLE_SCHEMAS:
-        raise BoardError(f"record of schema version {record.get('schema_version')!r} is not readable by this "
-                         f"fmr_bench (reads {', '.join(map(str, READABLE_SCHEMAS))}); upgrade fmr_bench")
-    metrics = {k: v for k, v in (record.get("metrics") or {}).items() if v is None or isinstance(v, (int, float))}
-    settings = dict(record.get("settings") or {})
+        rec = record if isinstance(record, Record) else Record.from_dict(record)
+    except RecordError as e:
+        raise BoardError(str(e)) from None
+    metrics = {k: v for k, v in rec.metrics.items() if v is None or isinstance(v, (int, float))}
+    settings = dict(rec.settings)
     options = settings.pop("options", None) or {}
-    n = metrics.get("n", metrics.get("id/n"))
     return {
-        "model": record["model"]["spec"],
-        "evaluator": record.get("evaluator", "fmr"),
-        "dataset": record["dataset"]["spec"],
-        "protocol_version": str(version),
+        "model": rec.model_spec,
+        "evaluator": rec.evaluator,
+        "kind": rec.kind,
+        "dataset": rec.dataset_spec,
+        "protocol_version": str(rec.upgraded_from or rec.schema_version),
         "settings": {**settings, **{f"option.{k}": v for k, v in options.items()}},
         "metrics": metrics,
-        "n": n,
-        "weights": record["model"].get("weights_sha256_16"),
-        "run": record.get("run"),
-        "reliability": record.get("reliability"),
+        "n": rec.n,
+        "weights": rec.model.get("weights_sha256_16"),
+        "run": rec.run,
+        "reliability": rec.sections.get("reliability"),
+        "provenance": rec.provenance.to_dict(),
     }
 
 

@@ -274,5 +274,5 @@ def _generation(head: dict, result: FmrResult, dataset: ImageDataset, folders: l
         # crop_pct=1: the images are already at the generator's size, so they read back pixel for pixel
         "read_back": (f"imagenet:{to}" if imagenet else f"folder:{to}") + "?crop_pct=1",
         "folder_labels_match": folder_labels_match,
-        "versions": r["versions"],
+        "versions": r["provenance"]["versions"],
     }

@@ -27,6 +27,7 @@ from ..config import FmrSettings
 from ..datasets import ImageDataset, load_dataset
 from ..errors import DataError, SettingsError
 from ..files import save_figure
+from ..record import load_record as read_record
 from ..results import run_dir, write_json
 from .export import merge_settings
 from .tables import write_csv
@@ -166,17 +167,14 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str =
 
 
 def load_record(path: str | Path) -> dict[str, Any]:
-    """The record of a run folder or a ``record.json`` path."""
+    """The record (version-2 dict) of a run folder or a ``record.json`` path."""
     path = Path(path)
     file = path / "record.json" if path.is_dir() else path
     if not file.is_file():
         hint = " (the run is unfinished: re-run its command to complete it)" if (file.parent / "samples.jsonl").is_file() \
             else ""
         raise DataError(f"no record at {file}{hint}; pass a run folder or its record.json")
-    try:
-        return json.loads(file.read_text())
-    except ValueError as e:
-        raise DataError(f"{file} is not a JSON record ({e}); pass a run folder or its record.json") from None
+    return read_record(file).to_dict()  # version 1 comes back upgraded to version 2
 
 
 def per_class_rows(record: dict[str, Any]) -> list[dict[str, Any]]:

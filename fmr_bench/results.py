@@ -267,14 +267,16 @@ class OutcomeWriter:
             pass
 
 
-def set_aside(folder: Path) -> Path | None:
+def set_aside(folder: Path, keep: str | None = None) -> Path | None:
     """Move a run folder's outcomes and artefacts into ``folder/replaced-<UTC time>/`` (``--fresh``).
 
     Nothing is deleted: the earlier run's files stay readable there. Returns that folder,
-    or None when there was nothing to move.
+    or None when there was nothing to move. Entries whose names start with ``keep`` stay
+    (the shard folders of a run that a torchrun job has just redone).
     """
     names = [p for p in folder.iterdir() if p.name not in ("settings.json", LOCK_FILE)
-             and not p.name.startswith("replaced-")] if folder.is_dir() else []
+             and not p.name.startswith("replaced-") and not (keep and p.name.startswith(keep))
+             ] if folder.is_dir() else []
     if not names:
         return None
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")

@@ -34,6 +34,7 @@ from .results import (
     write_json,
 )
 from .runtime import command_line, describe_device, now, resolve_device, seed_everything, versions
+from .shards import SHARD_FILE, Shard, parse_shard, shard_manifest
 from .viz import save_grid
 from .weights import module_sha256, preflight, weights_identity
 
@@ -64,7 +65,7 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
              preprocess: dict[str, Any] | None = None, progress: bool | Callable[[int, int], None] = False,
              pretrained: bool = True, write_grid: bool = True, sample_hook: OnSample | None = None,
              fresh: bool = False, audit: str | Oracle | None = None, expect_run: str | Path | None = None,
-             **overrides: Any) -> FmrResult:
+             shard: str | Shard | None = None, **overrides: Any) -> FmrResult:
     """Run the FMR protocol and return its record.
 
     Args:
@@ -88,6 +89,9 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
             (:mod:`fmr_bench.audit`); not part of the run's identity, so auditing reuses the
             run's outcomes and regenerates the x-hat of samples finished without a verdict.
         expect_run: the run folder these settings must name (``fmr audit``); another is an error.
+        shard: ``"i/n"`` or a :class:`~fmr_bench.shards.Shard`: run only that shard of the selected
+            samples, in ``RUN/shard-<i>-of-<n>/`` (not part of the run's identity; ``fmr merge``
+            puts the shards together into the record a single run writes).
 
     Raises:
         FmrBenchError: for bad input; finished samples are on disk before it propagates.
@@ -98,6 +102,10 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
     if unknown:
         raise SettingsError(f"unknown setting(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
     check_given(overrides)  # e.g. fgsm_eps without init="fgsm" would be ignored
+    shard = parse_shard(shard) if isinstance(shard, str) else shard
+    if shard is not None and audit is not None:
+        raise SettingsError("--audit does not run per shard; merge the shards (fmr merge), then audit the whole run "
+                            "with fmr audit RUN_FOLDER --judge JUDGE")
     settings = (settings or FmrSettings())
     settings = FmrSettings(**{**asdict(settings), **overrides}).validated()
 
@@ -148,6 +156,11 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
                        model_label_space=clf.label_space, model=clf.spec or "the model")
 
     indices = select_indices(len(dataset), settings.limit, settings.seed)
+    manifest = None
+    if shard is not None:  # the whole selection first: a shard is a slice of it, not another selection
+        manifest = shard_manifest(shard, [dataset.ids[i] for i in indices], [dataset.labels[i] for i in indices],
+                                  dataset.class_names)
+        indices = shard.take(indices)
     ids = [dataset.ids[i] for i in indices]
     run_settings = {
         "model": clf.spec, "model_weights": clf.weights_hash(), "dataset": dataset.spec,
@@ -162,6 +175,9 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
     if settings.accept != DEFAULT_RULE:  # likewise: an argmax run is named as before rules existed
         run_settings.update(accept=settings.accept)
     folder = run_dir(out, clf.spec, dataset.spec, run_settings) if out is not None else None
+    run_name = folder.name if folder is not None else None
+    if folder is not None and shard is not None:
+        folder = folder / shard.folder_name
     if expect_run is not None and (folder is None or folder.resolve() != Path(expect_run).resolve()):
         raise OutputError(f"the settings recorded in {expect_run} now name another run ({folder}): a model, "
                           "weights, dataset or generator file changed since; re-run the evaluation instead")
@@ -175,6 +191,8 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
             if fresh:
                 set_aside(folder)
             prepare_run_dir(folder, run_settings)
+            if manifest is not None:
+                write_json(folder / SHARD_FILE, manifest)
             fps = dataset.fingerprints(indices)
             reused_run = (folder / "record.json").is_file()
             done = reconcile_outcomes(folder, ids, indices, fps)
@@ -261,8 +279,10 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
                             provenance=Provenance.collect(device=describe_device(device),
                                                           timestamp=started.isoformat(timespec="seconds"),
                                                           command=command_line()),
-                            run=folder.name if folder else None, judge=auditor.spec if auditor else None,
+                            run=run_name, judge=auditor.spec if auditor else None,
                             audit=auditor.describe(outcomes) if auditor else None, files=files).to_dict()
+        if shard is not None:  # which slice of the run this is (fmr merge reads it)
+            record["shard"] = {"index": shard.index, "count": shard.count, "n_selected": manifest["n_selected"]}
         if folder is not None:
             write_json(folder / "record.json", record)  # last: a record means every listed file is complete
     finally:

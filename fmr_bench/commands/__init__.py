@@ -22,6 +22,8 @@ class Command:
 
 
 COMMANDS.register("evaluate", "fmr_bench.commands.evaluate:COMMAND", help="run the FMR protocol (or static evaluators) on a model")
+COMMANDS.register("merge", "fmr_bench.commands.merge:COMMAND",
+                  help="merge the shards of an FMR run (fmr evaluate --shard i/n) into the record a single run writes")
 COMMANDS.register("list", "fmr_bench.commands.listing:COMMAND", help="list models, generators, oracles, datasets or evaluators")
 COMMANDS.register("fit-sparse", "fmr_bench.commands.fit_sparse:COMMAND", help="fit a sparse-VQGAN mask on a fit split")
 COMMANDS.register("export", "fmr_bench.commands.export:COMMAND", help="export a run's validated perturbed images as a static benchmark (App. O)")

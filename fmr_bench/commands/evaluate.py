@@ -20,6 +20,10 @@ def add_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--audit", default=None, metavar="JUDGE",
                     help="score every validated perturbed image with an independent judge (any oracle spec or "
                          "A+B ensemble, e.g. openclip:ViT-L-14/openai); not part of the run's identity")
+    ev.add_argument("--shard", default=None, metavar="I/N",
+                    help="run shard I of N (0-based) of the selected samples, in RUN/shard-I-of-N/; default: the "
+                         "SLURM array task's (SLURM_ARRAY_TASK_ID, _COUNT, _MIN); combine shards with fmr merge. "
+                         "Under torchrun each rank is a shard by itself")
     ev.add_argument("--evaluator", default="fmr",
                     help="comma-separated: fmr (the dynamic FMR protocol, default) and/or static evaluators "
                          "ood-accuracy, imagenet-x, ood-detection, calibration, group-robustness, zero-shot; "
@@ -34,7 +38,7 @@ def add_arguments(ev: argparse.ArgumentParser) -> None:
 
 #: flags only the static evaluators read (``dest`` names), and only the FMR protocol reads
 STATIC_FLAGS = ("ood", "option", "no_cache")
-FMR_FLAGS = (*FMR_ONLY, "generator", "oracle", "no_grid", "fresh", "audit")
+FMR_FLAGS = (*FMR_ONLY, "generator", "oracle", "no_grid", "fresh", "audit", "shard")
 
 
 def split_evaluators(text: str) -> tuple[bool, list[str]]:
@@ -74,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = settings_overrides(args)
     if fmr and static:
         check_static_input(args, static)  # before the FMR run, not after it
+        if args.shard is not None:
+            raise SettingsError("--shard splits the FMR protocol only; run the static evaluators in a command of "
+                                "their own (under torchrun their inference spreads over the ranks)")
     if fmr:
         run_fmr(args, overrides)
     if static:
@@ -109,14 +116,31 @@ def check_static_input(args: argparse.Namespace, static: list[str]) -> None:
 def run_fmr(args: argparse.Namespace, overrides: dict) -> None:
     from rich.console import Console
 
+    from ..distributed import evaluate_ranks, world_from_env
     from ..protocol.cpu import keep_freed_memory
     from ..runner import evaluate
+    from ..shards import resolve_shard
 
     keep_freed_memory()  # a process of its own: the loop may keep its peak memory reserved
-    result = evaluate(args.model, args.data, generator=args.generator, oracle=args.oracle, out=args.out,
-                      progress=not args.quiet, write_grid=not args.no_grid, fresh=args.fresh, audit=args.audit,
-                      **overrides)
     console = Console(highlight=False, soft_wrap=True)  # paths stay whole, for copying
+    world = world_from_env()
+    shard, note = resolve_shard(getattr(args, "shard", None))
+    kwargs = dict(generator=args.generator, oracle=args.oracle, out=args.out, write_grid=not args.no_grid,
+                  fresh=args.fresh, audit=args.audit, **overrides)
+    if world is not None:
+        if shard is not None:
+            raise SettingsError(f"shard {shard} (from --shard or a SLURM array) and a torchrun job of {world.size} "
+                                "ranks: each rank is a shard already; drop --shard, or run one process per task")
+        if args.audit is not None:
+            raise SettingsError("--audit does not run per rank; run the job, then audit the whole run with "
+                                "fmr audit RUN_FOLDER --judge JUDGE")
+        result = evaluate_ranks(args.model, args.data, world=world, progress=not args.quiet, **kwargs)
+        if not world.is_root:
+            return
+    else:
+        if note:
+            console.print(f"note: {note}", markup=False)
+        result = evaluate(args.model, args.data, progress=not args.quiet, shard=shard, **kwargs)
     if result.reused and args.quiet:  # without --quiet the runner has said so already
         console.print(f"reused finished run ({result.path}); pass --fresh to redo it", highlight=False)
     print_notes(console, result.record)
@@ -125,6 +149,9 @@ def run_fmr(args: argparse.Namespace, overrides: dict) -> None:
         console.print(f"[yellow]warning:[/] {line}", highlight=False)
     if "audit" in result.record:
         console.print(audit_table(result.record["audit"]))
+    if "shard" in result.record:
+        console.print(f"shard {shard} of the run: these numbers cover its {result.record['metrics']['n']} samples; "
+                      f"combine all {shard.count} shards with fmr merge {result.path.parent}", markup=False)
     if result.path is not None:
         console.print(f"record: {result.path / 'record.json'}")
         if (result.path / "grid.png").is_file():

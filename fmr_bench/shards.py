@@ -1,0 +1,346 @@
+"""Shards of one FMR run: which samples a shard takes, its folder, and merging shards back.
+
+A run's selected samples (after ``--limit`` and its seeded subset, in dataset order) are
+dealt round-robin: shard ``i`` of ``n`` takes positions ``i, i + n, i + 2n, ...``. The
+partition needs no communication, every sample lands in exactly one shard, shard sizes
+differ by at most one, and each shard gets an even slice of every stretch of the dataset
+(ImageNet-val is sorted by class, so each shard sees every class about equally often).
+
+A shard is not part of the run's identity: it runs in ``RUN/shard-<i>-of-<n>/``, a
+complete run folder of its own (settings, samples log, lock, record) inside the folder a
+single run would use, plus ``shard.json`` naming its samples. :func:`merge_parts` checks
+that a set of shards is one whole run and combines their outcomes; :func:`write_merged`
+writes the result where a single run writes its own, so merging and resuming mix freely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence, TypeVar
+
+from .errors import OutputError, SettingsError
+from .files import write_json
+from .metrics import fmr_metrics, fmr_warnings, per_class_metrics
+from .protocol.outcome import SampleOutcome
+from .results import (
+    SAMPLES_FILE,
+    RunLock,
+    _line,
+    _read_json,
+    atomic_write,
+    prepare_run_dir,
+    read_outcome_rows,
+    read_outcomes,
+    set_aside,
+)
+
+T = TypeVar("T")
+SHARD_FILE = "shard.json"
+SHARD_PREFIX = "shard-"
+#: SLURM array variables: the task id, the number of tasks and the first id (``--array=1-8``).
+SLURM_ID, SLURM_COUNT, SLURM_MIN = "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (0-based)."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise SettingsError(f"shard {self.index}/{self.count} does not exist: pass --shard i/n with "
+                                "n >= 1 and 0 <= i < n, e.g. --shard 0/4")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @property
+    def folder_name(self) -> str:
+        return f"{SHARD_PREFIX}{self.index}-of-{self.count}"
+
+    def take(self, items: Sequence[T]) -> list[T]:
+        """This shard's items: positions ``index, index + count, ...`` (possibly none)."""
+        return list(items[self.index::self.count])
+
+
+def parse_shard(text: str) -> Shard:
+    """``"i/n"`` -> :class:`Shard`; anything else is a :class:`SettingsError` naming the form."""
+    head, sep, tail = str(text).strip().partition("/")
+    try:
+        index, count = int(head), int(tail)
+    except ValueError:
+        index = count = None
+    if not sep or index is None:
+        raise SettingsError(f"--shard {text!r} is not i/n; pass e.g. --shard 0/4 (shards 0/4 to 3/4)")
+    return Shard(index, count)
+
+
+def shard_from_env(env: Mapping[str, str] | None = None) -> Shard | None:
+    """The shard of a SLURM array task (``SLURM_ARRAY_TASK_ID`` / ``_COUNT`` / ``_MIN``), or None.
+
+    Raises:
+        SettingsError: a task id without a task count, or values that are not whole numbers.
+    """
+    env = os.environ if env is None else env
+    if SLURM_ID not in env:
+        return None
+    if SLURM_COUNT not in env:
+        raise SettingsError(f"{SLURM_ID} is set but {SLURM_COUNT} is not; pass --shard i/n")
+    try:
+        task, count, first = int(env[SLURM_ID]), int(env[SLURM_COUNT]), int(env.get(SLURM_MIN, "0"))
+    except ValueError:
+        raise SettingsError(f"{SLURM_ID}={env[SLURM_ID]!r}, {SLURM_COUNT}={env[SLURM_COUNT]!r}: not whole "
+                            "numbers; pass --shard i/n") from None
+    index = task - first
+    if not 0 <= index < count:  # an array with gaps (--array=0,2,5) or a step does not map to 0..n-1
+        raise SettingsError(f"SLURM array task {task} (first {first}, {count} tasks) is not task {first}..."
+                            f"{first + count - 1}; use a contiguous --array=A-B, or pass --shard i/n")
+    return Shard(index, count)
+
+
+def resolve_shard(flag: str | None, env: Mapping[str, str] | None = None) -> tuple[Shard | None, str | None]:
+    """The shard to run: ``--shard`` if given, else the SLURM array's; and a note when they disagree.
+
+    Returns:
+        (shard or None, a one-line note when ``--shard`` overrides a different SLURM array task).
+    """
+    explicit = parse_shard(flag) if flag is not None else None
+    from_env = shard_from_env(env)
+    if explicit is None:
+        return from_env, None
+    note = None
+    if from_env is not None and from_env != explicit:
+        note = (f"--shard {explicit} overrides SLURM array task shard {from_env}; drop --shard to take the "
+                "array's")
+    return explicit, note
+
+
+def selection_digest(ids: Sequence[str], labels: Sequence[int]) -> str:
+    """sha256 prefix of the whole selection (ids and labels in dataset order): which samples a run covers."""
+    h = hashlib.sha256()
+    for sid, label in zip(ids, labels):
+        h.update(f"{sid}\t{label}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def shard_manifest(shard: Shard, ids: Sequence[str], labels: Sequence[int], class_names: Sequence[str]
+                   ) -> dict[str, Any]:
+    """What ``shard.json`` holds: the shard, the whole selection's size and digest, the shard's ids."""
+    return {"index": shard.index, "count": shard.count, "n_selected": len(ids),
+            "selection_sha256": selection_digest(ids, labels), "ids": shard.take(list(ids)),
+            "class_names": list(class_names)}
+
+
+# --- merging ---------------------------------------------------------------------------------
+@dataclass
+class ShardPart:
+    """One shard as the merge sees it: identity, manifest, record and finished outcomes."""
+
+    source: str  # a folder, or "rank r" under torchrun
+    settings: dict[str, Any] | None
+    manifest: dict[str, Any] | None
+    record: dict[str, Any] | None
+    outcomes: dict[str, tuple[SampleOutcome, str | None]] = field(default_factory=dict)
+
+    @property
+    def shard(self) -> Shard:
+        return Shard(self.manifest["index"], self.manifest["count"])
+
+    @classmethod
+    def load(cls, folder: Path) -> ShardPart:
+        """Read a shard folder; reads only (a read-only folder loads)."""
+        rows = read_outcome_rows(folder / SAMPLES_FILE)
+        return cls(str(folder), _read_json(folder / "settings.json"), _read_json(folder / SHARD_FILE),
+                   _read_json(folder / "record.json"), {o.id: (o, fp) for o, fp in rows})
+
+
+@dataclass
+class Merged:
+    """A whole run put together from its shards."""
+
+    settings: dict[str, Any]
+    record: dict[str, Any]
+    rows: list[tuple[SampleOutcome, str | None]]  # in dataset order, as a single run writes them
+
+    @property
+    def outcomes(self) -> list[SampleOutcome]:
+        return [o for o, _ in self.rows]
+
+
+def shard_folders(paths: Sequence[str | Path]) -> list[Path]:
+    """Shard folders among ``paths``: a shard folder itself, or a run folder holding ``shard-*`` folders.
+
+    Raises:
+        OutputError: a path that is neither.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if (p / SHARD_FILE).is_file():
+            out.append(p)
+            continue
+        found = sorted(q for q in p.glob(f"{SHARD_PREFIX}*-of-*") if (q / SHARD_FILE).is_file()) if p.is_dir() else []
+        if not found:
+            raise OutputError(f"{p} is neither a shard folder (holding {SHARD_FILE}) nor a run folder holding "
+                              f"{SHARD_PREFIX}<i>-of-<n> folders; pass the folders that fmr evaluate --shard wrote")
+        out += found
+    return list(dict.fromkeys(out))
+
+
+def _differing(a: dict, b: dict) -> str:
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return ", ".join(keys) or "?"
+
+
+def _names(items: Sequence[str], limit: int = 5) -> str:
+    head = ", ".join(items[:limit])
+    return head + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def merge_parts(parts: Sequence[ShardPart]) -> Merged:
+    """Check that ``parts`` are all shards of one run and put their outcomes together.
+
+    The outcome-derived sections of the record (metrics, per-class table, warnings) are
+    computed again from the merged per-sample table, in dataset order, with the functions
+    a single run uses; the rest comes from the shards, which agree on it.
+
+    Raises:
+        OutputError: shards of different settings, weights, datasets or versions; a shard
+            given twice, missing or unfinished; samples missing or in two shards. Each
+            message names the shards and sample ids concerned.
+    """
+    if not parts:
+        raise OutputError("no shards to merge; pass the shard folders (or their run folder)")
+    for p in parts:
+        if p.settings is None or p.manifest is None:
+            raise OutputError(f"{p.source} holds no settings.json or {SHARD_FILE}; it is not a shard that "
+                              "fmr evaluate --shard wrote")
+    first = parts[0]
+    for p in parts[1:]:
+        if p.settings != first.settings:
+            raise OutputError(f"{p.source} and {first.source} are shards of different runs (they differ in "
+                              f"{_differing(p.settings, first.settings)}); merge shards of one command only")
+        for key, what in (("selection_sha256", "dataset (sample ids or labels)"), ("count", "shard count"),
+                          ("n_selected", "number of selected samples")):
+            if p.manifest[key] != first.manifest[key]:
+                raise OutputError(f"{p.source} and {first.source} differ in {what}: {p.manifest[key]} vs "
+                                  f"{first.manifest[key]}; merge shards of one command and one dataset only")
+    by_index: dict[int, list[ShardPart]] = {}
+    for p in parts:
+        by_index.setdefault(p.manifest["index"], []).append(p)
+    count = first.manifest["count"]
+    twice = {i: ps for i, ps in by_index.items() if len(ps) > 1}
+    if twice:
+        i, ps = min(twice.items())
+        raise OutputError(f"shard {i}/{count} is given {len(ps)} times ({', '.join(p.source for p in ps)}); "
+                          "pass each shard once")
+    missing = [f"{i}/{count}" for i in range(count) if i not in by_index]
+    if missing:
+        raise OutputError(f"shard(s) {_names(missing)} missing; merge needs all {count} shards (run "
+                          "fmr evaluate --shard i/n for each)")
+    unfinished = [p for p in parts if p.record is None
+                  or any(sid not in p.outcomes for sid in p.manifest["ids"])]
+    if unfinished:
+        p = unfinished[0]
+        left = [sid for sid in p.manifest["ids"] if sid not in p.outcomes]
+        raise OutputError(f"shard {p.shard} ({p.source}) is unfinished: {len(p.manifest['ids']) - len(left)} of its "
+                          f"{len(p.manifest['ids'])} samples are done" + (f", missing {_names(left)}" if left else
+                                                                          ", no record.json")
+                          + "; re-run its command to finish it")
+    for p in parts[1:]:
+        for key in ("schema_version",):
+            if p.record.get(key) != first.record.get(key):
+                raise OutputError(f"{p.source} and {first.source} were written with record schema "
+                                  f"{p.record.get(key)} vs {first.record.get(key)}; re-run the older shard")
+        v, w = p.record.get("versions", {}).get("fmr_bench"), first.record.get("versions", {}).get("fmr_bench")
+        if v != w:
+            raise OutputError(f"{p.source} and {first.source} ran fmr_bench {v} vs {w} (the protocol may differ); "
+                              "re-run the shards with one version")
+    owner: dict[str, list[str]] = {}
+    for p in parts:
+        for sid in list(p.manifest["ids"]) + [s for s in p.outcomes if s not in set(p.manifest["ids"])]:
+            owner.setdefault(sid, []).append(str(p.shard))
+    overlap = sorted(sid for sid, owners in owner.items() if len(owners) > 1)
+    if overlap:
+        raise OutputError(f"sample(s) {_names(overlap)} are in more than one shard "
+                          f"({', '.join(owner[overlap[0]])}); these folders are not one partition of a run")
+    rows = [p.outcomes[sid] for p in parts for sid in p.manifest["ids"]]
+    rows.sort(key=lambda r: r[0].index)  # dataset order: the order a single run reads and sums them in
+    if len(rows) != first.manifest["n_selected"]:
+        raise OutputError(f"the shards hold {len(rows)} samples, the run selects {first.manifest['n_selected']}; "
+                          "they are not one partition of a run")
+    class_names = first.manifest["class_names"]
+    record = dict(first.record)
+    record.pop("shard", None)
+    outcomes = [o for o, _ in rows]
+    metrics = fmr_metrics(outcomes)
+    record.update(
+        run=record.get("run"), metrics=metrics, per_class=per_class_metrics(outcomes, class_names),
+        warnings=fmr_warnings(metrics, len(class_names)),
+        dataset={**record["dataset"], "n_selected": len(rows)},
+        timestamp=min(p.record["timestamp"] for p in parts if p.record.get("timestamp")) if any(
+            p.record.get("timestamp") for p in parts) else None,
+        device=", ".join(dict.fromkeys(str(p.record.get("device")) for p in parts)),
+        files={"samples": SAMPLES_FILE},
+        merged_from=[{"shard": str(p.shard), "source": p.source, "n": len(p.manifest["ids"]),
+                      "device": p.record.get("device"), "timestamp": p.record.get("timestamp"),
+                      "command": p.record.get("command"), "versions": p.record.get("versions")}
+                     for p in sorted(parts, key=lambda p: p.manifest["index"])],
+    )
+    return Merged(first.settings, record, rows)
+
+
+def write_merged(merged: Merged, folder: Path, command: str | None = None, *, fresh: bool = False) -> Path:
+    """Write a merged run into ``folder`` (settings, samples log, record), under the run lock.
+
+    A folder that already holds outcomes is written only if they are the merged ones
+    (merging again is harmless); other outcomes (another run) are refused, never replaced,
+    unless ``fresh``: then they move to ``replaced-<time>/`` first, as ``--fresh`` does.
+
+    Raises:
+        OutputError: the folder belongs to other settings or holds other outcomes, is locked,
+            or cannot be written.
+    """
+    with RunLock(folder):
+        if fresh:
+            set_aside(folder, keep=SHARD_PREFIX)
+        prepare_run_dir(folder, merged.settings)
+        have = read_outcomes(folder / SAMPLES_FILE)
+        want = {o.id: o for o in merged.outcomes}
+        clash = sorted(sid for sid in have if sid not in want or have[sid] != want[sid])
+        if clash:
+            raise OutputError(f"{folder} already holds other outcomes (e.g. {_names(clash, 3)}); pass --out to "
+                              "another folder, or move them away")
+        atomic_write(folder / SAMPLES_FILE, "".join(_line(o, fp) for o, fp in merged.rows))
+        record = {**merged.record, "run": folder.name, "command": command or merged.record.get("command")}
+        write_json(folder / "record.json", record)
+    return folder
+
+
+def merge_folders(paths: Sequence[str | Path], out: str | Path | None = None, command: str | None = None
+                  ) -> tuple[Merged, Path]:
+    """``fmr merge``: load the shard folders among ``paths``, merge them, write the whole run.
+
+    Args:
+        paths: shard folders, or run folders holding them.
+        out: folder for run folders (as ``fmr evaluate --out``); the merged run goes to
+            ``out/<run name>``. Default: the run folder the shards sit in.
+
+    Returns:
+        (the merged run, the folder it was written to).
+    """
+    folders = shard_folders(paths)
+    merged = merge_parts([ShardPart.load(f) for f in folders])
+    run_name = merged.record.get("run") or folders[0].parent.name
+    target = Path(out) / run_name if out is not None else folders[0].parent
+    if any(target.resolve() == f.resolve() for f in folders):
+        raise OutputError(f"--out {out} would write the merge into a shard folder; pass the folder for run folders")
+    return merged, write_merged(merged, target, command)
+
+
+__all__ = ["Merged", "Shard", "ShardPart", "merge_folders", "merge_parts", "parse_shard", "resolve_shard",
+           "selection_digest", "shard_folders", "shard_from_env", "shard_manifest", "write_merged"]

@@ -242,6 +242,14 @@ def merge_parts(parts: Sequence[ShardPart]) -> Merged:
     if missing:
         raise OutputError(f"shard(s) {_names(missing)} missing; merge needs all {count} shards (run "
                           "fmr evaluate --shard i/n for each)")
+    owner: dict[str, list[str]] = {}
+    for p in parts:
+        for sid in set(p.manifest["ids"]) | set(p.outcomes):
+            owner.setdefault(sid, []).append(str(p.shard))
+    overlap = sorted(sid for sid, owners in owner.items() if len(owners) > 1)
+    if overlap:
+        raise OutputError(f"sample(s) {_names(overlap)} are in more than one shard "
+                          f"({', '.join(owner[overlap[0]])}); these folders are not one partition of a run")
     unfinished = [p for p in parts if p.record is None
                   or any(sid not in p.outcomes for sid in p.manifest["ids"])]
     if unfinished:
@@ -260,14 +268,6 @@ def merge_parts(parts: Sequence[ShardPart]) -> Merged:
         if v != w:
             raise OutputError(f"{p.source} and {first.source} ran fmr_bench {v} vs {w} (the protocol may differ); "
                               "re-run the shards with one version")
-    owner: dict[str, list[str]] = {}
-    for p in parts:
-        for sid in list(p.manifest["ids"]) + [s for s in p.outcomes if s not in set(p.manifest["ids"])]:
-            owner.setdefault(sid, []).append(str(p.shard))
-    overlap = sorted(sid for sid, owners in owner.items() if len(owners) > 1)
-    if overlap:
-        raise OutputError(f"sample(s) {_names(overlap)} are in more than one shard "
-                          f"({', '.join(owner[overlap[0]])}); these folders are not one partition of a run")
     rows = [p.outcomes[sid] for p in parts for sid in p.manifest["ids"]]
     rows.sort(key=lambda r: r[0].index)  # dataset order: the order a single run reads and sums them in
     if len(rows) != first.manifest["n_selected"]:

@@ -211,14 +211,19 @@ def evaluate_ranks(model: str, data: str, *, world: World, progress: bool | Call
         mine = evaluate(model, data, shard=world.shard, device=str(device), progress=bar, write_grid=False,
                         fresh=fresh, **kwargs)
         part = ShardPart.load(mine.path)  # this rank's folder, read where it was written
-        parts = gather_to_root(part, world)
+        gathered = gather_to_root((part, mine.reused), world)
         if not world.is_root:
             return mine
-        merged = merge_parts(parts)
+        merged = merge_parts([p for p, _ in gathered])
         write_merged(merged, mine.path.parent, command_line(), fresh=fresh)
+        if progress is not False:
+            print(f"all {world.size} ranks: {len(merged.rows)}/{len(merged.rows)} samples done, merged into "
+                  f"{mine.path.parent}", file=sys.stderr, flush=True)
     # the record of the whole run through the single-run code path: every sample is done, so it
     # only reads them back (and draws the grid from the first samples, as a resumed run does)
-    return evaluate(model, data, device=str(device), progress=False, write_grid=write_grid, **kwargs)
+    result = evaluate(model, data, device=str(device), progress=False, write_grid=write_grid, **kwargs)
+    result.reused = all(reused for _, reused in gathered)  # this job computed nothing
+    return result
 
 
 __all__ = ["RankProgress", "World", "all_gather", "evaluate_ranks", "gather_to_root", "process_group",

@@ -268,8 +268,8 @@ def test_cli_shard_flag_and_refusals(tmp_path, capsys):
 
 # --- torchrun: 2 gloo ranks, one killed mid-run, the job restarted ---------------------------------
 
-TORCHRUN_ARGS = ["--model", "builtin:digits-cnn", "--limit", "12", "--budget", "30", "--batch-size", "1",
-                 "--device", "cpu", "--no-grid", "--quiet"]
+TORCHRUN_ARGS = ["--model", "builtin:digits-cnn", "--limit", "8", "--budget", "20", "--batch-size", "1",
+                 "--device", "cpu", "--no-grid"]
 
 
 def _torchrun(out: Path) -> subprocess.Popen:
@@ -300,15 +300,15 @@ def test_torchrun_rank_killed_mid_run_resumes_and_equals_the_single_run(tmp_path
             job.kill()
             job.wait(30)
     assert job.returncode != 0 and not (log.parent.parent / "record.json").exists()
-    assert 1 <= done_before.count("\n") < 6  # killed mid-shard
+    assert 1 <= done_before.count("\n") < 4  # killed mid-shard
     restarted = _torchrun(out)
     text = restarted.communicate(timeout=300)[0]
     assert restarted.returncode == 0, text[-3000:]
     rows = read_outcome_rows(log)
     assert log.read_text().startswith(done_before.rsplit("\n", 1)[0])  # nothing lost
-    assert len(rows) == len({o.id for o, _ in rows}) == 6  # nothing repeated
+    assert len(rows) == len({o.id for o, _ in rows}) == 4  # nothing repeated
     job_result = FmrResult.load(log.parent.parent)
-    single = evaluate("builtin:digits-cnn", "digits", out=tmp_path / "single", limit=12, budget=30, device="cpu",
+    single = evaluate("builtin:digits-cnn", "digits", out=tmp_path / "single", limit=8, budget=20, device="cpu",
                       write_grid=False)
     assert job_result.path.name == single.path.name  # the same run, by identity
     assert job_result.record["metrics"] == single.record["metrics"]
@@ -317,4 +317,4 @@ def test_torchrun_rank_killed_mid_run_resumes_and_equals_the_single_run(tmp_path
     # every decision is identical; the oracle's p(y) may differ in the last float bits with the batch (see docs)
     assert [by_id[o.id].key() for o in single.outcomes] == [o.key() for o in single.outcomes]
     assert all(abs(by_id[o.id].oracle_conf - o.oracle_conf) < 1e-5 for o in single.outcomes)
-    assert "rank 0/2" in text and "all ranks" in text
+    assert "rank 1/2: 4/4 samples" in text and "all 2 ranks: 8/8 samples done" in text and "reused" not in text

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .datasets.base import ImageDataset
+from .distributed import World
 from .errors import OutputError, SettingsError
 from .files import save_torch
 from .models import EvalTransform, ImageClassifier
@@ -98,7 +99,7 @@ def default_workers(dataset: ImageDataset) -> int:
 def compute_logits(model: ImageClassifier, dataset: ImageDataset, *, batch_size: int = 64,
                    num_workers: int | None = None, device: str | torch.device = "cpu", cache: bool = True,
                    weights_hash: str | None = None, progress: Callable[[int, int], None] | None = None,
-                   feed: str = "eval") -> Logits:
+                   feed: str = "eval", world: World | None = None) -> Logits:
     """Logits of ``model`` on every sample of ``dataset`` (read from the cache when there).
 
     Args:
@@ -111,6 +112,9 @@ def compute_logits(model: ImageClassifier, dataset: ImageDataset, *, batch_size:
         feed: ``"eval"`` (static evaluators): images are decoded through the model's own eval
             transform; ``"protocol"``: the dataset's pixels at its current resolution, resized by
             the model as in the FMR loop (studies that compare with FMR runs).
+        world: under torchrun, this rank's place: each rank runs its shard of the samples
+            (:mod:`fmr_bench.shards`), and every rank gets the whole set's logits back in
+            dataset order. Only the whole set's logits are cached (by rank 0), never a shard's.
 
     Raises:
         OutputError: the disk is full while the cache entry is written.
@@ -123,40 +127,72 @@ def compute_logits(model: ImageClassifier, dataset: ImageDataset, *, batch_size:
     fed = {"transform": transform.to_dict() if transform is not None else None,
            "resolution": dataset.resolution if transform is None else None}
     path = logits_cache_root() / f"{key}.pt"
-    if cache and path.is_file():
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            return Logits(blob["logits"], blob["labels"], list(blob["ids"]), key, cached=True, **fed)
-        except Exception:  # a torn or foreign file: recompute (and replace it if we may)
-            try:
-                path.unlink(missing_ok=True)
-            except OSError:
-                pass
+    hit = _read_cache(path, key, fed) if cache else None
+    if world is not None:
+        from .distributed import all_gather
+
+        # every rank takes the same road: a cache that only some ranks see is recomputed by all
+        if all(all_gather(hit is not None, world)):
+            return hit
+    elif hit is not None:
+        return hit
     device = torch.device(device)
     model = model.to(device).eval()
+    positions = list(range(len(dataset))) if world is None else world.shard.take(range(len(dataset)))
     workers = default_workers(dataset) if num_workers is None else num_workers
     loader = None if _in_memory(dataset, transform) else torch.utils.data.DataLoader(
-        _Feed(dataset, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
-        persistent_workers=False, prefetch_factor=4 if workers else None)
-    outs, labels, ids = [], [], []
+        torch.utils.data.Subset(_Feed(dataset, transform), positions), batch_size=batch_size, shuffle=False,
+        num_workers=workers, persistent_workers=False, prefetch_factor=4 if workers else None)
+    outs, labels = [], []
     start = time.perf_counter()
     done = 0
-    for batch_ids, images, batch_labels in _batches(dataset, loader, batch_size):
+    for batch_ids, images, batch_labels in _batches(dataset, loader, batch_size, positions):
         x = images.to(device, non_blocking=True)
         if x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         outs.append(model(x).float().cpu())
         labels.append(torch.as_tensor(batch_labels, dtype=torch.long))
-        ids += list(batch_ids)
         done += len(batch_ids)
         if progress:
-            progress(done, len(dataset))
+            progress(done, len(positions))
     seconds = time.perf_counter() - start
     logits = torch.cat(outs) if outs else torch.empty(0, 0)
     lab = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
-    if cache and len(ids):
+    if world is not None:
+        logits, lab, seconds = _assemble(all_gather((logits, lab, seconds), world), len(dataset))
+    ids = list(dataset.ids)
+    if cache and len(ids) and (world is None or world.is_root):  # only the whole set is cached, once
         _write_cache(path, {"logits": logits, "labels": lab, "ids": ids})
     return Logits(logits, lab, ids, key, cached=False, seconds=seconds, **fed)
+
+
+def _read_cache(path: Path, key: str, fed: dict) -> Logits | None:
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        return Logits(blob["logits"], blob["labels"], list(blob["ids"]), key, cached=True, **fed)
+    except Exception:  # a torn or foreign file: recompute (and replace it if we may)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
+    return None
+
+
+def _assemble(pieces: list[tuple[torch.Tensor, torch.Tensor, float]], n: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                      float]:
+    """The whole set's logits from every rank's shard (rank r holds positions r, r + W, ...), in dataset order."""
+    from .shards import Shard
+
+    width = max((lg.shape[-1] for lg, _, _ in pieces if lg.numel()), default=0)
+    logits = torch.empty(n, width)
+    labels = torch.empty(n, dtype=torch.long)
+    for r, (lg, lb, _) in enumerate(pieces):
+        pos = torch.tensor(Shard(r, len(pieces)).take(range(n)), dtype=torch.long)
+        if len(pos):
+            logits[pos], labels[pos] = lg, lb
+    return logits, labels, max(s for _, _, s in pieces)  # the job took as long as its slowest rank
 
 
 def _write_cache(path: Path, blob: dict) -> None:
@@ -199,13 +235,15 @@ def _in_memory(dataset: ImageDataset, transform: EvalTransform | None) -> bool:
     return transform.is_identity_for(int(images.shape[-2]), int(images.shape[-1]))
 
 
-def _batches(dataset: ImageDataset, loader, batch_size: int):
+def _batches(dataset: ImageDataset, loader, batch_size: int, positions: list[int]):
     """DataLoader batches, or plain slices of an in-memory tensor (same values as the transform, no per-item calls)."""
     if loader is not None:
         yield from loader
         return
     images = dataset.images
-    for i in range(0, len(dataset), batch_size):
-        x = images[i:i + batch_size]
+    every = len(positions) == len(dataset)
+    for i in range(0, len(positions), batch_size):
+        rows = positions[i:i + batch_size]
+        x = images[i:i + batch_size] if every else images[torch.tensor(rows, dtype=torch.long)]
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        yield dataset.ids[i:i + batch_size], x, dataset.labels[i:i + batch_size]
+        yield [dataset.ids[j] for j in rows], x, [dataset.labels[j] for j in rows]

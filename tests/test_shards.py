@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import brightness_world
 from fmr_bench import evaluate
@@ -318,3 +319,43 @@ def test_torchrun_rank_killed_mid_run_resumes_and_equals_the_single_run(tmp_path
     assert [by_id[o.id].key() for o in single.outcomes] == [o.key() for o in single.outcomes]
     assert all(abs(by_id[o.id].oracle_conf - o.oracle_conf) < 1e-5 for o in single.outcomes)
     assert "rank 1/2: 4/4 samples" in text and "all 2 ranks: 8/8 samples done" in text and "reused" not in text
+
+
+# --- static evaluators: the forward pass spread over ranks -----------------------------------------
+
+def test_static_logits_over_two_ranks_equal_one_pass_and_only_the_whole_set_is_cached(tmp_path, monkeypatch):
+    import threading
+
+    import fmr_bench.distributed as dist_mod
+    from fmr_bench.inference import compute_logits
+
+    monkeypatch.setenv("FMR_LOGITS_CACHE", str(tmp_path / "logits"))
+    data, model, _ = brightness_world(N)
+    single = compute_logits(model, data, batch_size=1, cache=False)
+    box: list = [None, None]
+    barrier = threading.Barrier(2)
+
+    def fake_all_gather(obj, world):  # what torch.distributed.all_gather_object does, between two threads
+        box[world.rank] = obj
+        barrier.wait()
+        out = list(box)
+        barrier.wait()
+        return out
+
+    monkeypatch.setattr(dist_mod, "all_gather", fake_all_gather)
+    results: dict[int, object] = {}
+
+    def rank(r):
+        results[r] = compute_logits(model, data, batch_size=1, world=World(r, 2, r))
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for r in range(2):
+        assert torch.equal(results[r].logits, single.logits) and torch.equal(results[r].labels, single.labels)
+        assert results[r].ids == single.ids and not results[r].cached
+    assert len(list((tmp_path / "logits").glob("*.pt"))) == 1  # the whole set's, written once (rank 0)
+    again = compute_logits(model, data, batch_size=1)
+    assert again.cached and torch.equal(again.logits, single.logits) and again.ids == single.ids

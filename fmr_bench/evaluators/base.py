@@ -24,6 +24,7 @@ import torch
 
 from ..datasets import ImageDataset, load_dataset
 from ..errors import ClassMappingError, FmrBenchError, SettingsError
+from ..distributed import World, rank_device
 from ..inference import Logits, compute_logits
 from ..models import ImageClassifier, load_model, map_classes
 from ..record import Provenance, sample_set_fingerprint, static_record
@@ -88,11 +89,13 @@ class Context:
     """The model under test, the settings, and a per-run memory of logits."""
 
     def __init__(self, model: str | ImageClassifier, settings: EvalSettings, *, pretrained: bool = True,
-                 folder: Path | None = None, progress: Callable[[str, int, int], None] | None = None) -> None:
+                 folder: Path | None = None, progress: Callable[[str, int, int], None] | None = None,
+                 world: World | None = None) -> None:
         self.model = model
         self.settings = settings
         self.pretrained = pretrained
-        self.device = resolve_device(settings.device)
+        self.world = world  # under torchrun: each rank runs its shard of every forward pass
+        self.device = rank_device(settings.device, world) if world is not None else resolve_device(settings.device)
         self.folder = folder
         self.progress = progress
         self._models: dict[Any, tuple[ImageClassifier, str]] = {}
@@ -139,7 +142,7 @@ class Context:
         try:
             out = compute_logits(clf, dataset, batch_size=self.settings.batch_size,
                                  num_workers=self.settings.num_workers, device=self.device, cache=self.settings.cache,
-                                 weights_hash=whash, progress=cb)
+                                 weights_hash=whash, progress=cb, world=self.world)
         except FmrBenchError as e:
             raise _from_worker(e) from None
         self.inference.append({"dataset": dataset.spec, "n": len(out.ids), "cached": out.cached,
@@ -326,7 +329,8 @@ def evaluate_suite(model: str | ImageClassifier, evaluators: Sequence[str], data
     settings = kwargs.pop("settings", None)
     known = {f.name for f in fields(EvalSettings)}
     settings = replace(settings or EvalSettings(), **{k: kwargs.pop(k) for k in list(kwargs) if k in known})
-    ctx = Context(model, settings.validated(), pretrained=kwargs.get("pretrained", True), progress=kwargs.get("progress"))
+    ctx = Context(model, settings.validated(), pretrained=kwargs.get("pretrained", True), progress=kwargs.get("progress"),
+                  world=kwargs.pop("world", None))
     named = {"out", "pretrained", "progress"}
     options = {k: v for k, v in kwargs.items() if k not in named}
     accepted = {name: set(getattr(EVALUATORS.get(name), "options", {})) for name in evaluators}

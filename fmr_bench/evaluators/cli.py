@@ -21,6 +21,7 @@ def run_static(args: argparse.Namespace, names: list[str] | None = None) -> int:
     """Run the static evaluators ``names`` (default: ``args.evaluator``) and print their tables."""
     from rich.console import Console
 
+    from ..distributed import process_group, rank_device, world_from_env
     from . import EVALUATORS, EvalSettings, evaluate_suite
 
     if names is None:
@@ -33,9 +34,21 @@ def run_static(args: argparse.Namespace, names: list[str] | None = None) -> int:
                             seed=args.seed if args.seed is not None else EvalSettings.seed,
                             cache=not args.no_cache)
     console = Console(highlight=False, soft_wrap=True)  # paths stay whole, for copying
-    with InferenceProgress(console, enabled=not args.quiet) as bar:
-        results = evaluate_suite(args.model, names, args.data, args.ood, out=args.out, settings=settings,
-                                 progress=bar.update if not args.quiet else None, **_options(args.option))
+    world = world_from_env()
+    if world is not None:  # torchrun: the ranks share every forward pass; rank 0 writes and prints
+        device = rank_device(settings.device, world)
+        with process_group(world, device):
+            with InferenceProgress(console, enabled=not args.quiet and world.is_root) as bar:
+                results = evaluate_suite(args.model, names, args.data, args.ood,
+                                         out=args.out if world.is_root else None, settings=settings, world=world,
+                                         progress=bar.update if not args.quiet and world.is_root else None,
+                                         **_options(args.option))
+        if not world.is_root:
+            return 0
+    else:
+        with InferenceProgress(console, enabled=not args.quiet) as bar:
+            results = evaluate_suite(args.model, names, args.data, args.ood, out=args.out, settings=settings,
+                                     progress=bar.update if not args.quiet else None, **_options(args.option))
     for r in results:
         for note in r.record.get("notes") or []:
             console.print(f"note: {note}", markup=False)

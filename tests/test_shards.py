@@ -359,3 +359,34 @@ def test_static_logits_over_two_ranks_equal_one_pass_and_only_the_whole_set_is_c
     assert len(list((tmp_path / "logits").glob("*.pt"))) == 1  # the whole set's, written once (rank 0)
     again = compute_logits(model, data, batch_size=1)
     assert again.cached and torch.equal(again.logits, single.logits) and again.ids == single.ids
+
+
+def test_a_full_disk_during_the_merge_leaves_the_target_whole_and_a_rerun_completes(shards, tmp_path, monkeypatch):
+    import errno
+
+    import fmr_bench.files as files
+
+    real = os.replace
+
+    def full(src, dst, *a, **k):
+        if str(dst).endswith("record.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(files.os, "replace", full)
+    with pytest.raises(OutputError, match="disk full while writing") as err:
+        merge_folders([shards])
+    assert "\n" not in str(err.value) and not (shards / "record.json").exists()
+    assert not list(shards.glob("*.part"))
+    monkeypatch.setattr(files.os, "replace", real)
+    merged, folder = merge_folders([shards])
+    assert FmrResult.load(folder).outcomes == merged.outcomes
+
+
+def test_a_slurm_array_task_with_static_evaluators_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    assert main(["evaluate", "--model", "builtin:digits-cnn", "--evaluator", "fmr,calibration", "--out",
+                 str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "shard 0/2 (from --shard or a SLURM array task)" in err and err.count("\n") == 1

@@ -6,6 +6,7 @@ import argparse
 
 from ..config import FMR_ONLY
 from ..errors import SettingsError
+from ..shards import Shard, resolve_shard
 from . import Command
 from .common import add_settings_arguments, add_world_arguments, flag, set_cache, settings_overrides
 
@@ -76,13 +77,15 @@ def run(args: argparse.Namespace) -> int:
             EVALUATORS.get(name)  # unknown names fail before any work
     check_flags(args, fmr, static)
     overrides = settings_overrides(args)
+    shard, note = resolve_shard(args.shard) if fmr else (None, None)
     if fmr and static:
         check_static_input(args, static)  # before the FMR run, not after it
-        if args.shard is not None:
-            raise SettingsError("--shard splits the FMR protocol only; run the static evaluators in a command of "
-                                "their own (under torchrun their inference spreads over the ranks)")
+        if shard is not None:
+            raise SettingsError(f"shard {shard} (from --shard or a SLURM array task) splits the FMR protocol only; "
+                                "run the static evaluators in a command of their own (under torchrun their "
+                                "inference spreads over the ranks)")
     if fmr:
-        run_fmr(args, overrides)
+        run_fmr(args, overrides, shard, note)
     if static:
         from ..evaluators.cli import run_static
 
@@ -113,18 +116,16 @@ def check_static_input(args: argparse.Namespace, static: list[str]) -> None:
                             "see fmr list evaluators")
 
 
-def run_fmr(args: argparse.Namespace, overrides: dict) -> None:
+def run_fmr(args: argparse.Namespace, overrides: dict, shard: Shard | None = None, note: str | None = None) -> None:
     from rich.console import Console
 
     from ..distributed import evaluate_ranks, world_from_env
     from ..protocol.cpu import keep_freed_memory
     from ..runner import evaluate
-    from ..shards import resolve_shard
 
     keep_freed_memory()  # a process of its own: the loop may keep its peak memory reserved
     console = Console(highlight=False, soft_wrap=True)  # paths stay whole, for copying
     world = world_from_env()
-    shard, note = resolve_shard(getattr(args, "shard", None))
     kwargs = dict(generator=args.generator, oracle=args.oracle, out=args.out, write_grid=not args.no_grid,
                   fresh=args.fresh, audit=args.audit, **overrides)
     if world is not None:

@@ -158,8 +158,7 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
     indices = select_indices(len(dataset), settings.limit, settings.seed)
     manifest = None
     if shard is not None:  # the whole selection first: a shard is a slice of it, not another selection
-        manifest = shard_manifest(shard, [dataset.ids[i] for i in indices], [dataset.labels[i] for i in indices],
-                                  dataset.class_names)
+        manifest = shard_manifest(shard, [dataset.ids[i] for i in indices], [dataset.labels[i] for i in indices])
         indices = shard.take(indices)
     ids = [dataset.ids[i] for i in indices]
     run_settings = {

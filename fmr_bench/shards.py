@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
 from .errors import OutputError, SettingsError
 from .files import write_json
-from .metrics import fmr_metrics, fmr_warnings, per_class_metrics
 from .protocol.outcome import SampleOutcome
+from .record import Record, RecordError, fmr_descriptions, fmr_record, sample_set_fingerprint
 from .results import (
     SAMPLES_FILE,
     RunLock,
@@ -128,12 +128,10 @@ def selection_digest(ids: Sequence[str], labels: Sequence[int]) -> str:
     return h.hexdigest()[:16]
 
 
-def shard_manifest(shard: Shard, ids: Sequence[str], labels: Sequence[int], class_names: Sequence[str]
-                   ) -> dict[str, Any]:
+def shard_manifest(shard: Shard, ids: Sequence[str], labels: Sequence[int]) -> dict[str, Any]:
     """What ``shard.json`` holds: the shard, the whole selection's size and digest, the shard's ids."""
     return {"index": shard.index, "count": shard.count, "n_selected": len(ids),
-            "selection_sha256": selection_digest(ids, labels), "ids": shard.take(list(ids)),
-            "class_names": list(class_names)}
+            "selection_sha256": selection_digest(ids, labels), "ids": shard.take(list(ids))}
 
 
 # --- merging ---------------------------------------------------------------------------------
@@ -201,12 +199,22 @@ def _names(items: Sequence[str], limit: int = 5) -> str:
     return head + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def _as_record(part: ShardPart) -> Record:
+    try:
+        record = Record.from_dict(part.record)
+        fmr_descriptions(record)  # an FMR record of this schema, with what a merge rebuilds it from
+    except RecordError as e:
+        raise OutputError(f"{part.source}/record.json: {e}") from None
+    return record
+
+
 def merge_parts(parts: Sequence[ShardPart]) -> Merged:
     """Check that ``parts`` are all shards of one run and put their outcomes together.
 
-    The outcome-derived sections of the record (metrics, per-class table, warnings) are
-    computed again from the merged per-sample table, in dataset order, with the functions
-    a single run uses; the rest comes from the shards, which agree on it.
+    The record is built by :func:`fmr_bench.record.fmr_record`, the builder a single run
+    uses, from the shards' descriptions (which agree) and the merged per-sample table; its
+    provenance is the first shard's with the earliest start and every device, and
+    ``merged_from`` lists each shard's.
 
     Raises:
         OutputError: shards of different settings, weights, datasets or versions; a shard
@@ -259,38 +267,36 @@ def merge_parts(parts: Sequence[ShardPart]) -> Merged:
                           f"{len(p.manifest['ids'])} samples are done" + (f", missing {_names(left)}" if left else
                                                                           ", no record.json")
                           + "; re-run its command to finish it")
-    for p in parts[1:]:
-        for key in ("schema_version",):
-            if p.record.get(key) != first.record.get(key):
-                raise OutputError(f"{p.source} and {first.source} were written with record schema "
-                                  f"{p.record.get(key)} vs {first.record.get(key)}; re-run the older shard")
-        v, w = p.record.get("versions", {}).get("fmr_bench"), first.record.get("versions", {}).get("fmr_bench")
-        if v != w:
-            raise OutputError(f"{p.source} and {first.source} ran fmr_bench {v} vs {w} (the protocol may differ); "
-                              "re-run the shards with one version")
+    records = [_as_record(p) for p in parts]
+    for p, r in zip(parts[1:], records[1:]):
+        if r.schema_version != records[0].schema_version or r.upgraded_from != records[0].upgraded_from:
+            raise OutputError(f"{p.source} and {first.source} were written with record schema "
+                              f"{r.upgraded_from or r.schema_version} vs "
+                              f"{records[0].upgraded_from or records[0].schema_version}; re-run the older shard")
+        if r.provenance.fmr_bench != records[0].provenance.fmr_bench:
+            raise OutputError(f"{p.source} and {first.source} ran fmr_bench {r.provenance.fmr_bench} vs "
+                              f"{records[0].provenance.fmr_bench} (the protocol may differ); re-run the shards with "
+                              "one version")
     rows = [p.outcomes[sid] for p in parts for sid in p.manifest["ids"]]
     rows.sort(key=lambda r: r[0].index)  # dataset order: the order a single run reads and sums them in
     if len(rows) != first.manifest["n_selected"]:
         raise OutputError(f"the shards hold {len(rows)} samples, the run selects {first.manifest['n_selected']}; "
                           "they are not one partition of a run")
-    class_names = first.manifest["class_names"]
-    record = dict(first.record)
-    record.pop("shard", None)
     outcomes = [o for o, _ in rows]
-    metrics = fmr_metrics(outcomes)
-    record.update(
-        run=record.get("run"), metrics=metrics, per_class=per_class_metrics(outcomes, class_names),
-        warnings=fmr_warnings(metrics, len(class_names)),
-        dataset={**record["dataset"], "n_selected": len(rows)},
-        timestamp=min(p.record["timestamp"] for p in parts if p.record.get("timestamp")) if any(
-            p.record.get("timestamp") for p in parts) else None,
-        device=", ".join(dict.fromkeys(str(p.record.get("device")) for p in parts)),
-        files={"samples": SAMPLES_FILE},
-        merged_from=[{"shard": str(p.shard), "source": p.source, "n": len(p.manifest["ids"]),
-                      "device": p.record.get("device"), "timestamp": p.record.get("timestamp"),
-                      "command": p.record.get("command"), "versions": p.record.get("versions")}
-                     for p in sorted(parts, key=lambda p: p.manifest["index"])],
-    )
+    descriptions = fmr_descriptions(records[0])
+    # the whole run's sample set, as a single run fingerprints it (ids, labels, contents in dataset order)
+    descriptions["dataset"] = {**descriptions["dataset"], "n_selected": len(rows), "fingerprint":
+                               sample_set_fingerprint([o.id for o in outcomes], [o.label for o in outcomes],
+                                                      [fp for _, fp in rows])}
+    ordered = sorted(zip(parts, records), key=lambda pr: pr[0].manifest["index"])
+    stamps = [r.provenance.timestamp for r in records if r.provenance.timestamp]
+    prov = replace(records[0].provenance, timestamp=min(stamps) if stamps else None,
+                   device=", ".join(dict.fromkeys(str(r.provenance.device) for r in records)))
+    record = fmr_record(records[0].settings, descriptions, outcomes, provenance=prov, run=records[0].run,
+                        files={"samples": SAMPLES_FILE}).to_dict()
+    record["merged_from"] = [{"shard": str(p.shard), "source": p.source, "n": len(p.manifest["ids"]),
+                              **{k: v for k, v in r.provenance.to_dict().items() if k != "versions"}}
+                             for p, r in ordered]
     return Merged(first.settings, record, rows)
 
 
@@ -316,7 +322,9 @@ def write_merged(merged: Merged, folder: Path, command: str | None = None, *, fr
             raise OutputError(f"{folder} already holds other outcomes (e.g. {_names(clash, 3)}); pass --out to "
                               "another folder, or move them away")
         atomic_write(folder / SAMPLES_FILE, "".join(_line(o, fp) for o, fp in merged.rows))
-        record = {**merged.record, "run": folder.name, "command": command or merged.record.get("command")}
+        record = {**merged.record, "run": folder.name}
+        if command:
+            record["provenance"] = {**record["provenance"], "command": command}
         write_json(folder / "record.json", record)
     return folder
 

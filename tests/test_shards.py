@@ -27,7 +27,7 @@ from fmr_bench.shards import Shard, merge_folders, parse_shard, resolve_shard, s
 REPO = Path(__file__).resolve().parents[1]
 N = 10
 #: Record fields that say where and when, not what: they may differ between a merge and a single run.
-CIRCUMSTANCES = ("timestamp", "command", "device", "merged_from", "versions")
+CIRCUMSTANCES = ("provenance", "merged_from")
 
 
 @pytest.fixture(autouse=True)
@@ -188,11 +188,11 @@ def test_merge_refuses_other_datasets_versions_and_overlaps(shards, tmp_path):
     _refused([*base, other], r"differ in dataset", tmp_path)
     other = _copy(shards / "shard-2-of-3", tmp_path / "b" / "shard-2-of-3")
     record = json.loads((other / "record.json").read_text())
-    _edit(other / "record.json", versions={**record["versions"], "fmr_bench": "0.0.0-other"})
+    _edit(other / "record.json", provenance={**record["provenance"], "fmr_bench": "0.0.0-other"})
     _refused([*base, other], r"ran fmr_bench", tmp_path)
     other = _copy(shards / "shard-2-of-3", tmp_path / "c" / "shard-2-of-3")
     _edit(other / "record.json", schema_version=999)
-    _refused([*base, other], r"record schema", tmp_path)
+    _refused([*base, other], r"schema version 999", tmp_path)
     other = _copy(shards / "shard-2-of-3", tmp_path / "d" / "shard-2-of-3")
     line = (shards / "shard-0-of-3" / "samples.jsonl").read_text().splitlines()[0]
     stolen = json.loads(line)["id"]

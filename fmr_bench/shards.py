@@ -15,7 +15,6 @@ writes the result where a single run writes its own, so merging and resuming mix
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -120,18 +119,11 @@ def resolve_shard(flag: str | None, env: Mapping[str, str] | None = None) -> tup
     return explicit, note
 
 
-def selection_digest(ids: Sequence[str], labels: Sequence[int]) -> str:
-    """sha256 prefix of the whole selection (ids and labels in dataset order): which samples a run covers."""
-    h = hashlib.sha256()
-    for sid, label in zip(ids, labels):
-        h.update(f"{sid}\t{label}\n".encode())
-    return h.hexdigest()[:16]
-
-
 def shard_manifest(shard: Shard, ids: Sequence[str], labels: Sequence[int]) -> dict[str, Any]:
     """What ``shard.json`` holds: the shard, the whole selection's size and digest, the shard's ids."""
     return {"index": shard.index, "count": shard.count, "n_selected": len(ids),
-            "selection_sha256": selection_digest(ids, labels), "ids": shard.take(list(ids))}
+            # ids and labels only: a shard reads just its own files, so contents cannot enter it
+            "selection_sha256": sample_set_fingerprint(ids, labels), "ids": shard.take(list(ids))}
 
 
 # --- merging ---------------------------------------------------------------------------------
@@ -351,4 +343,4 @@ def merge_folders(paths: Sequence[str | Path], out: str | Path | None = None, co
 
 
 __all__ = ["Merged", "Shard", "ShardPart", "merge_folders", "merge_parts", "parse_shard", "resolve_shard",
-           "selection_digest", "shard_folders", "shard_from_env", "shard_manifest", "write_merged"]
+"shard_folders", "shard_from_env", "shard_manifest", "write_merged"]

@@ -295,9 +295,11 @@ def merge_parts(parts: Sequence[ShardPart]) -> Merged:
 def write_merged(merged: Merged, folder: Path, command: str | None = None, *, fresh: bool = False) -> Path:
     """Write a merged run into ``folder`` (settings, samples log, record), under the run lock.
 
-    A folder that already holds outcomes is written only if they are the merged ones
-    (merging again is harmless); other outcomes (another run) are refused, never replaced,
-    unless ``fresh``: then they move to ``replaced-<time>/`` first, as ``--fresh`` does.
+    A folder that already holds outcomes is written only if they make the merged decisions
+    (merging again is harmless; outcomes of a partial run in one piece, which may differ in
+    the oracle's last float bits, move to ``replaced-<time>/``); other outcomes are refused,
+    never replaced, unless ``fresh``: then they move to ``replaced-<time>/`` first, as
+    ``--fresh`` does.
 
     Raises:
         OutputError: the folder belongs to other settings or holds other outcomes, is locked,
@@ -309,10 +311,14 @@ def write_merged(merged: Merged, folder: Path, command: str | None = None, *, fr
         prepare_run_dir(folder, merged.settings)
         have = read_outcomes(folder / SAMPLES_FILE)
         want = {o.id: o for o in merged.outcomes}
-        clash = sorted(sid for sid in have if sid not in want or have[sid] != want[sid])
+        clash = sorted(sid for sid in have if sid not in want or have[sid].key() != want[sid].key())
         if clash:
             raise OutputError(f"{folder} already holds other outcomes (e.g. {_names(clash, 3)}); pass --out to "
                               "another folder, or move them away")
+        if any(have[sid] != want[sid] for sid in have):
+            # the same decisions from an earlier partial run in one piece, p(y) off in the last float
+            # bits (other batches): kept in replaced-<time>/, the merged outcomes take their place
+            set_aside(folder, keep=SHARD_PREFIX)
         atomic_write(folder / SAMPLES_FILE, "".join(_line(o, fp) for o, fp in merged.rows))
         record = {**merged.record, "run": folder.name}
         if command:

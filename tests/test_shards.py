@@ -219,6 +219,14 @@ def test_merge_refuses_an_unfinished_shard_naming_its_missing_samples(shards, tm
 def test_merge_refuses_a_folder_holding_other_outcomes(shards, tmp_path):
     merge_folders([shards])
     merge_folders([shards])  # again: the same outcomes, harmless
+    assert not list(shards.glob("replaced-*"))
+    # a partial run in one piece left outcomes whose p(y) differs in the last bits: set aside, not lost
+    lines = (shards / "samples.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    (shards / "samples.jsonl").write_text(json.dumps({**first, "oracle_conf": first["oracle_conf"] + 1e-7}) + "\n")
+    merge_folders([shards])
+    assert len(list(shards.glob("replaced-*/samples.jsonl"))) == 1
+    assert (shards / "samples.jsonl").read_text().splitlines() == lines
     other = _run(tmp_path / "elsewhere", budget=2)  # another run's outcomes, under the same folder name
     target = tmp_path / "target" / shards.name
     shutil.copytree(other.path, target)

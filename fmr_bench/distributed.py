@@ -17,8 +17,9 @@ import datetime as _dt
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -168,7 +169,7 @@ class RankProgress:
                 if not self._store.check([key]):
                     continue
                 d, t = self._store.get(key).decode().split("/")
-            except Exception:  # noqa: BLE001  (progress is a courtesy; never stop the run for it)
+            except Exception:  # noqa: BLE001, S112  (progress is a courtesy; never stop the run for it)
                 continue
             done, total, known = done + int(d), total + int(t), known + 1
         return f"; all ranks: {done}/{total}" + ("" if known == self.world.size else
@@ -199,8 +200,8 @@ def evaluate_ranks(model: str, data: str, *, world: World, progress: bool | Call
         it); on the other ranks their shard's result.
     """
     from .runner import evaluate
-    from .shards import ShardPart, merge_parts, write_merged
     from .runtime import command_line
+    from .shards import ShardPart, merge_parts, write_merged
 
     if kwargs.get("out") is None:
         raise SettingsError("a torchrun job needs a run folder (--out): each rank keeps its log there to resume")

@@ -172,7 +172,7 @@ def _read_cache(path: Path, key: str, fed: dict) -> Logits | None:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         return Logits(blob["logits"], blob["labels"], list(blob["ids"]), key, cached=True, **fed)
-    except Exception:  # a torn or foreign file: recompute (and replace it if we may)
+    except Exception:  # noqa: BLE001  (a torn or foreign file: recompute, and replace it if we may)
         try:
             path.unlink(missing_ok=True)
         except OSError:

@@ -16,9 +16,10 @@ writes the result where a single run writes its own, so merging and resuming mix
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from .errors import OutputError, SettingsError
 from .files import write_json

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import brightness_world
+
 from fmr_bench import evaluate
 from fmr_bench.cli import main
 from fmr_bench.distributed import World, rank_device, world_from_env
@@ -105,7 +105,7 @@ def test_merged_shards_equal_the_single_run(tmp_path, count):
         part = _run(tmp_path / "sharded", shard=f"{i}/{count}")
         assert part.path.name == f"shard-{i}-of-{count}" and part.path.parent.name == single.path.name
         assert part.record["shard"] == {"index": i, "count": count, "n_selected": 9}
-    merged, folder = merge_folders([tmp_path / "sharded" / single.path.name])
+    _, folder = merge_folders([tmp_path / "sharded" / single.path.name])
     assert folder.name == single.path.name
     loaded = FmrResult.load(folder)
     assert loaded.outcomes == single.outcomes  # every field of every sample, in dataset order
@@ -372,7 +372,7 @@ def test_static_logits_over_two_ranks_equal_one_pass_and_only_the_whole_set_is_c
 def test_a_full_disk_during_the_merge_leaves_the_target_whole_and_a_rerun_completes(shards, tmp_path, monkeypatch):
     import errno
 
-    import fmr_bench.files as files
+    from fmr_bench import files
 
     real = os.replace
 

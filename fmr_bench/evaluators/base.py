@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 from ..datasets import ImageDataset, load_dataset
-from ..errors import ClassMappingError, FmrBenchError, SettingsError
 from ..distributed import World, rank_device
+from ..errors import ClassMappingError, FmrBenchError, SettingsError
 from ..inference import Logits, compute_logits
 from ..models import ImageClassifier, load_model, map_classes
 from ..record import Provenance, sample_set_fingerprint, static_record

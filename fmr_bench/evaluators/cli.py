@@ -37,12 +37,11 @@ def run_static(args: argparse.Namespace, names: list[str] | None = None) -> int:
     world = world_from_env()
     if world is not None:  # torchrun: the ranks share every forward pass; rank 0 writes and prints
         device = rank_device(settings.device, world)
-        with process_group(world, device):
-            with InferenceProgress(console, enabled=not args.quiet and world.is_root) as bar:
-                results = evaluate_suite(args.model, names, args.data, args.ood,
-                                         out=args.out if world.is_root else None, settings=settings, world=world,
-                                         progress=bar.update if not args.quiet and world.is_root else None,
-                                         **_options(args.option))
+        show = not args.quiet and world.is_root
+        with process_group(world, device), InferenceProgress(console, enabled=show) as bar:
+            results = evaluate_suite(args.model, names, args.data, args.ood, out=args.out if world.is_root else None,
+                                     settings=settings, world=world, progress=bar.update if show else None,
+                                     **_options(args.option))
         if not world.is_root:
             return 0
     else:

@@ -5,6 +5,7 @@ Public API::
     import fmr_bench
     result = fmr_bench.evaluate("builtin:digits-cnn", "digits", limit=64)
     result.metrics["fmr"], result.to_pandas()
+    fmr_bench.load_results("runs")          # every record under runs/ as one DataFrame
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .models.file import save_model
 from .results import FmrResult
 from .runner import evaluate
 from .evaluators import run_evaluator
+from .results_table import load_results
 
-__all__ = ["evaluate", "run_evaluator", "FmrSettings", "FmrResult", "FmrBenchError", "ImageClassifier", "load_model",
+__all__ = ["evaluate", "run_evaluator", "load_results", "FmrSettings", "FmrResult", "FmrBenchError", "ImageClassifier", "load_model",
            "save_model", "wrap_module", "__version__"]

@@ -220,8 +220,8 @@ def load_record(source: str | Path | Mapping[str, Any]) -> Record:
     except FileNotFoundError:
         raise RecordError(f"no record at {file}; pass a finished run folder or its record.json") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise RecordError(f"{file} is not a readable JSON record ({type(e).__name__}); re-run the run's command "
-                          "to rewrite it") from None
+        raise RecordError(f"{file}: not readable JSON ({type(e).__name__}); re-run the run's command to rewrite "
+                          "it") from None
     try:
         return Record.from_dict(data)
     except RecordError as e:

@@ -199,3 +199,25 @@ def parse_spec(text: str | Spec, registry: Registry, *, what: str) -> Spec:
     if table is not None:
         parse_options(spec, table, what=what)  # every option is checked before any work starts
     return spec
+
+
+def split_specs(text: str, registry: Registry) -> list[str]:
+    """Split a comma-separated list of specs, keeping commas that belong to a spec.
+
+    A comma separates two specs only where the text after it starts a new spec: a source of
+    ``registry`` followed by ``:`` or ``?``, or a bare source name. Any other comma stays in
+    the spec before it, so ``timm:a?weights=x,y.pt,builtin:digits-cnn`` is two specs. A spec
+    whose own text holds ``,<source>:`` cannot be told apart; list it in a models file.
+    """
+    pieces = [p.strip() for p in (text or "").split(",")]
+    out: list[str] = []
+    for piece in pieces:
+        if not piece:
+            continue  # "a,,b" or a trailing comma
+        source = piece.split("?", 1)[0].split(":", 1)[0]
+        starts = source in registry and (piece == source or piece[len(source)] in ":?")
+        if out and not starts:
+            out[-1] += "," + piece
+        else:
+            out.append(piece)
+    return out

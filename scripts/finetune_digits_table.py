@@ -21,7 +21,10 @@ std). Each method runs once per seed; the table gives mean +- std over seeds.
 
 Finished (method, seed) rows are appended to ``OUT/rows.jsonl`` as they complete; a
 re-run with the same ``--out`` skips them, so a killed run loses at most the method that
-was training. FT models are kept in ``OUT/models/`` for WiSE-FT and the soup.
+was training. FT models are kept in ``OUT/models/`` for WiSE-FT and the soup. At the end,
+``OUT/records/<method>/record.json`` holds one fine-tuning run record per method
+(:func:`fmr_bench.record.finetune_record`: the mean over its seeds, each seed's row kept):
+what the ``digits-finetune`` leaderboard reads (docs/leaderboards.md).
 
 Usage::
 
@@ -62,6 +65,8 @@ POOLS = ROOT / "fmr_bench" / "digits" / "descriptors.json"
 TRAINED = ("lp", "ft", "lp-ft", "flyp", "maskcf", "starft")
 ROWS = ("zero-shot", *TRAINED, "wise-ft", "soup")
 COLUMNS = ("ID", "digits", "shift avg", "WG", "Avg", "FMR")
+RECORDS = "records"
+SCRIPT = "scripts/finetune_digits_table.py"
 
 
 @dataclass(frozen=True)
@@ -287,6 +292,37 @@ def summarise(rows: list[dict[str, Any]], methods: tuple[str, ...]) -> list[dict
     return out
 
 
+def write_records(out: Path, cfg: TableSettings, rows: list[dict[str, Any]], command: str) -> list[Path]:
+    """``OUT/records/<method>/record.json``: per method, the mean of every metric over its seeds (``COLUMN_std``
+    beside the table's columns: ddof 1, 0 for one run), with each seed's row; rewritten from ``rows`` each time."""
+    import pandas as pd
+
+    from fmr_bench.files import write_json
+    from fmr_bench.record import Provenance, finetune_record
+    from fmr_bench.runtime import now
+
+    prov = Provenance.collect(device="cpu", timestamp=now().isoformat(timespec="seconds"), command=command)
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("threads", "methods")}
+    written = []
+    for m in cfg.methods:
+        runs = [r for r in rows if r["method"] == m]
+        if not runs:
+            continue
+        df = pd.DataFrame([r["metrics"] for r in runs])
+        metrics: dict[str, Any] = {k: None if pd.isna(v) else float(v) for k, v in df.mean().items()}
+        for col in COLUMNS:
+            vals = df[col].dropna() if col in df else []
+            metrics[f"{col}_std"] = (float(vals.std(ddof=1)) if len(vals) > 1 else 0.0) if len(vals) else None
+        rec = finetune_record(
+            m, settings, model={"spec": cfg.model, "weights_sha256_16": None},
+            dataset={"spec": cfg.train, "n": None}, metrics=metrics, provenance=prov, run=f"{out.name}/{m}",
+            sections={"seeds": [r["seed"] for r in runs], "per_seed": runs, "aggregate": "mean over seeds",
+                      "measured_by": SCRIPT})
+        written.append(write_json(out / RECORDS / m / "record.json", rec.to_dict(), resume=False,
+                                  fix="pick a writable --out"))
+    return written
+
+
 def markdown(summary: list[dict[str, Any]]) -> str:
     head = "| method | runs | " + " | ".join(COLUMNS) + " |"
     lines = [head, "|---|---:|" + "---:|" * len(COLUMNS)]
@@ -333,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             raise FmrBenchError(f"cannot write {out / 'table.md'} ({e.strerror or type(e).__name__}); free space "
                                 "and re-run the same command: finished rows are kept") from None
+        command = " ".join(["python", SCRIPT, *(sys.argv[1:] if argv is None else argv)])
+        write_records(out, cfg, table.rows, command)
     except FmrBenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

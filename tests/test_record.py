@@ -133,7 +133,7 @@ def test_bad_records_name_the_problem(tmp_path):
              "nometrics.json": '{"schema_version": 2, "kind": "fmr", "model": {"spec": "m"}, "dataset": {"spec": "d"}}',
              "badkind.json": '{"schema_version": 2, "kind": "x", "model": {"spec": "m"}, "dataset": {"spec": "d"}, '
                              '"metrics": {}}'}
-    expect = {"foreign.json": "no schema_version", "list.json": "JSON object", "torn.json": "not a readable JSON",
+    expect = {"foreign.json": "no schema_version", "list.json": "JSON object", "torn.json": "not readable JSON",
               "future.json": "upgrade fmr_bench", "nometrics.json": "lacks its metrics", "badkind.json": "kind 'x'"}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)

@@ -36,5 +36,7 @@ COMMANDS.register("compare-generators", "fmr_bench.commands.compare_generators:C
                   help="PA/FMR of several models under several generators, and Kendall tau between them (Table 3)")
 COMMANDS.register("leaderboard", "fmr_bench.commands.leaderboard:COMMAND",
                   help="build leaderboards to Markdown, CSV and HTML, or run a board's evaluations")
+COMMANDS.register("results", "fmr_bench.commands.results:COMMAND",
+                  help="every run record under some folders as one table (rich, CSV, JSON, Markdown)")
 COMMANDS.register("finetune", "fmr_bench.commands.finetune:COMMAND",
                   help="fine-tune a model robustly (ft, lp, lp-ft, flyp, maskcf, starft); WiSE-FT and soups")

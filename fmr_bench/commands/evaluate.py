@@ -1,4 +1,9 @@
-"""``fmr evaluate``: the FMR protocol on one model, or static evaluators with ``--evaluator``."""
+"""``fmr evaluate``: the FMR protocol (or static evaluators with ``--evaluator``) on one model or several.
+
+Several models (``--model a,b`` or ``--models FILE``) are checked before anything runs; each
+then runs in its own resumable run folder, one after the other, and a model that fails
+does not stop the others. A summary table ends the output.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,13 @@ from .common import add_settings_arguments, add_world_arguments, flag, set_cache
 
 
 def add_arguments(ev: argparse.ArgumentParser) -> None:
-    add_world_arguments(ev)
+    ev.add_argument("--model", default=None,
+                    help="timm:NAME, openclip:ARCH/TAG, hf:ORG/REPO, file:PATH, builtin:NAME; several separated by "
+                         "commas (a comma splits only before a new SOURCE:, so commas inside a spec's ?options "
+                         "or path stay in it)")
+    ev.add_argument("--models", default=None, metavar="FILE",
+                    help="a file of model specs, one per line (# starts a comment); with --model, both lists run")
+    add_world_arguments(ev, model=False)
     add_settings_arguments(ev)
     ev.add_argument("--no-grid", action="store_true", help="do not write the image grid PNG")
     ev.add_argument("--fresh", action="store_true",
@@ -67,8 +78,52 @@ def check_flags(args: argparse.Namespace, fmr: bool, static: list[str]) -> None:
                             "would ignore them; drop them, or add fmr: --evaluator fmr," + ",".join(static))
 
 
+def model_list(args: argparse.Namespace) -> list[str]:
+    """The model specs of ``--model`` and ``--models``, in order, each once, every one checked.
+
+    Raises:
+        SettingsError: no model, or an unreadable models file.
+        SpecError, WeightsError: a malformed spec, an unknown source or builtin, missing weights
+            (all of them named in one line), before anything runs.
+    """
+    from ..models import model_weight_refs
+    from ..registry import MODEL_SOURCES
+    from ..specs import split_specs
+    from ..weights import preflight
+
+    specs = split_specs(args.model or "", MODEL_SOURCES)
+    if args.models:
+        specs += read_models_file(args.models)
+    specs = list(dict.fromkeys(specs))
+    if not specs:
+        raise SettingsError("no model given; pass --model SPEC[,SPEC...] or --models FILE")
+    if len(specs) > 1:  # a bad dataset would fail every model in turn; say it once, before any run
+        from ..datasets import load_dataset
+
+        load_dataset(args.data)
+    refs = []
+    for spec in specs:
+        refs += model_weight_refs(spec)  # parses: a bad source, option or builtin name stops here
+    preflight(refs)
+    return specs
+
+
+def read_models_file(path: str) -> list[str]:
+    """Model specs of a file: one per line; blank lines and ``#`` comments (whole line or trailing) skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise SettingsError(f"cannot read the models file {path} ({e.strerror or e}); pass an existing file") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"the models file {path} is not text; list one model spec per line") from None
+    specs = [line.split("#", 1)[0].strip() for line in lines]
+    return [s for s in specs if s]
+
+
 def run(args: argparse.Namespace) -> int:
     set_cache(args.cache_dir)
+    models = model_list(args)
     fmr, static = split_evaluators(args.evaluator)
     if static:
         from ..evaluators import EVALUATORS
@@ -78,22 +133,85 @@ def run(args: argparse.Namespace) -> int:
     check_flags(args, fmr, static)
     overrides = settings_overrides(args)
     shard, note = resolve_shard(args.shard) if fmr else (None, None)
-    if fmr and static:
+    if static:
         check_static_input(args, static)  # before the FMR run, not after it
-        if shard is not None:
+        if fmr and shard is not None:
             raise SettingsError(f"shard {shard} (from --shard or a SLURM array task) splits the FMR protocol only; "
                                 "run the static evaluators in a command of their own (under torchrun their "
                                 "inference spreads over the ranks)")
-    if fmr:
-        run_fmr(args, overrides, shard, note)
+    if fmr and static and args.limit is not None:
+        print(f"note: --limit {args.limit} applies to the fmr run; the static evaluators ({', '.join(static)}) "
+              "use every image")
+    if len(models) == 1:
+        args.model = models[0]
+        run_model(args, fmr, static, overrides, shard, note)
+        return 0
+    return run_models(args, models, fmr, static, overrides, shard, note)
+
+
+def run_model(args: argparse.Namespace, fmr: bool, static: list[str], overrides: dict, shard: Shard | None = None,
+              note: str | None = None) -> list:
+    """Run and print the evaluations of ``args.model``; returns their results (FMR first)."""
+    results = [run_fmr(args, overrides, shard, note)] if fmr else []
+    results = [r for r in results if r is not None]  # a torchrun rank other than 0 has nothing to show
     if static:
         from ..evaluators.cli import run_static
 
-        if fmr and args.limit is not None:
-            print(f"note: --limit {args.limit} applies to the fmr run; the static evaluators ({', '.join(static)}) "
-                  "use every image")
-        return run_static(args, static)
-    return 0
+        results += run_static(args, static)
+    return results
+
+
+def run_models(args: argparse.Namespace, models: list[str], fmr: bool, static: list[str], overrides: dict,
+               shard: Shard | None = None, note: str | None = None) -> int:
+    """Each model in turn, in its own run folder; a failure is reported and the next model runs.
+
+    Returns 0 when every model finished, else the exit code of the worst failure (2: an
+    FmrBenchError, 1: anything else). Ctrl-C stops the whole list (finished work stays on disk).
+    """
+    from rich.console import Console
+
+    from ..errors import FmrBenchError, InterruptedRun
+
+    console = Console(highlight=False, soft_wrap=True)
+    rows, code = [], 0
+    for i, spec in enumerate(models, 1):
+        console.rule(f"model {i}/{len(models)}: {spec}")
+        args.model = spec
+        try:
+            rows.append((spec, run_model(args, fmr, static, overrides, shard, note), None))
+        except InterruptedRun:
+            raise
+        except FmrBenchError as e:
+            rows.append((spec, [], str(e)))
+            code = max(code, e.exit_code)
+        except Exception as e:  # noqa: BLE001  (one model's crash must not lose the others' runs)
+            rows.append((spec, [], f"{type(e).__name__}: {e}"))
+            code = max(code, 1)
+        if rows[-1][2] is not None:
+            console.print(f"[red]failed:[/] {spec}: {rows[-1][2]}")
+    if any(results or error for _, results, error in rows):  # torchrun ranks other than 0 have nothing to sum up
+        console.print(summary_table(rows))
+    return code
+
+
+def summary_table(rows: list[tuple[str, list, str | None]]):
+    """One line per model and evaluation: status, headline metrics, record."""
+    from rich.table import Table
+
+    t = Table(title="summary")
+    for name in ("model", "evaluator", "status", "SA", "PA", "FMR", "record"):
+        t.add_column(name, overflow="fold")
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    for spec, results, error in rows:
+        if error is not None:
+            t.add_row(spec, "", "[red]failed[/]", "", "", "", error)
+        for r in results:
+            m, rec = r.metrics, r.record
+            path = str(r.path / "record.json") if r.path is not None else "(not written)"
+            fmr_cols = (fmt(m.get("sa")), fmt(m.get("pa")), fmt(m.get("fmr"))) if rec["evaluator"] == "fmr" else \
+                ("", "", "")
+            t.add_row(spec, rec["evaluator"], "reused" if getattr(r, "reused", False) else "done", *fmr_cols, path)
+    return t
 
 
 def check_static_input(args: argparse.Namespace, static: list[str]) -> None:
@@ -116,7 +234,7 @@ def check_static_input(args: argparse.Namespace, static: list[str]) -> None:
                             "see fmr list evaluators")
 
 
-def run_fmr(args: argparse.Namespace, overrides: dict, shard: Shard | None = None, note: str | None = None) -> None:
+def run_fmr(args: argparse.Namespace, overrides: dict, shard: Shard | None = None, note: str | None = None):
     from rich.console import Console
 
     from ..distributed import evaluate_ranks, world_from_env
@@ -157,6 +275,7 @@ def run_fmr(args: argparse.Namespace, overrides: dict, shard: Shard | None = Non
         console.print(f"record: {result.path / 'record.json'}")
         if (result.path / "grid.png").is_file():
             console.print(f"grid:   {result.path / 'grid.png'}")
+    return result
 
 
 def print_notes(console, record: dict) -> None:

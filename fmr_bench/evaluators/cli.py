@@ -17,8 +17,8 @@ def _options(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def run_static(args: argparse.Namespace, names: list[str] | None = None) -> int:
-    """Run the static evaluators ``names`` (default: ``args.evaluator``) and print their tables."""
+def run_static(args: argparse.Namespace, names: list[str] | None = None) -> list:
+    """Run the static evaluators ``names`` (default: ``args.evaluator``), print their tables, return their results."""
     from rich.console import Console
 
     from ..distributed import process_group, rank_device, world_from_env
@@ -54,7 +54,7 @@ def run_static(args: argparse.Namespace, names: list[str] | None = None) -> int:
         console.print(metrics_table(r.record))
         if r.path is not None:
             console.print(f"record: {r.path / 'record.json'}")
-    return 0
+    return results
 
 
 class InferenceProgress:

@@ -27,7 +27,8 @@ def record_metrics(record: dict[str, Any] | Record) -> dict[str, Any]:
         (``"<schema the record was written with>"``), ``settings`` (the run's settings, flat),
         ``metrics`` (name -> number or None), ``n`` (samples), ``weights`` (hash), ``run``
         (folder name), ``reliability`` (calibration bins, when present), ``kind``,
-        ``provenance`` (the record's, as a dict).
+        ``provenance`` (the record's, as a dict), ``method`` (fine-tuning records: the
+        method of ``finetune:<method>``, whose ``evaluator`` reads ``finetune``; else None).
 
     Raises:
         BoardError: not a run record, or one of a schema this reader does not know.
@@ -39,9 +40,11 @@ def record_metrics(record: dict[str, Any] | Record) -> dict[str, Any]:
     metrics = {k: v for k, v in rec.metrics.items() if v is None or isinstance(v, (int, float))}
     settings = dict(rec.settings)
     options = settings.pop("options", None) or {}
+    evaluator, _, method = rec.evaluator.partition(":") if rec.kind == "finetune" else (rec.evaluator, "", "")
     return {
         "model": rec.model_spec,
-        "evaluator": rec.evaluator,
+        "evaluator": evaluator,
+        "method": method or None,
         "kind": rec.kind,
         "dataset": rec.dataset_spec,
         "protocol_version": str(rec.upgraded_from or rec.schema_version),

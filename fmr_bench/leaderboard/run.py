@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .schema import FMR_EVALUATOR, Board, BoardError, Entry, expand, load_board
+from .schema import FINETUNE_EVALUATOR, FMR_EVALUATOR, Board, BoardError, Entry, expand, load_board
 from .table import RUNS, SIZES, BoardTable, build_table, measured_records
 
 
@@ -66,9 +66,13 @@ def run_board(folder: str | Path, *, log: Callable[[str], None] = print) -> Boar
         raise BoardError(f"board {board.name} has no tasks or no measured entries, so there is nothing to run; "
                          "use `fmr leaderboard build` to render it")
     runs = Path(folder) / RUNS
+    if any(t.evaluator == FINETUNE_EVALUATOR for t in board.tasks):  # training is a script's job, not the runner's
+        commands = sorted({e.measured_by for e in todo})
+        raise BoardError(f"board {board.name} is measured by `{'`, `'.join(commands)}`; run that, put its records "
+                         f"in {runs}, then `fmr leaderboard build {board.name}`")
     for entry in todo:
         for task in board.tasks:
-            if (entry.model, task.evaluator) in measured_records(board, entries, runs):
+            if (entry.model, task.evaluator, entry.method) in measured_records(board, entries, runs):
                 log(f"skip  {entry.name} / {task.evaluator}: finished run in {runs}")
                 continue
             log(f"run   {entry.name} / {task.evaluator} ({entry.model} on {task.data})")

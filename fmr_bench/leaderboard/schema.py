@@ -22,6 +22,9 @@ from ..errors import FmrBenchError
 
 STATUSES = ("reported", "measured", "both")
 FMR_EVALUATOR = "fmr"
+#: Task of boards whose entries are fine-tuning methods: read from ``finetune`` records
+#: (:func:`fmr_bench.record.finetune_record`), written by the script an entry's ``measured_by`` names.
+FINETUNE_EVALUATOR = "finetune"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
@@ -153,6 +156,10 @@ class Entry:
     group: str = ""
     notes: str = ""
     path: Path | None = None
+    #: Fine-tuning boards: the method whose ``finetune:<method>`` record this entry reads.
+    method: str | None = None
+    #: The command that measures this entry when ``fmr leaderboard run`` does not (fine-tuning tables).
+    measured_by: str = ""
 
     @property
     def measurable(self) -> bool:
@@ -254,8 +261,9 @@ def check_board(board: Board, where: str) -> None:
         raise BoardError(f"{where}: sort key {board.sort!r} is not a column; use one of {', '.join(sorted(keys))}")
     task_evaluators = set()
     for t in board.tasks:
-        if t.evaluator != FMR_EVALUATOR and t.evaluator not in EVALUATORS:
-            raise BoardError(f"{where}: {EVALUATORS.unknown_message(t.evaluator)} (or 'fmr'); fix the task's evaluator")
+        if t.evaluator not in (FMR_EVALUATOR, FINETUNE_EVALUATOR) and t.evaluator not in EVALUATORS:
+            raise BoardError(f"{where}: {EVALUATORS.unknown_message(t.evaluator)} (or 'fmr', 'finetune'); fix the "
+                             "task's evaluator")
         if t.evaluator in task_evaluators:
             raise BoardError(f"{where}: evaluator {t.evaluator!r} appears in two tasks; give each evaluator one task")
         task_evaluators.add(t.evaluator)
@@ -298,7 +306,7 @@ def check_model_spec(spec: str, where: str) -> None:
 
 def parse_entry(obj: dict[str, Any], where: str, board: Board, path: Path | None = None) -> Entry:
     f = _Fields(obj, where, {"name", "paper", "architecture", "pretraining_data", "extra_data", "status", "model",
-                             "reported", "size", "group", "notes"})
+                             "reported", "size", "group", "notes", "method", "measured_by"})
     fix = "every entry needs provenance: name, paper {title, venue}, architecture, pretraining_data, extra_data, status"
     name = f.req("name", fix=fix)
     paper_obj = f.req("paper", dict, fix=fix)
@@ -313,6 +321,13 @@ def parse_entry(obj: dict[str, Any], where: str, board: Board, path: Path | None
         raise BoardError(f"{where}: a {status} entry needs 'model' (the spec to run, e.g. builtin:digits-cnn)")
     if model:
         check_model_spec(model, where)
+    method, measured_by = f.opt("method", None), f.opt("measured_by", "")
+    finetune_board = any(t.evaluator == FINETUNE_EVALUATOR for t in board.tasks)
+    if finetune_board and status in ("measured", "both") and not (method and measured_by):
+        raise BoardError(f"{where}: a {status} entry of a fine-tuning board needs 'method' (the row of its records, "
+                         "e.g. lp) and 'measured_by' (the command that writes them)")
+    if method and not finetune_board:
+        raise BoardError(f"{where}: 'method' needs a board task with evaluator 'finetune'; drop it or add the task")
     reported = None
     rep = f.opt("reported", None, dict)
     if status in ("reported", "both") and rep is None:
@@ -343,7 +358,7 @@ def parse_entry(obj: dict[str, Any], where: str, board: Board, path: Path | None
         raise BoardError(f"{where}: size.images_per_s needs speed_device (the idle machine it was measured on)")
     return Entry(name, paper, f.req("architecture", fix=fix), f.req("pretraining_data", fix=fix),
                  f.req("extra_data", fix=fix + " ('none' if none)"), status, model, reported, size,
-                 f.opt("group", ""), f.opt("notes", ""), path)
+                 f.opt("group", ""), f.opt("notes", ""), path, method, measured_by)
 
 
 def load_board(folder: str | Path) -> tuple[Board, list[Entry]]:
@@ -362,16 +377,17 @@ def load_board(folder: str | Path) -> tuple[Board, list[Entry]]:
         raise BoardError(f"{bfile}: name {board.name!r} differs from its folder {folder.name!r}; make them equal")
     entries: list[Entry] = []
     seen: dict[str, Path] = {}
-    models: dict[str, Path] = {}
+    models: dict[tuple[str | None, str | None], Path] = {}
     for path in sorted((folder / "entries").glob("*.json")):
         e = parse_entry(_read(path), str(path), board, path)
         if e.name in seen:
             raise BoardError(f"{path}: entry name {e.name!r} is also used by {seen[e.name]}; give each entry its own name")
-        if e.measurable and e.model in models:
-            raise BoardError(f"{path}: model {e.model!r} is also measured by {models[e.model]}; "
-                             "keep one entry per model spec")
+        key = (e.model, e.method)  # fine-tuning boards: one base model, one entry per method
+        if e.measurable and key in models:
+            raise BoardError(f"{path}: model {e.model!r}" + (f" with method {e.method!r}" if e.method else "") +
+                             f" is also measured by {models[key]}; keep one entry per model spec")
         seen[e.name] = path
-        models.update({e.model: path} if e.measurable else {})
+        models.update({key: path} if e.measurable else {})
         entries.append(e)
     if not entries:
         raise BoardError(f"{folder}/entries holds no entry; add one JSON file per model")

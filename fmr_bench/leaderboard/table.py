@@ -46,8 +46,9 @@ def _matches(task: Task, settings: dict[str, Any]) -> bool:
     return all(settings.get(k) == v for k, v in pinned.items())
 
 
-def measured_records(board: Board, entries: list[Entry], runs: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    """(model spec, evaluator) -> record view, for the measurable entries of the board.
+def measured_records(board: Board, entries: list[Entry], runs: Path
+                     ) -> dict[tuple[str, str, str | None], dict[str, Any]]:
+    """(model spec, evaluator, fine-tuning method or None) -> record view, for the measurable entries.
 
     Raises:
         BoardError: a record of another protocol version than the board's, or two
@@ -56,7 +57,7 @@ def measured_records(board: Board, entries: list[Entry], runs: Path) -> dict[tup
     if not runs.is_dir():
         return {}
     wanted = {e.model for e in entries if e.measurable}
-    found: dict[tuple[str, str], tuple[Path, dict[str, Any]]] = {}
+    found: dict[tuple[str, str, str | None], tuple[Path, dict[str, Any]]] = {}
     for path, rec in read_records(runs):
         if rec["model"] not in wanted or rec["evaluator"] not in {t.evaluator for t in board.tasks}:
             continue
@@ -66,9 +67,10 @@ def measured_records(board: Board, entries: list[Entry], runs: Path) -> dict[tup
             raise BoardError(f"{path} is a protocol-version {rec['protocol_version']} record but board {board.name} "
                              f"holds version {board.protocol_version}; delete the old runs and re-run "
                              f"`fmr leaderboard run {board.name}`, or put them on a board of their own")
-        key = (rec["model"], rec["evaluator"])
+        key = (rec["model"], rec["evaluator"], rec["method"])
         if key in found:
-            raise BoardError(f"two runs of {key[0]} for {key[1]} on board {board.name}: {found[key][0].parent} and "
+            what = key[1] + (f":{key[2]}" if key[2] else "")
+            raise BoardError(f"two runs of {key[0]} for {what} on board {board.name}: {found[key][0].parent} and "
                              f"{path.parent}; delete the one that should not count")
         found[key] = (path, rec)
     return {k: v[1] for k, v in found.items()}
@@ -95,8 +97,10 @@ def build_table(board: Board, entries: list[Entry], runs: Path | None = None) ->
                                "paper": e.paper.title, "venue": e.paper.venue, "url": e.paper.url,
                                "architecture": e.architecture, "pretraining_data": e.pretraining_data,
                                "extra_data": e.extra_data,
-                               "source": e.reported.source if e.reported else "",
-                               "reported_protocol": e.reported.protocol_version if e.reported else ""}
+                               "source": e.reported.source if e.reported else
+                               (f"measured by `{e.measured_by}`" if e.measured_by else ""),
+                               "reported_protocol": e.reported.protocol_version if e.reported else "",
+                               "measured_by": e.measured_by}
         measured_size = sizes.get(e.model or "", {})
         row["params_m"] = e.size.params_m if e.size.params_m is not None else measured_size.get("params_m")
         row["gflops"] = e.size.gflops if e.size.gflops is not None else measured_size.get("gflops")
@@ -113,7 +117,7 @@ def build_table(board: Board, entries: list[Entry], runs: Path | None = None) ->
             rep = e.reported.values.get(c.key) if e.reported else None
             mea = None
             if e.measurable and c.evaluator is not None:
-                rec = records.get((e.model, c.evaluator))
+                rec = records.get((e.model, c.evaluator, e.method))
                 if rec is not None:
                     mea = rec["metrics"].get(c.metric_key)
                     runs_used.add(rec["run"])

@@ -1,0 +1,103 @@
+"""``fmr results DIR…``: every run record under some folders as one table (rich, CSV, JSON or Markdown)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import DataError, SettingsError
+from . import Command
+
+FORMATS = ("table", "csv", "json", "markdown")
+#: ``--out`` suffixes that choose the format when ``--format`` is not given.
+SUFFIXES = {".csv": "csv", ".json": "json", ".md": "markdown", ".markdown": "markdown"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="DIR", help="run folders, folders of run folders, or record files")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="table (rich, the default on a terminal), csv, json (a list of rows) or markdown; "
+                        "with --out, the file's suffix chooses when this is not given")
+    p.add_argument("--out", default=None, metavar="FILE", help="write the table to FILE instead of the terminal")
+    for name, what in (("model", "model spec"), ("evaluator", "evaluator (fmr, ood-accuracy, finetune:ft…)"),
+                       ("data", "main dataset spec")):
+        p.add_argument(f"--{name}", action="append", default=None, metavar="PATTERN",
+                       help=f"keep records whose {what} matches: a glob when PATTERN has * or [ (whole value), "
+                            "else a substring; repeatable (any may match)")
+
+
+def render(frame, fmt: str) -> str:
+    """The frame as CSV, JSON (a list of row objects, null for missing) or Markdown text."""
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    if fmt == "json":
+        return frame.to_json(orient="records", indent=1) + "\n"
+    return frame.to_markdown(index=False) + "\n"
+
+
+def rich_table(frame):
+    """The frame for a terminal: settings shared by every row go to the caption, empty columns are left out."""
+    from rich.table import Table
+
+    from ..results_table import ID_COLUMNS
+
+    settings = ID_COLUMNS[ID_COLUMNS.index("n") + 1:]
+    shown = frame.drop(columns=["path", "timestamp", "weights", "schema", "run", "kind"]).dropna(axis=1, how="all")
+    shared = [c for c in shown.columns if c in settings and shown[c].nunique(dropna=False) == 1]
+    t = Table(title=f"{frame['run'].nunique()} run(s), {len(frame)} row(s)",
+              caption=("same in every row: " + ", ".join(f"{c}={_cell(shown[c].iloc[0])}" for c in shared))
+              if shared else None)
+    shown = shown.drop(columns=shared)
+    for col in shown.columns:
+        t.add_column(str(col), overflow="fold")
+    for row in shown.itertuples(index=False):
+        t.add_row(*[_cell(v) for v in row])
+    return t
+
+
+def _cell(v) -> str:
+    return "" if v is None or v != v else (f"{v:.2f}" if isinstance(v, float) else str(v))
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ..files import write_text
+    from ..results_table import load_results
+
+    fmt = args.format
+    if fmt is None and args.out:
+        from pathlib import Path
+
+        fmt = SUFFIXES.get(Path(args.out).suffix.lower())
+        if fmt is None:
+            raise SettingsError(f"cannot tell the format of {args.out} from its suffix; pass --format csv, json or "
+                                "markdown")
+    fmt = fmt or "table"
+    if fmt == "table" and args.out:
+        raise SettingsError("--format table is for the terminal; pass --format csv, json or markdown with --out")
+
+    def report(skip) -> None:
+        print(f"fmr: skipped {skip.path}: {skip.reason}", file=sys.stderr, flush=True)
+
+    frame = load_results(*args.paths, model=args.model, evaluator=args.evaluator, data=args.data, on_skip=report)
+    if frame.empty:
+        filters = [f"--{k} {' '.join(v)}" for k, v in (("model", args.model), ("evaluator", args.evaluator),
+                                                       ("data", args.data)) if v]
+        raise DataError(f"no run records match {' '.join(filters)} under {', '.join(args.paths)}; loosen the filters"
+                        if filters else f"no run records (record.json, finetune.json) under {', '.join(args.paths)}; "
+                        "pass folders that hold finished runs")
+    if fmt == "table":
+        Console(highlight=False).print(rich_table(frame))
+        return 0
+    text = render(frame, fmt)
+    if args.out:
+        write_text(args.out, text, resume=False, fix="pass --out a file in a writable folder")
+        print(f"{len(frame)} row(s) written to {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+COMMAND = Command(help="every run record under some folders as one table (rich, CSV, JSON, Markdown)",
+                  add_arguments=add_arguments, run=run)

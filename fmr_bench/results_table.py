@@ -1,0 +1,144 @@
+"""Every run record under some folders as one pandas DataFrame (``fmr results``, ``fmr_bench.load_results``).
+
+One row per (run, metric set). A record's metrics split into sets by their prefix:
+``digits-shift:rotated/acc`` is metric ``acc`` of set ``digits-shift:rotated``; metrics
+without a prefix (``sa``, ``fmr``, ``id_acc``…) form the set ``main``. Columns: what names
+the run (model, evaluator, kind, dataset), the settings that tell runs apart (limit, init,
+precision, seed, budget, step size, generator, oracle, accept rule, audit judge, static
+evaluator options as ``option.NAME``), then one column per metric name.
+
+Records are the files named ``record.json`` (FMR and static runs) and ``finetune.json``
+(fine-tuning runs) under each folder, and any JSON file named directly. A file that is not
+a readable run record is skipped and reported by name; it never stops the load.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+from .record import Record, RecordError, load_record
+
+#: File names a folder search reads as records.
+RECORD_NAMES = ("record.json", "finetune.json")
+#: Folders a search does not enter: earlier runs set aside by ``--fresh``.
+SET_ASIDE = "replaced-"
+MAIN_SET = "main"
+#: Columns before the metrics, in order.
+ID_COLUMNS = ("model", "evaluator", "kind", "dataset", "metric_set", "n", "seed", "limit", "init", "precision",
+              "budget", "step_size", "generator", "oracle", "accept", "judge")
+TAIL_COLUMNS = ("weights", "schema", "timestamp", "run", "path")
+#: Characters that make a filter a glob (``?`` is not one: model specs use it for options).
+GLOB_CHARS = ("*", "[")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that was not loaded, and why (one line)."""
+
+    path: Path
+    reason: str
+
+
+def matches(value: str | None, patterns: Sequence[str] | None) -> bool:
+    """Whether ``value`` matches any pattern: a glob (with ``*`` or ``[``, whole value) or else a substring."""
+    if not patterns:
+        return True
+    value = value or ""
+    return any(fnmatch.fnmatchcase(value, p) if any(c in p for c in GLOB_CHARS) else p in value for p in patterns)
+
+
+def find_record_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Record files under the folders (and the files) given, each once, in path order.
+
+    Raises:
+        DataError: a path that does not exist.
+    """
+    found: dict[Path, None] = {}
+    for p in paths:
+        p = Path(p)
+        if p.is_file():
+            found.setdefault(p.resolve(), None)
+        elif p.is_dir():
+            for name in RECORD_NAMES:
+                for f in sorted(p.rglob(name)):
+                    if not any(part.startswith(SET_ASIDE) for part in f.relative_to(p).parts[:-1]):
+                        found.setdefault(f.resolve(), None)
+        else:
+            raise DataError(f"{p} does not exist; pass run folders (or record files) to read")
+    return sorted(found)
+
+
+def record_rows(rec: Record, path: Path | None = None) -> list[dict[str, Any]]:
+    """The rows of one record: its identifying columns plus one metric set each."""
+    s, sec = rec.settings, rec.sections
+    base: dict[str, Any] = {
+        "model": rec.model_spec, "evaluator": rec.evaluator, "kind": rec.kind, "dataset": rec.dataset_spec,
+        "n": rec.n, "seed": rec.seed, "limit": s.get("limit"), "init": s.get("init"),
+        "precision": s.get("precision"),
+        "budget": s.get("budget") if rec.kind == "fmr" else None,
+        "step_size": s.get("step_size") if rec.kind == "fmr" else None,
+        "generator": (sec.get("generator") or {}).get("spec"), "oracle": (sec.get("oracle") or {}).get("spec"),
+        "accept": s.get("accept") or (sec.get("oracle") or {}).get("accept"),
+        "judge": ((sec.get("audit") or {}).get("judge") or {}).get("spec"),
+        **{f"option.{k}": v for k, v in (s.get("options") or {}).items()},
+        "weights": rec.model.get("weights_sha256_16"), "schema": rec.upgraded_from or rec.schema_version,
+        "timestamp": rec.provenance.timestamp, "run": rec.run, "path": str(path) if path is not None else None,
+    }
+    sets: dict[str, dict[str, Any]] = {}
+    for key, value in rec.metrics.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            continue  # text or nested values are not table cells
+        prefix, _, name = key.rpartition("/")
+        sets.setdefault(prefix or MAIN_SET, {})[name] = value
+    return [{**base, "metric_set": name, **metrics} for name, metrics in (sets or {MAIN_SET: {}}).items()]
+
+
+def load_results(*paths: str | Path, model: str | Sequence[str] | None = None,
+                 evaluator: str | Sequence[str] | None = None, data: str | Sequence[str] | None = None,
+                 on_skip: Callable[[Skipped], None] | None = None):
+    """Every run record under ``paths`` as one DataFrame, one row per (run, metric set).
+
+    Args:
+        paths: run folders, folders of run folders, or record files.
+        model, evaluator, data: keep records whose model spec / evaluator / (main) dataset
+            spec match: a pattern with ``*`` or ``[`` is a glob on the whole value, any other
+            pattern a substring. Several patterns: any may match.
+        on_skip: called for each file that is not a readable run record (default: nothing;
+            the list is also in ``frame.attrs["skipped"]`` as (path, reason) pairs).
+
+    Raises:
+        DataError: a path that does not exist.
+    """
+    import pandas as pd
+
+    as_list = lambda v: [v] if isinstance(v, str) else list(v or [])  # noqa: E731
+    rows: list[dict[str, Any]] = []
+    skipped: list[Skipped] = []
+    for path in find_record_files(paths):
+        try:
+            rec = load_record(path)
+        except RecordError as e:
+            skip = Skipped(path, str(e).removeprefix(f"{path}: "))
+            skipped.append(skip)
+            if on_skip is not None:
+                on_skip(skip)
+            continue
+        if matches(rec.model_spec, as_list(model)) and matches(rec.evaluator, as_list(evaluator)) and \
+                matches(rec.dataset_spec, as_list(data)):
+            rows.extend(record_rows(rec, path))
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        metric_cols = [c for c in frame.columns if c not in ID_COLUMNS and c not in TAIL_COLUMNS
+                       and not c.startswith("option.")]
+        options = sorted(c for c in frame.columns if c.startswith("option."))
+        frame = frame[[*ID_COLUMNS, *options, *metric_cols, *TAIL_COLUMNS]]
+    frame.attrs["skipped"] = [(str(s.path), s.reason) for s in skipped]
+    return frame
+
+
+__all__ = ["RECORD_NAMES", "Skipped", "find_record_files", "load_results", "matches", "record_rows"]

@@ -165,7 +165,11 @@ class Record:
                 raise RecordError(f"the record lacks {key}.spec; not a complete run record")
         if not isinstance(d.get("metrics"), Mapping):
             raise RecordError("the record lacks its metrics; not a complete run record")
-        return _upgrade_v1(d) if version == 1 else _from_v2(d)
+        try:
+            return _upgrade_v1(d) if version == 1 else _from_v2(d)
+        except (TypeError, ValueError, AttributeError) as e:  # a field of the wrong type, e.g. "settings": [1]
+            raise RecordError(f"malformed run record ({type(e).__name__}: {e}); re-run the run's command to "
+                              "rewrite it") from None
 
 
 def _from_v2(d: Mapping[str, Any]) -> Record:

@@ -132,9 +132,12 @@ def test_bad_records_name_the_problem(tmp_path):
              "future.json": '{"schema_version": 7, "model": {"spec": "m"}, "dataset": {"spec": "d"}, "metrics": {}}',
              "nometrics.json": '{"schema_version": 2, "kind": "fmr", "model": {"spec": "m"}, "dataset": {"spec": "d"}}',
              "badkind.json": '{"schema_version": 2, "kind": "x", "model": {"spec": "m"}, "dataset": {"spec": "d"}, '
-                             '"metrics": {}}'}
+                             '"metrics": {}}',
+             "badtype.json": '{"schema_version": 2, "kind": "fmr", "model": {"spec": "m"}, "dataset": {"spec": "d"}, '
+                             '"metrics": {}, "provenance": 5}'}
     expect = {"foreign.json": "no schema_version", "list.json": "JSON object", "torn.json": "not readable JSON",
-              "future.json": "upgrade fmr_bench", "nometrics.json": "lacks its metrics", "badkind.json": "kind 'x'"}
+              "future.json": "upgrade fmr_bench", "nometrics.json": "lacks its metrics", "badkind.json": "kind 'x'",
+              "badtype.json": "malformed run record"}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(RecordError, match=expect[name]) as e:

@@ -22,9 +22,10 @@ import functools
 import hashlib
 import json
 import subprocess
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from .errors import DataError
 from .metrics import audit_metrics, fmr_metrics, fmr_warnings, per_class_metrics
@@ -60,11 +61,11 @@ def code_commit() -> tuple[str | None, bool | None]:
         return None, None
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
+                              timeout=10, check=False)
         if head.returncode != 0:
             return None, None
         status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
-                                 "fmr_bench"], capture_output=True, text=True, timeout=10)
+                                 "fmr_bench"], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None, None
     dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
@@ -331,5 +332,5 @@ def finetune_record(method: str, settings: Mapping[str, Any], *, model: Mapping[
                         metrics=metrics, provenance=provenance, run=run, seed=seed, sections=sections)
 
 
-__all__ = ["Provenance", "Record", "RecordError", "SCHEMA_VERSION", "build_record", "code_commit", "finetune_record",
+__all__ = ["SCHEMA_VERSION", "Provenance", "Record", "RecordError", "build_record", "code_commit", "finetune_record",
            "fmr_descriptions", "fmr_record", "load_record", "sample_set_fingerprint", "static_record"]

@@ -116,7 +116,6 @@ def load_results(*paths: str | Path, model: str | Sequence[str] | None = None,
     """
     import pandas as pd
 
-    as_list = lambda v: [v] if isinstance(v, str) else list(v or [])  # noqa: E731
     rows: list[dict[str, Any]] = []
     skipped: list[Skipped] = []
     for path in find_record_files(paths):
@@ -128,8 +127,8 @@ def load_results(*paths: str | Path, model: str | Sequence[str] | None = None,
             if on_skip is not None:
                 on_skip(skip)
             continue
-        if matches(rec.model_spec, as_list(model)) and matches(rec.evaluator, as_list(evaluator)) and \
-                matches(rec.dataset_spec, as_list(data)):
+        if matches(rec.model_spec, _as_list(model)) and matches(rec.evaluator, _as_list(evaluator)) and \
+                matches(rec.dataset_spec, _as_list(data)):
             rows.extend(record_rows(rec, path))
     frame = pd.DataFrame(rows)
     if not frame.empty:
@@ -139,6 +138,10 @@ def load_results(*paths: str | Path, model: str | Sequence[str] | None = None,
         frame = frame[[*ID_COLUMNS, *options, *metric_cols, *TAIL_COLUMNS]]
     frame.attrs["skipped"] = [(str(s.path), s.reason) for s in skipped]
     return frame
+
+
+def _as_list(v: str | Sequence[str] | None) -> list[str]:
+    return [v] if isinstance(v, str) else list(v or [])
 
 
 __all__ = ["RECORD_NAMES", "Skipped", "find_record_files", "load_results", "matches", "record_rows"]

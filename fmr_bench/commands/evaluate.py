@@ -97,14 +97,14 @@ def model_list(args: argparse.Namespace) -> list[str]:
     specs = list(dict.fromkeys(specs))
     if not specs:
         raise SettingsError("no model given; pass --model SPEC[,SPEC...] or --models FILE")
-    if len(specs) > 1:  # a bad dataset would fail every model in turn; say it once, before any run
-        from ..datasets import load_dataset
-
-        load_dataset(args.data)
     refs = []
     for spec in specs:
         refs += model_weight_refs(spec)  # parses: a bad source, option or builtin name stops here
-    preflight(refs)
+    if len(specs) > 1:  # what would fail every model in turn, or one of them later: said once, before any run
+        from ..datasets import load_dataset
+
+        load_dataset(args.data)  # first, as a single run does
+        preflight(refs)
     return specs
 
 
@@ -201,14 +201,13 @@ def summary_table(rows: list[tuple[str, list, str | None]]):
     t = Table(title="summary")
     for name in ("model", "evaluator", "status", "SA", "PA", "FMR", "record"):
         t.add_column(name, overflow="fold")
-    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     for spec, results, error in rows:
         if error is not None:
             t.add_row(spec, "", "[red]failed[/]", "", "", "", error)
         for r in results:
             m, rec = r.metrics, r.record
             path = str(r.path / "record.json") if r.path is not None else "(not written)"
-            fmr_cols = (fmt(m.get("sa")), fmt(m.get("pa")), fmt(m.get("fmr"))) if rec["evaluator"] == "fmr" else \
+            fmr_cols = tuple(_fmt(m.get(k)) for k in ("sa", "pa", "fmr")) if rec["evaluator"] == "fmr" else \
                 ("", "", "")
             t.add_row(spec, rec["evaluator"], "reused" if getattr(r, "reused", False) else "done", *fmr_cols, path)
     return t
@@ -276,6 +275,10 @@ def run_fmr(args: argparse.Namespace, overrides: dict, shard: Shard | None = Non
         if (result.path / "grid.png").is_file():
             console.print(f"grid:   {result.path / 'grid.png'}")
     return result
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 def print_notes(console, record: dict) -> None:

@@ -56,7 +56,9 @@ def rich_table(frame):
 
 
 def _cell(v) -> str:
-    return "" if v is None or v != v else (f"{v:.2f}" if isinstance(v, float) else str(v))
+    import pandas as pd
+
+    return "" if v is None or pd.isna(v) else (f"{v:.2f}" if isinstance(v, float) else str(v))
 
 
 def run(args: argparse.Namespace) -> int:

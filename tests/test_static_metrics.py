@@ -188,13 +188,18 @@ def test_baseline_from_records_csv_or_literal(tmp_path):
     slope, intercept = 0.9, -0.4
     for i, acc in enumerate((60.0, 70.0, 80.0)):
         ood = float(M.sigmoid_pct(slope * M.logit(acc) + intercept))
-        rec = {"evaluator": "ood-accuracy", "metrics": {"id_acc": acc, "ood_avg": ood, "imagenet-r/acc": ood,
-                                                        "id/n": 10, "imagenet-r/n": 10}}
+        rec = {"schema_version": 1, "evaluator": "ood-accuracy", "model": {"spec": f"timm:m{i}"},  # version 1: still read
+               "dataset": {"spec": "imagenet:/val"},
+               "metrics": {"id_acc": acc, "ood_avg": ood, "imagenet-r/acc": ood, "id/n": 10, "imagenet-r/n": 10}}
         (tmp_path / f"run{i}").mkdir()
         (tmp_path / f"run{i}" / "record.json").write_text(json.dumps(rec))
     lines = load_baseline(str(tmp_path))
     assert set(lines) == {"ood_avg", "imagenet-r"}
     assert lines["ood_avg"] == (pytest.approx(slope), pytest.approx(intercept))
+    (tmp_path / "run9").mkdir()
+    (tmp_path / "run9" / "record.json").write_text('{"evaluator": "ood-accuracy"}')  # not a run record: named
+    with pytest.raises(DataError, match="run9/record.json: no schema_version"):
+        load_baseline(str(tmp_path))
     (tmp_path / "pts.csv").write_text("id_acc,ood_acc\n60,40\n80,65\n")
     assert set(load_baseline(str(tmp_path / "pts.csv"))) == {"*"}
     assert load_baseline("1.0,0.5") == {"*": (1.0, 0.5)}

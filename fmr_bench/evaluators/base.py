@@ -13,7 +13,6 @@ them into a result record in the same shape as the FMR record.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -27,7 +26,7 @@ from ..distributed import World, rank_device
 from ..errors import ClassMappingError, FmrBenchError, SettingsError
 from ..inference import Logits, compute_logits
 from ..models import ImageClassifier, load_model, map_classes
-from ..record import Provenance, sample_set_fingerprint, static_record
+from ..record import Provenance, load_record, sample_set_fingerprint, static_record
 from ..registry import EVALUATORS
 from ..results import RecordResult, run_dir, settings_hash, write_json
 from ..runtime import command_line, resolve_device
@@ -191,7 +190,7 @@ class StaticResult(RecordResult):
     @classmethod
     def load(cls, folder: str | Path) -> StaticResult:
         folder = Path(folder)
-        return cls(json.loads((folder / "record.json").read_text()), folder)
+        return cls(load_record(folder).to_dict(), folder)  # a version-1 record comes back upgraded
 
 
 def _from_worker(e: FmrBenchError) -> FmrBenchError:

@@ -17,7 +17,6 @@ Why regenerate instead of keeping every x-hat: see docs/protocol.md, "Audit".
 from __future__ import annotations
 
 import csv
-import json
 import re
 from dataclasses import fields, replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from ..config import FmrSettings
 from ..errors import DataError, SpecError
 from ..metrics import audit_counts
 from ..oracles import Oracle, oracle_specs
+from ..record import load_record
 from ..results import FmrResult, write_json
 from .data import GENERATION_FILE, LABELS_FILE, read_export
 
@@ -47,13 +47,10 @@ def audit_run(folder: str | Path, judge: str | Oracle, *, device: str = "auto", 
     folder = Path(folder)
     if isinstance(judge, str):
         oracle_specs(judge)  # a bad judge spec stops here, before anything is loaded
-    try:
-        record = json.loads((folder / "record.json").read_text())
-    except FileNotFoundError:
+    if not (folder / "record.json").is_file():
         raise DataError(f"{folder} holds no record.json; pass a finished run folder (or finish the run by "
-                        "re-running its command with --audit JUDGE)") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read {folder / 'record.json'} ({e}); re-run the run's command") from None
+                        "re-running its command with --audit JUDGE)")
+    record = load_record(folder).to_dict()  # RecordError (a DataError) names an unreadable record; v1 is upgraded
     if record.get("evaluator") != "fmr":
         raise DataError(f"{folder} holds a {record.get('evaluator')!r} record, not an FMR run; pass an FMR run folder")
     known = {f.name for f in fields(FmrSettings)}

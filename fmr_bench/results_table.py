@@ -30,7 +30,7 @@ SET_ASIDE = "replaced-"
 MAIN_SET = "main"
 #: Columns before the metrics, in order.
 ID_COLUMNS = ("model", "evaluator", "kind", "dataset", "metric_set", "n", "seed", "limit", "init", "precision",
-              "budget", "step_size", "generator", "oracle", "accept", "judge")
+              "budget", "step_size", "generator", "oracle", "accept", "judge", "shard")
 TAIL_COLUMNS = ("weights", "schema", "timestamp", "run", "path")
 #: Characters that make a filter a glob (``?`` is not one: model specs use it for options).
 GLOB_CHARS = ("*", "[")
@@ -85,6 +85,8 @@ def record_rows(rec: Record, path: Path | None = None) -> list[dict[str, Any]]:
         "generator": (sec.get("generator") or {}).get("spec"), "oracle": (sec.get("oracle") or {}).get("spec"),
         "accept": s.get("accept") or (sec.get("oracle") or {}).get("accept"),
         "judge": ((sec.get("audit") or {}).get("judge") or {}).get("spec"),
+        # a shard's record covers part of a run (``fmr merge`` makes the whole one)
+        "shard": f"{sec['shard']['index']}/{sec['shard']['count']}" if isinstance(sec.get("shard"), dict) else None,
         **{f"option.{k}": v for k, v in (s.get("options") or {}).items()},
         "weights": rec.model.get("weights_sha256_16"), "schema": rec.upgraded_from or rec.schema_version,
         "timestamp": rec.provenance.timestamp, "run": rec.run, "path": str(path) if path is not None else None,

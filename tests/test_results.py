@@ -102,7 +102,11 @@ def test_load_results_skips_malformed_and_foreign_files_by_name(two_runs, tmp_pa
     assert row["fmr"] == rec["metrics"]["fmr"] and row["sa"] == rec["metrics"]["sa"] and row["metric_set"] == "main"
     assert (row["limit"], row["budget"], row["seed"], row["init"], row["precision"]) == (3, 2, 0, "none", "fp32")
     assert row["generator"] == rec["generator"]["spec"] and row["oracle"] == rec["oracle"]["spec"]
-    assert row["accept"] == rec["settings"]["accept"] and pd.isna(row["judge"])
+    assert row["accept"] == rec["settings"]["accept"] and pd.isna(row["judge"]) and pd.isna(row["shard"])
+    part = root / "part" / "record.json"  # a shard's partial record says which shard it is
+    part.parent.mkdir()
+    part.write_text(json.dumps({**rec, "shard": {"index": 1, "count": 3, "n_selected": 3}}))
+    assert list(load_results(part)["shard"]) == ["1/3"]
 
 
 def test_load_results_filters_and_metric_sets(two_runs):

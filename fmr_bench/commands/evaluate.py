@@ -321,4 +321,5 @@ def audit_table(audit: dict, title: str | None = None):
     return t
 
 
-COMMAND = Command(help="run the FMR protocol on a model and dataset", add_arguments=add_arguments, run=run)
+COMMAND = Command(help="run the FMR protocol (or static evaluators) on one model or several",
+                  add_arguments=add_arguments, run=run)

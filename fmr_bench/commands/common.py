@@ -57,6 +57,14 @@ def add_world_arguments(parser: argparse.ArgumentParser, *, model: bool = True) 
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def add_audit_argument(parser: argparse.ArgumentParser) -> None:
+    """``--audit JUDGE``: an independent judge scores every validated perturbed image."""
+    parser.add_argument("--audit", default=None, metavar="JUDGE",
+                        help="score every validated perturbed image with an independent judge (any oracle spec or "
+                             "A+B ensemble, e.g. builtin:digits-judge, openclip:ViT-L-14/openai); not part of the "
+                             "run's identity")
+
+
 def set_cache(path: str | None) -> None:
     if not path:
         return

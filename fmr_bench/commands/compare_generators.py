@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from . import Command
-from .common import add_settings_arguments, set_cache, settings_overrides
+from .common import add_audit_argument, add_settings_arguments, set_cache, settings_overrides
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="where downloaded weights live (sets FMR_CACHE, HF_HOME, TORCH_HOME)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-grid", action="store_true", help="do not write the runs' image grid PNGs")
+    add_audit_argument(p)
     add_settings_arguments(p)
 
 
@@ -29,22 +30,24 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..studies.compare import compare_generators
-    from ..studies.tables import fmt, rich_table
+    from ..studies.tables import columns_for, fmt, rich_table
 
     console = Console(highlight=False, soft_wrap=True)
     log = None if args.quiet else (lambda msg: console.print(msg, highlight=False))
     res = compare_generators(args.models, args.generators, args.data, to=args.to, out=args.out, oracle=args.oracle,
-                             progress=not args.quiet, write_grid=not args.no_grid, log=log,
+                             progress=not args.quiet, write_grid=not args.no_grid, audit=args.audit, log=log,
                              **settings_overrides(args))
-    cols = [("generator", "generator"), ("model", "model"), ("SA", "sa"), ("VR", "vr"), ("PA", "pa"), ("FMR", "fmr"),
-            ("steps", "mean_steps"), ("n", "n")]
+    audited = ("audit_validity", "audit_fmr") if args.audit else ()
+    cols = [("generator", "generator"), ("model", "model"),
+            *columns_for(["sa", "vr", "pa", "fmr", *audited, "mean_steps", "n"])]
     console.print(rich_table(res.rows, cols, title=f"PA / FMR per generator — {args.data}",
-                             caption="percent; PA over validated samples, FMR = 100 PA / SA; steps: mean survived; "
+                             caption="percent; PA over validated samples, FMR = 100 PA / SA; validity: share of validated "
+                                     "images the judge still labels y; aud. FMR over those; steps: mean survived; "
                                      "the Table 3 layout is in table.csv"))
     console.print(rich_table(
         [{k: fmt(v) for k, v in r.items()} for r in res.tau],
         [("generator A", "generator_a"), ("generator B", "generator_b"), ("tau FMR", "tau_fmr"),
-         ("tau PA", "tau_pa"), ("models", "n_models")],
+         ("tau PA", "tau_pa"), *([("tau aud. FMR", "tau_audit_fmr")] if args.audit else []), ("models", "n_models")],
         title="rank agreement (Kendall tau-b over the models)"))
     for note in res.notes:
         console.print(f"note: {note}", markup=False)

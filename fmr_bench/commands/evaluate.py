@@ -13,7 +13,7 @@ from ..config import FMR_ONLY
 from ..errors import SettingsError
 from ..shards import Shard, resolve_shard
 from . import Command
-from .common import add_settings_arguments, add_world_arguments, flag, set_cache, settings_overrides
+from .common import add_audit_argument, add_settings_arguments, add_world_arguments, flag, set_cache, settings_overrides
 
 
 def add_arguments(ev: argparse.ArgumentParser) -> None:
@@ -29,9 +29,7 @@ def add_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--fresh", action="store_true",
                     help="redo a run whose folder already holds outcomes; the earlier files move to "
                          "replaced-<time>/ inside the run folder (nothing is deleted)")
-    ev.add_argument("--audit", default=None, metavar="JUDGE",
-                    help="score every validated perturbed image with an independent judge (any oracle spec or "
-                         "A+B ensemble, e.g. openclip:ViT-L-14/openai); not part of the run's identity")
+    add_audit_argument(ev)
     ev.add_argument("--shard", default=None, metavar="I/N",
                     help="run shard I of N (0-based) of the selected samples, in RUN/shard-I-of-N/; default: the "
                          "SLURM array task's (SLURM_ARRAY_TASK_ID, _COUNT, _MIN); combine shards with fmr merge. "

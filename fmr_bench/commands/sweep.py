@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from . import Command
-from .common import add_settings_arguments, add_world_arguments, set_cache, settings_overrides
+from .common import add_audit_argument, add_settings_arguments, add_world_arguments, set_cache, settings_overrides
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder for sweep.csv/json/png (default OUT/sweep__<model>__<data>__<hash>)")
     p.add_argument("--per-class", action="store_true", help="also write per_class.csv: the per-class table of every pair")
     p.add_argument("--no-grid", action="store_true", help="do not write the runs' image grid PNGs")
+    add_audit_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
     log = None if args.quiet else (lambda msg: console.print(msg, highlight=False))
     res = sweep(args.model, args.data, args.step_sizes, args.budgets, to=args.to, out=args.out,
                 generator=args.generator, oracle=args.oracle, per_class=args.per_class, progress=not args.quiet,
-                write_grid=not args.no_grid, log=log, **settings_overrides(args))
-    cols = columns_for(["step_size", "budget", *(k for k in METRIC_COLUMNS if k != "oracle_acc")])
+                write_grid=not args.no_grid, audit=args.audit, log=log, **settings_overrides(args))
+    audited = ("audit_validity", "audit_fmr") if args.audit else ()
+    cols = columns_for(["step_size", "budget", *(k for k in METRIC_COLUMNS if k != "oracle_acc"), *audited])
     console.print(rich_table(res.rows, cols, title=f"sweep — {args.model} on {args.data}",
                              caption="percent: SA, VR, PA, FMR, PA_all; steps: mean survived; valid: validated; "
                                      "all columns in sweep.csv"))

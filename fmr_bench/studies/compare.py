@@ -27,11 +27,11 @@ from ..datasets import ImageDataset, load_dataset
 from ..errors import SettingsError
 from ..results import run_dir, write_json
 from .export import merge_settings
-from .tables import write_csv
+from .tables import AUDIT_COLUMNS, METRIC_COLUMNS, metric_row, write_csv
 
-METRIC_COLUMNS = ("sa", "vr", "pa", "fmr", "pa_all", "oracle_acc", "mean_steps", "n_validated", "n")
-ROW_COLUMNS = ("model", "generator", *METRIC_COLUMNS, "run")
-TAU_COLUMNS = ("generator_a", "generator_b", "tau_fmr", "p_fmr", "tau_pa", "p_pa", "n_models")
+ROW_COLUMNS = ("model", "generator", *METRIC_COLUMNS, *AUDIT_COLUMNS, "run")
+TAU_COLUMNS = ("generator_a", "generator_b", "tau_fmr", "p_fmr", "tau_pa", "p_pa", "tau_audit_fmr", "p_audit_fmr",
+               "n_models")
 
 
 @dataclass
@@ -69,13 +69,14 @@ def kendall_tau(a: Sequence[float | None], b: Sequence[float | None]) -> tuple[f
     return float(res.statistic), float(res.pvalue), len(pairs)
 
 
-def tau_table(rows: Sequence[dict[str, Any]], generators: Sequence[str], models: Sequence[str]) -> list[dict[str, Any]]:
-    """τ between every pair of generators, over the models, on FMR and on PA."""
+def tau_table(rows: Sequence[dict[str, Any]], generators: Sequence[str], models: Sequence[str],
+              keys: Sequence[str] = ("fmr", "pa")) -> list[dict[str, Any]]:
+    """τ between every pair of generators, over the models, on each metric of ``keys`` (FMR and PA)."""
     by = {(r["model"], r["generator"]): r for r in rows}
     out = []
     for ga, gb in itertools.combinations(generators, 2):
         row: dict[str, Any] = {"generator_a": ga, "generator_b": gb}
-        for key in ("fmr", "pa"):
+        for key in keys:
             tau, p, n = kendall_tau([by[(m, ga)][key] for m in models], [by[(m, gb)][key] for m in models])
             row.update({f"tau_{key}": tau, f"p_{key}": p, "n_models": n})
         out.append(row)
@@ -114,7 +115,8 @@ def check_specs(models: Sequence[str], generators: Sequence[str], oracle: str | 
 def compare_generators(models: str | Sequence[str], generators: str | Sequence[str], data: str | ImageDataset = "digits",
                        *, to: str | Path | None = None, out: str | Path = "runs", oracle: str | None = None,
                        settings: FmrSettings | None = None, progress: Any = False, pretrained: bool = True,
-                       write_grid: bool = True, log=None, **overrides: Any) -> CompareResult:
+                       write_grid: bool = True, audit: str | None = None, log=None,
+                       **overrides: Any) -> CompareResult:
     """Run FMR for every (model, generator) pair; tabulate PA/FMR and the rank agreement.
 
     Args:
@@ -124,6 +126,9 @@ def compare_generators(models: str | Sequence[str], generators: str | Sequence[s
         data, oracle, out, settings, overrides, progress, pretrained, write_grid:
             as for :func:`fmr_bench.evaluate`.
         to: output folder; default ``OUT/compare__<data>__<hash of the request>``.
+        audit: a judge spec (e.g. ``builtin:digits-judge``) that audits every run's validated
+            x-hat (:mod:`fmr_bench.audit`); the rows gain :data:`~fmr_bench.studies.tables.AUDIT_COLUMNS` and a
+            ``audit_fmr`` τ column. Not part of the runs' identity: earlier runs are reused.
         log: optional ``callable(str)`` for progress lines.
 
     Raises:
@@ -139,7 +144,8 @@ def compare_generators(models: str | Sequence[str], generators: str | Sequence[s
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data)
     check_specs(models, generators, oracle, dataset.world.generator)
     request = {"models": models, "generators": generators, "dataset": dataset.spec, "oracle": oracle,
-               "settings": {k: v for k, v in asdict(merged).items() if k not in ("device", "batch_size", "workers")}}
+               "settings": {k: v for k, v in asdict(merged).items() if k not in ("device", "batch_size", "workers")},
+               **({"audit": audit} if audit else {})}
     to = Path(to) if to is not None else run_dir(Path(out), "compare", dataset.spec, request)
     say = log or (lambda _msg: None)
     started = _dt.datetime.now(_dt.timezone.utc)
@@ -148,10 +154,9 @@ def compare_generators(models: str | Sequence[str], generators: str | Sequence[s
         for m in models:
             say(f"{m} with generator {g}")
             res = evaluate(m, dataset, generator=g, oracle=oracle, out=out, progress=progress, pretrained=pretrained,
-                           write_grid=write_grid, settings=merged)
-            rows.append({"model": m, "generator": g, **{k: res.metrics[k] for k in METRIC_COLUMNS},
-                         "run": str(res.path) if res.path else None})
-    taus = tau_table(rows, generators, models)
+                           write_grid=write_grid, settings=merged, audit=audit)
+            rows.append({"model": m, "generator": g, **metric_row(res.metrics), "run": str(res.path) if res.path else None})
+    taus = tau_table(rows, generators, models, keys=("fmr", "pa", "audit_fmr") if audit else ("fmr", "pa"))
     write_csv(to / "compare.csv", rows, ROW_COLUMNS)
     wide = wide_rows(rows)
     write_csv(to / "table.csv", wide, list(wide[0]))

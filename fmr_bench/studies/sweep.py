@@ -30,10 +30,9 @@ from ..files import save_figure
 from ..record import load_record as read_record
 from ..results import run_dir, write_json
 from .export import merge_settings
-from .tables import write_csv
+from .tables import AUDIT_COLUMNS, METRIC_COLUMNS, metric_row, write_csv
 
-METRIC_COLUMNS = ("sa", "vr", "pa", "fmr", "pa_all", "oracle_acc", "mean_steps", "n_validated", "n")
-SWEEP_COLUMNS = ("step_size", "budget", *METRIC_COLUMNS, "run")
+SWEEP_COLUMNS = ("step_size", "budget", *METRIC_COLUMNS, *AUDIT_COLUMNS, "run")
 PER_CLASS_COLUMNS = ("label", "class", *METRIC_COLUMNS)
 
 
@@ -77,8 +76,8 @@ def parse_values(text: str | Sequence[float] | None, what: str, kind: type) -> l
 def sweep(model: str, data: str | ImageDataset = "digits", step_sizes: Any = None, budgets: Any = None, *,
           to: str | Path | None = None, out: str | Path = "runs", generator: str | None = None,
           oracle: str | None = None, settings: FmrSettings | None = None, per_class: bool = False,
-          progress: Any = False, pretrained: bool = True, write_grid: bool = True, log=None,
-          **overrides: Any) -> SweepResult:
+          progress: Any = False, pretrained: bool = True, write_grid: bool = True, audit: str | None = None,
+          log=None, **overrides: Any) -> SweepResult:
     """Run FMR for every (step size, budget) pair and tabulate and plot the metrics.
 
     Args:
@@ -87,6 +86,8 @@ def sweep(model: str, data: str | ImageDataset = "digits", step_sizes: Any = Non
         step_sizes, budgets: lists or comma-separated strings of positive values.
         to: output folder; default ``OUT/sweep__<model>__<data>__<hash of the request>``.
         per_class: also write every pair's per-class table (``per_class.csv``).
+        audit: a judge spec that audits every run (as ``fmr evaluate --audit``); the rows gain
+            the audited columns (:data:`fmr_bench.studies.tables.AUDIT_COLUMNS`).
         log: optional ``callable(str)`` for progress lines.
 
     Raises:
@@ -107,7 +108,8 @@ def sweep(model: str, data: str | ImageDataset = "digits", step_sizes: Any = Non
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data)
     request = {"model": model, "dataset": dataset.spec, "generator": generator, "oracle": oracle,
                "step_sizes": etas, "budgets": bs,
-               "settings": {k: v for k, v in asdict(merged).items() if k not in ("device", "batch_size", "workers")}}
+               "settings": {k: v for k, v in asdict(merged).items() if k not in ("device", "batch_size", "workers")},
+               **({"audit": audit} if audit else {})}
     to = Path(to) if to is not None else run_dir(Path(out), f"sweep__{model}", dataset.spec, request)
     say = log or (lambda _msg: None)
     started = _dt.datetime.now(_dt.timezone.utc)
@@ -116,9 +118,9 @@ def sweep(model: str, data: str | ImageDataset = "digits", step_sizes: Any = Non
         for eta in etas:
             say(f"step size {eta:g}, budget {b}")
             res = evaluate(model, dataset, generator=generator, oracle=oracle, out=out, progress=progress,
-                           pretrained=pretrained, write_grid=write_grid,
+                           pretrained=pretrained, write_grid=write_grid, audit=audit,
                            settings=merge_settings(merged, {"step_size": eta, "budget": b}))
-            rows.append({"step_size": eta, "budget": b, **{k: res.metrics[k] for k in METRIC_COLUMNS},
+            rows.append({"step_size": eta, "budget": b, **metric_row(res.metrics),
                          "run": str(res.path) if res.path else None})
             if per_class:
                 class_rows += [{"step_size": eta, "budget": b, **r} for r in per_class_rows(res.record)]

@@ -10,6 +10,18 @@ from typing import Any
 
 from ..files import atomic_write
 
+#: The metrics of an FMR run that the studies' rows carry.
+METRIC_COLUMNS = ("sa", "vr", "pa", "fmr", "pa_all", "oracle_acc", "mean_steps", "n_validated", "n")
+#: The audited metrics a row gains when a judge audited the run (``audit=``); absent otherwise.
+AUDIT_COLUMNS = ("audit_validity", "audit_pa", "audit_fmr", "n_confirmed")
+
+
+def metric_row(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A run's metrics as a study row's columns: :data:`METRIC_COLUMNS`, and :data:`AUDIT_COLUMNS`
+    when the run was audited."""
+    keys = METRIC_COLUMNS + (AUDIT_COLUMNS if "audit_validity" in metrics else ())
+    return {k: metrics.get(k) for k in keys}
+
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
     """Write ``rows`` (missing keys and ``None`` as empty cells) atomically; returns the path."""
@@ -25,7 +37,8 @@ def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequenc
 #: Short column headers of the printed tables (as ``fmr evaluate`` prints them).
 HEADERS = {"step_size": "eta", "budget": "B", "sa": "SA", "vr": "VR", "pa": "PA", "fmr": "FMR", "pa_all": "PA_all",
            "oracle_acc": "oracle", "mean_steps": "steps", "n_validated": "valid", "n": "n", "label": "label",
-           "class": "class"}
+           "class": "class", "audit_validity": "validity", "audit_pa": "aud. PA", "audit_fmr": "aud. FMR",
+           "n_confirmed": "confirmed"}
 
 
 _TEXT = ("class", "source", "model")

@@ -249,15 +249,15 @@ def test_audit_of_an_export_folder_matches_the_in_run_audit(tmp_path):
 def test_grid_shows_oracle_and_judge_verdicts(tmp_path, monkeypatch):
     from fmr_bench import viz
 
-    titles = []
+    texts = []
     import matplotlib.axes
 
-    orig = matplotlib.axes.Axes.set_title
-    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda self, t, *a, **k: (titles.append(t),
-                                                                                     orig(self, t, *a, **k))[1])
+    orig = matplotlib.axes.Axes.text
+    monkeypatch.setattr(matplotlib.axes.Axes, "text", lambda self, x, y, t, *a, **k: (texts.append(t),
+                                                                                     orig(self, x, y, t, *a, **k))[1])
     res = run(tmp_path, audit=judge())
     assert (res.path / "grid.png").stat().st_size > 1000
-    text = "\n".join(titles)
+    text = "\n".join(texts)
     assert "oracle accepts, p(y)=" in text and "oracle rejected step 1" in text
     assert "judge: zero (= y), p(y)=0.75" in text and "judge: one (not y), p(y)=0.25" in text
     assert viz.verdict_lines(res.outcomes[0], ["zero", "one"], None).count("judge") == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +75,27 @@ def test_cli_prints_table_and_tau(tmp_path, capsys):
     assert code == 0 and "rank agreement" in out and "tau.csv" in out
     code = main(["compare-generators", "--models", MODELS, "--generators", "pixel,nope", "--out", str(tmp_path)])
     assert code == 2 and "unknown generator 'nope'" in capsys.readouterr().err
+
+
+def test_audit_adds_the_judges_columns_from_each_runs_record(tmp_path, capsys):
+    # The judge is the oracle itself: a validated x-hat passed its margin rule, so its argmax is y and the
+    # judge confirms every one.
+    res = compare_generators(MODELS, "pixel", "digits", out=tmp_path / "runs", to=tmp_path / "cmp", write_grid=False,
+                             audit="builtin:digits-clip", **FAST)
+    for row in res.rows:
+        record = json.loads((Path(row["run"]) / "record.json").read_text())
+        assert {k: row[k] for k in ("audit_validity", "audit_pa", "audit_fmr", "n_confirmed")} == \
+            {k: record["metrics"][k] for k in ("audit_validity", "audit_pa", "audit_fmr", "n_confirmed")}
+        assert row["n_confirmed"] == row["n_validated"] and row["audit_validity"] in (100.0, None)
+    header = (tmp_path / "cmp" / "compare.csv").read_text().splitlines()[0].split(",")
+    assert {"audit_validity", "audit_fmr"} <= set(header)
+    assert "tau_audit_fmr" in (tmp_path / "cmp" / "tau.csv").read_text().splitlines()[0]
+    # the same runs without a judge: no audited values, and the runs are reused, not redone
+    plain = compare_generators(MODELS, "pixel", "digits", out=tmp_path / "runs", write_grid=False, **FAST)
+    assert [r["run"] for r in plain.rows] == [r["run"] for r in res.rows]
+    assert all("audit_validity" not in r for r in plain.rows)
+    code = main(["compare-generators", "--models", MODELS, "--generators", "pixel", "--limit", "3", "--budget", "2",
+                 "--batch-size", "8", "--out", str(tmp_path / "runs"), "--audit", "builtin:digits-clip", "--quiet",
+                 "--no-grid"])
+    out = capsys.readouterr().out
+    assert code == 0 and "validity" in out and "aud. FMR" in out and "tau aud. FMR" in out

@@ -204,7 +204,9 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
         grid_ids = set(ids[:GRID_SIZE])  # the grid shows the first samples in dataset order
         started = now()
         total, finished = len(indices), sum(1 for i in ids if i in done)
-        if reused_run and progress is True:
+        if progress is True and auditor is not None and finished:
+            _say(audit_line(auditor, select(done, ids), folder))
+        elif reused_run and progress is True:
             _say(f"reused finished run ({folder}): all {total} samples were done; pass --fresh to redo it")
         bar = _Progress(progress if pending else False, total, finished)
 
@@ -291,6 +293,15 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
         for p, flag in zip(clf.parameters(), grad_flags):
             p.requires_grad_(flag)
     return FmrResult(record, outcomes, folder, reused=reused_run)
+
+
+def audit_line(auditor: Audit, finished: list[SampleOutcome], folder: Path | None) -> str:
+    """What an audit of samples finished earlier does: how many validated x-hat it generates again."""
+    validated = sum(1 for o in finished if o.validated)
+    todo = len(auditor.pending(finished))
+    what = (f"generating the x-hat of {todo} of its {validated} validated samples again for the judge's verdict"
+            if todo else f"all {validated} validated samples already have its verdict")
+    return f"audit of {folder or 'the finished samples'} by judge {auditor.spec}: {what}"
 
 
 def _nonempty(path: Path) -> bool:

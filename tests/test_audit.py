@@ -296,3 +296,70 @@ def test_disk_full_during_a_later_audit_keeps_verdicts_and_resumes(tmp_path, mon
     res = run(tmp_path, audit=judge())
     assert res.record["audit"]["n_regenerated"] == 3  # the two saved verdicts were kept
     assert {k: res.metrics[k] for k in EXPECTED} == EXPECTED
+
+
+def _digits_run(tmp_path):
+    args = ["--model", "builtin:digits-cnn", "--limit", "4", "--budget", "2", "--out", str(tmp_path / "runs"),
+            "--quiet", "--no-grid", "--device", "cpu"]
+    assert main(["evaluate", *args]) == 0
+    (folder,) = (tmp_path / "runs").iterdir()
+    return folder
+
+
+def _last_lines_of(text):
+    return {row["id"]: row for row in map(json.loads, text.splitlines())}
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ".lock"}
+
+
+def test_fmr_audit_of_a_read_only_run_says_pass_out_and_out_writes_an_audited_copy(tmp_path, capsys, monkeypatch):
+    import os
+
+    from fmr_bench.studies import audit as study
+
+    folder = _digits_run(tmp_path)
+    before = _snapshot(folder)
+    real_access = os.access  # a read-only mount, as root cannot be kept out by permissions
+    monkeypatch.setattr(study.os, "access", lambda p, mode: False if str(p).startswith(str(folder)) and mode == os.W_OK
+                        else real_access(p, mode))
+    capsys.readouterr()
+    assert main(["audit", str(folder), "--judge", "builtin:digits-clip", "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "read-only" in err and "pass --out DIR" in err
+    assert _snapshot(folder) == before
+    # --out: the run is only read; the copy holds the run's files plus the verdicts
+    out = tmp_path / "audited"
+    assert main(["audit", str(folder), "--judge", "builtin:digits-clip", "--device", "cpu", "--quiet",
+                 "--out", str(out)]) == 0
+    assert f"audited copy: {out / folder.name}" in capsys.readouterr().out
+    assert _snapshot(folder) == before
+    copy = json.loads((out / folder.name / "record.json").read_text())
+    original = json.loads(before["record.json"])
+    assert copy["metrics"]["n_audited"] == original["metrics"]["n_validated"] > 0
+    assert {k: copy["metrics"][k] for k in original["metrics"]} == original["metrics"]
+    assert (out / folder.name / "settings.json").read_bytes() == before["settings.json"]
+    lines = (out / folder.name / "samples.jsonl").read_text()
+    assert lines.startswith(before["samples.jsonl"].decode())  # the run's lines, then the verdicts
+    # again: the copy is complete and audited; nothing is copied over it or generated again
+    assert main(["audit", str(folder), "--judge", "builtin:digits-clip", "--device", "cpu", "--quiet",
+                 "--out", str(out)]) == 0
+    again = json.loads((out / folder.name / "record.json").read_text())
+    assert again["audit"]["n_regenerated"] == 0 and again["metrics"] == copy["metrics"]
+    assert _last_lines(out / folder.name / "samples.jsonl") == _last_lines_of(lines)
+    assert _snapshot(folder) == before
+
+
+def test_fmr_audit_of_a_writable_run_says_what_it_audits_and_where(tmp_path, capsys):
+    folder = _digits_run(tmp_path)
+    capsys.readouterr()
+    assert main(["audit", str(folder), "--judge", "builtin:digits-clip", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    n = json.loads((folder / "record.json").read_text())["metrics"]["n_validated"]
+    assert "reused finished run" not in captured.err
+    assert f"audit of {folder} by judge builtin:digits-clip: generating the x-hat of {n} of its {n} validated " \
+           "samples again" in captured.err.replace("\n", " ")
+    assert f"audited in place: {folder}" in captured.out
+    assert main(["audit", str(folder), "--judge", "builtin:digits-clip", "--device", "cpu"]) == 0
+    assert f"all {n} validated samples already have its verdict" in capsys.readouterr().err.replace("\n", " ")

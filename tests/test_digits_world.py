@@ -52,3 +52,35 @@ def test_shipped_vqgan_matches_its_card_checksum():
     from fmr_bench.generators.cards import PACKAGE_DIR
 
     assert sha256_file(PACKAGE_DIR / card["weights"]["package_file"]) == card["weights"]["sha256"]
+
+
+def test_digits_clip_loads_without_open_clips_random_init_warning_and_keeps_other_lines(caplog, monkeypatch):
+    import logging
+
+    import open_clip
+
+    from fmr_bench.digits.clip import create_digits_clip
+    from fmr_bench.digits.clip_captions import create_digits_clip_captions
+
+    caplog.set_level(logging.WARNING)
+    create_digits_clip(pretrained=False)  # open_clip gets no weights: we load ours, or none on purpose
+    create_digits_clip_captions()  # open_clip gets no weights, ours are loaded right after
+    assert not [r for r in caplog.records if "No pretrained weights loaded" in r.getMessage()]
+    # exactly that line, for our model only: any other warning during the load, and the same line
+    # for another model, still come through; and after the load nothing is filtered
+    real = open_clip.create_model
+
+    def noisy(name, **kw):
+        logging.warning("No pretrained weights loaded for model 'someone-else'. Model initialized randomly.")
+        logging.warning("something else went wrong")
+        logging.warning(f"No pretrained weights loaded for model '{name}'. Model initialized randomly.")
+        return real(name, **kw)
+
+    monkeypatch.setattr(open_clip, "create_model", noisy)
+    caplog.clear()
+    create_digits_clip(pretrained=False)
+    logging.warning("No pretrained weights loaded for model 'fmr-digits-clip'. (after the load)")
+    assert [r.getMessage() for r in caplog.records] == [
+        "No pretrained weights loaded for model 'someone-else'. Model initialized randomly.",
+        "something else went wrong",
+        "No pretrained weights loaded for model 'fmr-digits-clip'. (after the load)"]

@@ -173,3 +173,14 @@ def test_cli_fit_then_evaluate_with_the_mask(tmp_path, capsys):
     assert code == 0
     record = json.loads(next((tmp_path / "runs").rglob("record.json")).read_text())
     assert record["generator"]["name"] == "sparse-vqgan" and record["generator"]["mask_card"] == "sparse-vqgan-tiny"
+
+
+def test_step_size_comes_from_the_per_source_card_table(monkeypatch):
+    from fmr_bench import generators as G
+
+    assert G.default_step_size("vqgan:digits", "vqgan:digits") == (0.05, "generator card vqgan-digits")
+    assert G.default_step_size("sparse-vqgan:digits", "vqgan:digits") == (0.05, "generator card vqgan-digits")
+    assert G.default_step_size("pixel", "vqgan:digits") is None
+    # a source gains a card by one table entry, not by another branch
+    monkeypatch.setitem(G._CARDS, "pixel", lambda spec, default: {"name": "pixel-card", "step_size": 0.3})
+    assert G.default_step_size("pixel", "vqgan:digits") == (0.3, "generator card pixel-card")

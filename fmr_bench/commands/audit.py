@@ -19,6 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="images perturbed at once when x-hat is generated again (default: the run's)")
     p.add_argument("--cache-dir", default=None,
                    help="where downloaded weights live (sets FMR_CACHE, HF_HOME, TORCH_HOME)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="leave the run (or export) folder as it is, e.g. a read-only one: write an audited copy of "
+                        "the run to DIR/<run name> (an export's report to DIR/audit-<judge>.json); default: the "
+                        "verdicts are added to the run folder itself")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -39,13 +43,16 @@ def run(args: argparse.Namespace) -> int:
     if is_export(path):
         if args.batch_size is not None:
             raise SettingsError("--batch-size applies to run folders (regeneration), not to export folders; drop it")
-        report = audit_export(path, args.judge, device=args.device)
+        report = audit_export(path, args.judge, device=args.device, out=args.out)
         console.print(audit_table({"judge": report["judge"], "metrics": report["metrics"]}, title=f"audit of {path}"))
+        console.print(f"report: {report['path']}")
         return 0
-    result = audit_run(path, args.judge, device=args.device, batch_size=args.batch_size, progress=not args.quiet)
+    result = audit_run(path, args.judge, device=args.device, batch_size=args.batch_size, progress=not args.quiet,
+                       out=args.out)
     console.print(metrics_table(result.record))
     console.print(audit_table(result.record["audit"]))
-    console.print(f"record: {result.path / 'record.json'}")
+    where = "audited copy" if result.path.resolve() != path.resolve() else "audited in place"
+    console.print(f"{where}: {result.path} (verdicts in samples.jsonl, audited metrics in record.json)")
     return 0
 
 

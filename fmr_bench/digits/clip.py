@@ -17,6 +17,9 @@ Zero-shot use::
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,35 @@ def _open_clip() -> Any:
             f"the digits-world oracle needs open_clip ({e}); run: pip install open_clip_torch"
         ) from None
     return open_clip
+
+
+@contextlib.contextmanager
+def _no_random_init_warning(name: str) -> Iterator[None]:
+    """Drop open_clip's "No pretrained weights loaded for model '<name>'" warning, and only it.
+
+    open_clip logs it (to the root logger) whenever ``create_model`` gets no weights of its
+    own; our models get theirs from us (from a safetensors file right after, or on purpose
+    none at all with ``pretrained=False``), so the line would only be noise on every load.
+    """
+    line = f"No pretrained weights loaded for model '{name}'"
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(line)
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
+def create_model(name: str, pretrained: str | None = None) -> torch.nn.Module:
+    """``open_clip.create_model(name, pretrained=...)`` for one of our own configs, without the
+    random-initialisation warning (see :func:`_no_random_init_warning`)."""
+    open_clip = _open_clip()
+    with _no_random_init_warning(name):
+        return open_clip.create_model(name, pretrained=pretrained)
 
 
 def register_digits_clip() -> str:
@@ -86,7 +118,7 @@ def create_digits_clip(
         raise WeightsError(
             f"digits CLIP oracle weights not found at {weights}; create them with: python {TRAINING_SCRIPT}"
         )
-    model = open_clip.create_model(name, pretrained=str(weights) if pretrained else None)
+    model = create_model(name, pretrained=str(weights) if pretrained else None)
     tokenizer = open_clip.get_tokenizer(name)
     return model.eval(), CLIP_MEAN, CLIP_STD, tokenizer
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import WeightsError
-from .clip import CLIP_MEAN, CLIP_STD, _open_clip
+from .clip import CLIP_MEAN, CLIP_STD, _open_clip, create_model
 
 CAPTIONS_MODEL_NAME = "fmr-digits-clip-captions"
 CAPTIONS_CONFIG = Path(__file__).resolve().parent / f"{CAPTIONS_MODEL_NAME}.json"
@@ -90,7 +90,7 @@ def create_digits_clip_captions(
 
     open_clip = _open_clip()
     name = register_captions_clip()
-    model = open_clip.create_model(name, pretrained=None)
+    model = create_model(name, pretrained=None)
     path = Path(weights) if weights is not None else WEIGHTS_DIR / CAPTIONS_WEIGHTS
     if pretrained or weights is not None:
         if not path.is_file():

@@ -180,6 +180,32 @@ def generator_weight_refs(spec: str | Spec, default: str) -> list[WeightRef]:
     return _REFS.get(spec.source, lambda s, d: [])(spec, default)
 
 
+def _diffusers_card(spec: Spec, default: str) -> dict:
+    from . import _diffusers
+
+    return _diffusers.resolve(spec, spec.source).card or {}
+
+
+def _sparse_base_card(spec: Spec, default: str) -> dict | None:
+    """A sparse mask's settings are those of the dense generator it was fitted on."""
+    from .sparse import find_mask_card
+
+    base = _mask_base(find_mask_card(spec.ident, _world_vqgan_card(default)))
+    return generator_card(base, default)
+
+
+#: Per generator source, the card that holds its settings (step size η); sources with no
+#: card (pixel, noise) are absent.
+_CARDS = {"vqgan": _vqgan_card, "sparse-vqgan": _sparse_base_card, "diffusion": _diffusers_card,
+          "vae": _diffusers_card}
+
+
+def generator_card(spec: str | Spec, default: str) -> dict | None:
+    """The card of the generator a spec names (:data:`_CARDS`); ``None`` for a source without cards."""
+    spec = parse_spec(spec, GENERATORS, what="generator")
+    return _CARDS.get(spec.source, lambda s, d: None)(spec, default)
+
+
 def default_step_size(spec: str | Spec, default: str) -> tuple[float, str] | None:
     """The step size η a generator's card sets, and where it comes from; ``None`` without one.
 
@@ -187,20 +213,8 @@ def default_step_size(spec: str | Spec, default: str) -> tuple[float, str] | Non
     moves an image (the 32-px digits VQGAN: 0.05; the ImageNet VQGAN: 0.001, the paper's).
     A sparse mask takes the step size of the dense generator it was fitted on.
     """
-    spec = parse_spec(spec, GENERATORS, what="generator")
-    if spec.source == "vqgan":
-        card = _vqgan_card(spec, default)
-    elif spec.source == "sparse-vqgan":
-        from .sparse import find_mask_card
-
-        return default_step_size(_mask_base(find_mask_card(spec.ident, _world_vqgan_card(default))), default)
-    elif spec.source in ("diffusion", "vae"):
-        from . import _diffusers
-
-        card = _diffusers.resolve(spec, spec.source).card or {}
-    else:
-        return None
-    if card.get("step_size") is None:
+    card = generator_card(spec, default)
+    if not card or card.get("step_size") is None:
         return None
     return float(card["step_size"]), f"generator card {card.get('name', spec)}"
 

@@ -8,6 +8,10 @@
   the recorded outcome, and judged. The settings must still name the same run folder
   (same weights and data); otherwise nothing runs. Runs of in-memory models cannot be
   rebuilt: audit them with ``fmr_bench.evaluate(model, ..., audit=JUDGE)``.
+  The verdicts go into the run folder itself (``samples.jsonl`` gains lines, ``record.json``
+  is rewritten with the audited metrics). With ``out=DIR`` the run is copied to
+  ``DIR/<run name>`` first and the copy is audited: the run folder is only read, which is
+  what a read-only (shared, archived) run needs; a copy left by an interrupted audit resumes.
 * An export folder (``fmr export``): the judge reads its 8-bit PNGs; SA and the model's
   predictions come from ``labels.csv``. The report goes to ``audit-<judge>.json`` in the folder.
 
@@ -17,6 +21,7 @@ Why regenerate instead of keeping every x-hat: see docs/protocol.md, "Audit".
 from __future__ import annotations
 
 import csv
+import os
 import re
 from dataclasses import fields, replace
 from pathlib import Path
@@ -26,21 +31,31 @@ import torch
 
 from ..audit import Audit
 from ..config import FmrSettings
-from ..errors import DataError, SpecError
+from ..errors import DataError, OutputError, SpecError
+from ..files import atomic_write
 from ..metrics import audit_counts
 from ..oracles import Oracle, oracle_specs
 from ..record import load_record
-from ..results import FmrResult, write_json
+from ..results import SAMPLES_FILE, STALE_FILE, FmrResult, write_json
 from .data import GENERATION_FILE, LABELS_FILE, read_export
+
+#: What an audited copy of a run takes from the run, in this order: ``record.json`` last, so
+#: that a copy interrupted half-way is completed by the next call (a record means complete).
+RUN_FILES = ("settings.json", SAMPLES_FILE, STALE_FILE, "grid.png", "record.json")
 
 
 def audit_run(folder: str | Path, judge: str | Oracle, *, device: str = "auto", batch_size: int | None = None,
-              progress: Any = False, pretrained: bool = True) -> FmrResult:
+              progress: Any = False, pretrained: bool = True, out: str | Path | None = None) -> FmrResult:
     """Audit the finished FMR run in ``folder`` with ``judge``; returns the updated record.
+
+    Args:
+        out: write an audited copy of the run to ``out/<run name>`` and leave ``folder``
+            untouched (only read); default: the verdicts go into ``folder`` itself.
 
     Raises:
         DataError: ``folder`` holds no finished FMR run.
-        OutputError: its recorded settings now name another run (changed weights or data).
+        OutputError: its recorded settings now name another run (changed weights or data);
+            ``folder`` is not writable and no ``out`` was given; ``out`` is not writable.
     """
     from ..runner import evaluate
 
@@ -61,6 +76,12 @@ def audit_run(folder: str | Path, judge: str | Oracle, *, device: str = "auto", 
         raise DataError(f"{folder / 'record.json'} lacks {e} (not a complete FMR record); "
                         "re-run the run's command") from None
     settings = replace(settings, device=device, batch_size=batch_size or settings.batch_size)
+    if out is not None:
+        folder = copy_run(folder, Path(out) / (record.get("run") or folder.name))
+    elif not _writable(folder):
+        raise OutputError(f"cannot write {folder} (read-only): the audit adds the judge's verdicts to the run's "
+                          f"{SAMPLES_FILE} and record.json; pass --out DIR to audit a copy of the run written under "
+                          "DIR instead (the run itself is only read)")
     try:
         return evaluate(specs[0], specs[1], generator=specs[2], oracle=specs[3], out=folder.parent, settings=settings,
                         audit=judge, expect_run=folder, progress=progress, pretrained=pretrained)
@@ -69,9 +90,35 @@ def audit_run(folder: str | Path, judge: str | Oracle, *, device: str = "auto", 
                         "audited with fmr_bench.evaluate(model, ..., audit=JUDGE)") from None
 
 
+def copy_run(folder: Path, to: Path) -> Path:
+    """Copy the files of the finished run ``folder`` that ``to`` lacks (:data:`RUN_FILES`); returns ``to``.
+
+    Files ``to`` already has are kept: they are the copy's own (verdicts of an earlier or
+    interrupted audit). ``to`` = ``folder`` copies nothing.
+    """
+    if to.resolve() == folder.resolve():
+        return folder
+    for name in RUN_FILES:
+        src, dst = folder / name, to / name
+        if src.is_file() and not dst.exists():
+            try:
+                data = src.read_bytes()
+            except OSError as e:
+                raise DataError(f"cannot read {src} ({e.strerror or e}); pass a readable run folder") from None
+            atomic_write(dst, data, fix="pass --out to a writable folder")
+    return to
+
+
+def _writable(folder: Path) -> bool:
+    """Whether the audit can write the run folder and the files it changes (a read-only mount, a
+    folder or file without write permission)."""
+    return all(os.access(p, os.W_OK) for p in (folder, folder / SAMPLES_FILE, folder / "record.json") if p.exists())
+
+
 def audit_export(folder: str | Path, judge: str | Oracle, *, device: str = "cpu", batch_size: int = 64,
-                 pretrained: bool = True) -> dict[str, Any]:
-    """Audit the PNGs of an ``fmr export`` folder and write ``audit-<judge>.json`` into it.
+                 pretrained: bool = True, out: str | Path | None = None) -> dict[str, Any]:
+    """Audit the PNGs of an ``fmr export`` folder and write ``audit-<judge>.json`` into it
+    (into ``out`` instead when given: the export is then only read).
 
     Returns:
         the report: judge, metrics (:func:`fmr_bench.metrics.audit_counts`), verdicts by sample id.
@@ -101,7 +148,9 @@ def audit_export(folder: str | Path, judge: str | Oracle, *, device: str = "cpu"
                by_id[r["id"]]["ok"] if truth(r["validated"]) and r["id"] in by_id else None) for r in rows]
     report = {"judge": {**aud.judge.settings(), "rule": "argmax"}, "source": "export PNGs (8-bit)",
               "metrics": audit_counts(counts), "samples": by_id}
-    write_json(folder / f"audit-{_slug(spec)}.json", report)
+    report["path"] = str(Path(out if out is not None else folder) / f"audit-{_slug(spec)}.json")
+    write_json(Path(report["path"]), {k: v for k, v in report.items() if k != "path"},
+               fix=f"pass --out DIR to write the report {Path(report['path']).name} elsewhere")
     return report
 
 

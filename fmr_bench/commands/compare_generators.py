@@ -41,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
     cols = [("generator", "generator"), ("model", "model"),
             *columns_for(["sa", "vr", "pa", "fmr", *audited, "mean_steps", "n"])]
     console.print(rich_table(res.rows, cols, title=f"PA / FMR per generator — {args.data}",
-                             caption="percent; PA over validated samples, FMR = 100 PA / SA; validity: share of validated "
-                                     "images the judge still labels y; aud. FMR over those; steps: mean survived; "
+                             caption="percent; PA over validated samples, FMR = 100 PA / SA; validity: share of "
+                                     "validated images the judge still labels y; aud. FMR over those; "
+                                     "steps: mean survived; "
                                      "the Table 3 layout is in table.csv"))
     console.print(rich_table(
         [{k: fmt(v) for k, v in r.items()} for r in res.tau],

@@ -155,7 +155,8 @@ def compare_generators(models: str | Sequence[str], generators: str | Sequence[s
             say(f"{m} with generator {g}")
             res = evaluate(m, dataset, generator=g, oracle=oracle, out=out, progress=progress, pretrained=pretrained,
                            write_grid=write_grid, settings=merged, audit=audit)
-            rows.append({"model": m, "generator": g, **metric_row(res.metrics), "run": str(res.path) if res.path else None})
+            rows.append({"model": m, "generator": g, **metric_row(res.metrics),
+                         "run": str(res.path) if res.path else None})
     taus = tau_table(rows, generators, models, keys=("fmr", "pa", "audit_fmr") if audit else ("fmr", "pa"))
     write_csv(to / "compare.csv", rows, ROW_COLUMNS)
     wide = wide_rows(rows)

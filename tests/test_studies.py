@@ -312,3 +312,16 @@ def test_folder_crop_pct_option(tmp_path):
     assert cropped.load(0)[:, 0, :].mean() < 0.99
     with pytest.raises(SpecError, match="crop_pct"):
         load_dataset(f"folder:{tmp_path}?crop_pct=2")
+
+
+def test_sweep_with_a_judge_adds_each_runs_audited_metrics(tmp_path, capsys):
+    code, out, err = _run(capsys, ["sweep", "--model", CNN, "--step-sizes", "0.05", "--budgets", "2", "--limit", "3",
+                                   "--out", str(tmp_path / "runs"), "--to", str(tmp_path / "sweep"), "--no-grid",
+                                   "--quiet", "--audit", "builtin:digits-clip"])
+    assert code == 0, err
+    assert "validity" in out and "aud. FMR" in out
+    (row,) = _rows(tmp_path / "sweep" / "sweep.csv")
+    record = json.loads((Path(row["run"]) / "record.json").read_text())
+    for key in ("audit_validity", "audit_pa", "audit_fmr", "n_confirmed"):
+        assert row[key] == ("" if record["metrics"][key] is None else str(record["metrics"][key])), key
+    assert int(row["n_confirmed"]) == record["metrics"]["n_validated"]  # the oracle confirms its own images

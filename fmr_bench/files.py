@@ -113,6 +113,26 @@ def write_text(path: str | Path, text: str, **kw: Any) -> Path:
     return atomic_write(path, text, **kw)
 
 
+def append_jsonl(path: str | Path, records: list[dict[str, Any]] | tuple[dict[str, Any], ...], **kw: Any) -> Path:
+    """Append one JSON line per record to ``path`` (created with its folder if needed).
+
+    Appending is not atomic: a kill can leave a torn last line, which readers skip (a
+    torn line is never a finished record). Training logs and evaluation records use it.
+
+    Raises:
+        OutputError: the folder is not writable or the disk is full (as :func:`atomic_write`).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r, default=str) + "\n" for r in records))
+    except OSError as e:
+        raise output_error(e, path, resume=kw.get("resume", True),
+                           fix=kw.get("fix", "pass --out to a writable folder")) from None
+    return path
+
+
 def save_torch(obj: Any, path: str | Path, **kw: Any) -> Path:
     """``torch.save(obj)`` atomically."""
     import torch

@@ -260,3 +260,98 @@ def test_evaluation_flags_without_eval_are_refused(flag, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "only apply with --eval" in err[0], err
     assert not (tmp_path / "ft").exists()  # refused before any work
+
+
+def _png_set(folder: Path, n: int = 20) -> str:
+    """``world(n)`` written as PNG files listed in a CSV: a file dataset the trainer decodes."""
+    from PIL import Image
+
+    data, rows = world(n), ["path,label"]
+    for i in range(n):
+        arr = (data.images[i].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        Image.fromarray(arr).save(folder / f"im{i}.png")
+        rows.append(f"im{i}.png,{NAMES[data.labels[i]]}")
+    (folder / "train.csv").write_text("\n".join(rows) + "\n")
+    return f"csv:{folder / 'train.csv'}"
+
+
+@pytest.mark.parametrize("method", ["ft", "lp"])
+def test_dataloader_workers_give_the_same_batches_and_weights(tiny_clip, tmp_path, method, monkeypatch):
+    import os
+
+    from fmr_bench.finetune import trainer as trainer_mod
+
+    spec = _png_set(tmp_path)
+    pids = tmp_path / "pids"
+    real = trainer_mod._Loads.__getitem__
+
+    def spy(self, i):  # records which process decoded the file
+        with open(pids, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return real(self, i)
+
+    monkeypatch.setattr(trainer_mod._Loads, "__getitem__", spy)
+    kw = dict(method=method, epochs=2, lp_epochs=2, batch_size=6, pretrained=False, **FAST)
+    plain = finetune(tiny_clip, spec, workers=0, **kw)
+    assert not pids.exists()  # workers=0 decodes in the main process, as before
+    loaded = finetune(tiny_clip, spec, workers=2, **kw)
+    seen = {int(p) for p in pids.read_text().split()}
+    assert seen and os.getpid() not in seen  # decoded in worker processes
+    assert [r["loss"] for r in plain.log] == [r["loss"] for r in loaded.log]
+    a, b = plain.model.state_dict(), loaded.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_feature_cache_that_would_not_fit_is_refused_before_it_is_built(tiny_clip, monkeypatch):
+    from fmr_bench.errors import SettingsError
+    from fmr_bench.finetune import trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "available_memory", lambda: 24 * 32 * 4)  # room for the whole cache x 1
+    with pytest.raises(SettingsError, match=r"linear probe would cache .* use --method ft"):
+        finetune(tiny_clip, world(24), method="lp", epochs=1, batch_size=6, pretrained=False, **FAST)
+    monkeypatch.setattr(trainer_mod, "available_memory", lambda: 2 * 24 * 32 * 4)  # exactly the allowed share
+    finetune(tiny_clip, world(24), method="lp", epochs=1, batch_size=6, pretrained=False, **FAST)
+    monkeypatch.setattr(trainer_mod, "available_memory", lambda: None)  # platform does not say: no check
+    finetune(tiny_clip, world(24), method="lp", epochs=1, batch_size=6, pretrained=False, **FAST)
+
+
+def test_a_full_disk_while_writing_checkpoint_json_or_the_log_is_one_line_and_loses_nothing(tiny_clip, tmp_path,
+                                                                                              monkeypatch):
+    from fmr_bench import files
+
+    kw = dict(method="ft", epochs=2, batch_size=8, pretrained=False, **{**FAST, "checkpoint_every": 1})
+    full = finetune(tiny_clip, world(), out=tmp_path / "full", **kw)
+    real_replace, calls = files.os.replace, {"latest": 0}
+
+    def flaky_replace(src, dst, *a, **k):  # the second latest.json cannot be written
+        if Path(dst).name == "latest.json":
+            calls["latest"] += 1
+            if calls["latest"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(files.os, "replace", flaky_replace)
+    with pytest.raises(OutputError, match="disk is full") as err:
+        finetune(tiny_clip, world(), out=tmp_path / "cut", **kw)
+    assert "\n" not in str(err.value)
+    monkeypatch.setattr(files.os, "replace", real_replace)
+    root = tmp_path / "cut" / "checkpoints"
+    assert json.loads((root / "latest.json").read_text())["step"] == 1
+    assert (root / "step-0000001" / "state.json").is_file() and not list(root.glob("*.part"))
+
+    real_open = open
+
+    def full_log(path, mode="r", *a, **k):  # the training log cannot grow
+        if str(path).endswith("train_log.jsonl") and "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr("builtins.open", full_log)
+    with pytest.raises(OutputError, match="disk full while writing .*train_log.jsonl"):
+        finetune(tiny_clip, world(), out=tmp_path / "cut", **kw)
+    monkeypatch.setattr("builtins.open", real_open)
+    resumed = finetune(tiny_clip, world(), out=tmp_path / "cut", **kw)
+    a, b = _state(full.path), _state(resumed.path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in json.loads("[" + ",".join((tmp_path / "cut" / "train_log.jsonl").read_text()
+                                                          .splitlines()) + "]")] == list(range(1, full.steps + 1))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 
 from ..errors import SettingsError
+from ..files import append_jsonl
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
@@ -132,13 +133,6 @@ class EvalCallback(Callback):
         if self.log is not None:
             append_jsonl(self.log, new)
         return new
-
-
-def append_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
 
 
 def score(clf: Any, names: Sequence[str], data: Any, ood: Sequence[Any] = (), *, limit: int | None = None,

@@ -15,7 +15,6 @@ Everything is read back without executing code (safetensors and JSON).
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -25,15 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import OutputError
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from ..files import DISK_FULL, write_json
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -77,13 +68,16 @@ def save_checkpoint(root: Path, step: int, *, net: torch.nn.Module, optimizer: t
         opt_tensors, opt_meta = _flatten_optimizer(optimizer)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
-        write_json_atomic(tmp / "state.json", {**state, "optimizer": opt_meta})
+        write_json(tmp / "state.json", {**state, "optimizer": opt_meta})
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
-        write_json_atomic(root / "latest.json", {"dir": name, "step": step})
-    except OSError as e:
+        write_json(root / "latest.json", {"dir": name, "step": step})
+    except (OSError, OutputError) as e:  # files.write_json reports its OSError as an OutputError
         shutil.rmtree(tmp, ignore_errors=True)
-        why = "the disk is full" if e.errno == errno.ENOSPC else f"{type(e).__name__}: {e.strerror or e}"
+        if isinstance(e, OutputError):
+            why = "the disk is full" if getattr(e, "disk_full", False) else str(e)
+        else:
+            why = "the disk is full" if e.errno in DISK_FULL else f"{type(e).__name__}: {e.strerror or e}"
         raise OutputError(f"cannot write checkpoint {folder} ({why}); free space or pick another --out, then re-run "
                           "the same command to resume from the last complete checkpoint") from None
     old = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name != name

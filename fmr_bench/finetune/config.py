@@ -49,6 +49,8 @@ class FinetuneSettings:
     precision: str = field(default="auto", metadata={"help": f"one of {PRECISIONS}; auto = bf16 autocast on GPU, fp32 on CPU"})
     device: str = field(default="auto", metadata={"help": "torch device ('auto' picks cuda when available)"})
     checkpoint_every: int = field(default=200, metadata={"help": "steps between resumable checkpoints (also at every epoch end)"})
+    workers: int = field(default=0, metadata={"help": "DataLoader workers that decode image files while the model "
+                                                      "trains (0: in the main process; in-memory sets always use 0)"})
     # LP and LP-FT
     lp_epochs: int = field(default=10, metadata={"help": "lp / lp-ft: epochs of the linear probe on cached features"})
     lp_lr: float = field(default=1e-3, metadata={"help": "lp / lp-ft: learning rate of the linear probe"})
@@ -79,7 +81,7 @@ class FinetuneSettings:
 
         if self.method not in METHODS:
             raise SettingsError(METHODS.unknown_message(self.method))
-        for name, lo in (("epochs", 1), ("batch_size", 1), ("checkpoint_every", 1)):
+        for name, lo in (("epochs", 1), ("batch_size", 1), ("checkpoint_every", 1), ("workers", 0)):
             if getattr(self, name) < lo:
                 raise SettingsError(f"{name.replace('_', '-')} must be >= {lo} (got {getattr(self, name)})")
         if self.method in ("lp", "lp-ft") and self.lp_epochs < 1:

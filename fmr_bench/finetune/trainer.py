@@ -22,23 +22,25 @@ import copy
 import datetime as _dt
 import json
 import math
+import os
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from ..datasets import ImageDataset
 from ..errors import OutputError, SettingsError
+from ..files import append_jsonl, atomic_write, write_json
 from ..models import ImageClassifier, load_model, map_classes
 from ..models.file import save_model
 from ..record import Provenance, finetune_record
 from ..runtime import command_line
 from .adapters import Parts, parts_of
 from .callbacks import Callback
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import FinetuneSettings, make_settings
 from .data import load_train_data
 from .methods import Method, Stage, build_method
@@ -158,6 +160,7 @@ class Trainer:
         s = self.settings.to_dict()
         s.pop("device", None)  # resuming on another device is allowed
         s.pop("checkpoint_every", None)
+        s.pop("workers", None)  # decoding in workers gives the same batches
         return {"settings": s, "model": self.run_info.get("model", self.model.spec),
                 "data": self.run_info.get("data", self.data.spec), "n_train": len(self.data)}
 
@@ -197,14 +200,25 @@ class Trainer:
         was = self.model.training
         self.model.eval()
         feats = []
-        for idx in torch.arange(len(self.data)).split(self.settings.batch_size):
+        batches = list(torch.arange(len(self.data)).split(self.settings.batch_size))
+        for k, x in enumerate(self._image_batches(batches)):
             with self._autocast():
-                feats.append(self.parts.features(self._images(idx)).float().cpu())
+                feats.append(self.parts.features(x.to(self.device)).float().cpu())
+            if k == 0:
+                check_feature_memory(len(self.data), feats[0])
         self.model.train(was)
         return torch.cat(feats)
 
-    def _images(self, idx: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.data.load(int(i)) for i in idx]).to(self.device)
+    def _image_batches(self, batches: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The images of each index batch, in order; files are decoded by ``settings.workers`` workers."""
+        workers = 0 if getattr(self.data, "images", None) is not None else self.settings.workers  # in memory
+        if workers == 0:
+            for idx in batches:
+                yield torch.stack([self.data.load(int(i)) for i in idx])
+            return
+        loader = torch.utils.data.DataLoader(_Loads(self.data), batch_sampler=[b.tolist() for b in batches],
+                                             num_workers=workers, collate_fn=torch.stack)
+        yield from loader
 
     def _rng_state(self) -> dict[str, torch.Tensor]:
         out = {"torch_cpu": torch.get_rng_state(), "masks": self.generator.get_state()}
@@ -271,9 +285,10 @@ class Trainer:
                     cb.on_epoch_start(self)
                 batches = epoch_batches(n, s.batch_size, s.seed, si, epoch)
                 weights = stage.weights(epoch)
+                images = self._image_batches(batches[first_batch:]) if feats is None else None
                 for b in range(first_batch, len(batches)):
                     idx = batches[b]
-                    x = feats[idx].to(self.device) if feats is not None else self._images(idx)
+                    x = (feats[idx] if images is None else next(images)).to(self.device)
                     y = self.targets[idx].to(self.device)
                     logs = self._step(stage, weights, x, y, opt, sched, scaler, params)
                     self.global_step += 1
@@ -360,7 +375,7 @@ class Trainer:
                     (out / name).unlink(missing_ok=True)
                 old = None
             if old is None:
-                write_json_atomic(manifest, {"fingerprint": fp,
+                write_json(manifest, {"fingerprint": fp,
                                              "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
             if (out / "model.safetensors").is_file() and (out / "finetune.json").is_file():
                 raise OutputError(f"{out} already holds the finished model of this run ({out / 'model.safetensors'}); "
@@ -368,7 +383,7 @@ class Trainer:
         elif any(p for p in out.iterdir() if not p.name.startswith(".")):
             raise OutputError(f"{out} is not empty and holds no fine-tuning run; pick a new or empty --out")
         else:
-            write_json_atomic(manifest, {"fingerprint": fp, "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
+            write_json(manifest, {"fingerprint": fp, "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
         from safetensors.torch import load_model as st_load
 
         theta0_path = out / "zeroshot.safetensors"
@@ -382,12 +397,8 @@ class Trainer:
             raise OutputError(f"{theta0_path} is missing but {out} holds checkpoints; the teachers and WiSE-FT need it: "
                               "restore it or pick another --out")
         else:
-            try:
-                save_model(self.model, theta0_path,
-                           metadata={META_KEY: json.dumps({"role": "zero-shot (before fine-tuning)", **fp})})
-            except OSError as e:
-                raise OutputError(f"cannot write {theta0_path} ({e.strerror or type(e).__name__}); free space or "
-                                  "pick another --out") from None
+            save_model(self.model, theta0_path,  # raises a one-line OutputError (files.atomic_write_file)
+                       metadata={META_KEY: json.dumps({"role": "zero-shot (before fine-tuning)", **fp})})
         if folder is None:
             return (0, 0, 0), theta0
 
@@ -419,8 +430,7 @@ class Trainer:
     def _append_log(self, logs: dict[str, Any]) -> None:
         if self.out is None:
             return
-        with open(self.out / "train_log.jsonl", "a") as f:
-            f.write(json.dumps(logs) + "\n")
+        append_jsonl(self.out / "train_log.jsonl", [logs])
 
     def _finish(self) -> Path:
         meta = {"method": self.method.name, "stages": [s.name for s in self.method.stages], "steps": self.global_step,
@@ -430,10 +440,9 @@ class Trainer:
         try:
             save_model(self.model, path, metadata={META_KEY: json.dumps(meta)})
             evals = [r for cb in self.callbacks for r in getattr(cb, "records", [])]
-            write_json_atomic(self.out / "finetune.json", self._record(meta, evals, path).to_dict())
-        except OSError as e:
-            raise OutputError(f"cannot write {path} ({e.strerror or type(e).__name__}); free space and re-run the same "
-                              "command: training resumes from the last checkpoint") from None
+            write_json(self.out / "finetune.json", self._record(meta, evals, path).to_dict())
+        except OutputError as e:  # files.py turns every OSError into this one-line error
+            raise OutputError(f"{e} (re-running the same command resumes training from the last checkpoint)") from None
         return path
 
 
@@ -462,6 +471,56 @@ def last_scores(evals: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+class _Loads(torch.utils.data.Dataset):
+    """``dataset.load(i)`` as a map-style dataset for a DataLoader (images only)."""
+
+    def __init__(self, data: ImageDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.data.load(i)
+
+
+#: Share of the memory available now that the linear probe's cached features may take.
+FEATURE_MEMORY_SHARE = 0.5
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux ``MemAvailable``, which counts reclaimable page
+    cache; else free pages; None where the platform says neither)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_feature_memory(n: int, first: torch.Tensor) -> None:
+    """Refuse, before memory runs out, a feature cache of ``n`` rows like ``first`` that would not fit.
+
+    LP and LP-FT cache the frozen encoder's features of the whole training set in memory
+    (fine for digits and ImageNet-sized sets with 512-d features: 1.2 M x 512 x 4 B = 2.5 GB).
+
+    Raises:
+        SettingsError: the cache would take more than :data:`FEATURE_MEMORY_SHARE` of the
+            memory available now.
+    """
+    need = n * first[0].numel() * 4
+    free = available_memory()
+    if free is not None and need > FEATURE_MEMORY_SHARE * free:
+        raise SettingsError(f"the linear probe would cache {need / 2**30:.1f} GiB of features ({n} images x "
+                            f"{first[0].numel()} floats) but only {free / 2**30:.1f} GiB of memory is free; "
+                            "train on a subset or a machine with more memory, or use --method ft")
+
+
 def truncate_jsonl(path: Path, step: int) -> list[dict[str, Any]]:
     """Keep the records of ``path`` up to ``step`` (a resumed run redoes the later ones); returns them."""
     if not path.is_file():
@@ -474,9 +533,7 @@ def truncate_jsonl(path: Path, step: int) -> list[dict[str, Any]]:
             continue  # a line cut by the kill
         if rec.get("step", 0) <= step:
             kept.append(rec)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    tmp.replace(path)
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
 
 

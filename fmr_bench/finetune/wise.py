@@ -98,7 +98,7 @@ def wise_grid(zero_shot: str | ImageClassifier, fine_tuned: str | ImageClassifie
     """
     from ..models.file import save_model
     from .callbacks import score
-    from .checkpoint import write_json_atomic
+    from ..files import write_json
 
     alphas = check_alphas(alphas)
     m0, m1 = _as_model(zero_shot), _as_model(fine_tuned)
@@ -125,5 +125,5 @@ def wise_grid(zero_shot: str | ImageClassifier, fine_tuned: str | ImageClassifie
             row["evaluations"] = score(mixed.eval(), list(evaluators), data, ood, limit=limit, budget=budget, device=device)
         rows.append(row)
         if folder is not None:
-            write_json_atomic(folder / "wise.json", {"zero_shot": m0.spec, "fine_tuned": m1.spec, "rows": rows})
+            write_json(folder / "wise.json", {"zero_shot": m0.spec, "fine_tuned": m1.spec, "rows": rows})
     return rows

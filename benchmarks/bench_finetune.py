@@ -20,9 +20,15 @@ import copy
 import json
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a checkout: this tree's fmr_bench, not an installed one
+    sys.path.insert(0, str(ROOT))
 
 METHODS = ("ft", "lp", "lp-ft", "flyp", "maskcf", "starft")
 

@@ -63,10 +63,13 @@ from fmr_bench.digits.scenes import (  # noqa: E402
     render_scenes,
 )
 
-STEPS = 400
+STEPS = 900
 BATCH = 96
 LR = 3e-3
 PLAIN_SHARE = 0.25
+RENDERS = 2
+#: Probability that a scene caption names each attribute.
+CLAIM_P = {"bg": 0.9, "ink": 0.5, "tex": 0.6, "qual": 0.5}
 ATTRS = ("bg", "ink", "tex", "qual")
 _BG, _INK = list(BACKGROUNDS), list(INKS)
 _LEGIBLE = [[_INK.index(k) for k in legible_inks(b)] for b in _BG]
@@ -144,7 +147,7 @@ def caption(label: int, attrs: np.ndarray | None, rng: random.Random) -> tuple[s
     claims: dict[str, int] = {}
     if attrs is not None:
         for k, a in enumerate(ATTRS):
-            if (a == "qual" and attrs[k] == 0) or rng.random() >= 0.5:
+            if (a == "qual" and attrs[k] == 0) or rng.random() >= CLAIM_P[a]:
                 continue
             claims[a] = int(attrs[k])
     if "qual" in claims:
@@ -165,21 +168,32 @@ def caption(label: int, attrs: np.ndarray | None, rng: random.Random) -> tuple[s
     return text + "".join(suffixes), claims
 
 
-def positives(labels: torch.Tensor, attrs: np.ndarray, claims: list[dict[str, int]]) -> torch.Tensor:
-    """(N, N) bool: caption j's claims (class and named attributes) all hold for image i.
+def positives(labels: torch.Tensor, attrs: np.ndarray, claims: list[dict[str, int]],
+              caption_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, M) bool: caption j's claims (class and named attributes) all hold for image i.
 
-    ``attrs`` rows of -1 (plain images) match no attribute claim.
+    ``attrs`` rows of -1 (plain images) match no attribute claim. ``caption_labels``: the
+    class each caption names (default ``labels``: caption j describes image j).
     """
-    pos = (labels[:, None] == labels[None, :]).numpy()
+    caption_labels = labels if caption_labels is None else caption_labels
+    pos = (labels[:, None] == caption_labels[None, :]).numpy()
     for j, cl in enumerate(claims):
         for a, v in cl.items():
             pos[:, j] &= attrs[:, ATTRS.index(a)] == v
     return torch.from_numpy(pos)
 
 
-def batch(density, x_plain, labels, idx, g, rng):
+def batch(density, x_plain, labels, idx, g, rng, renders: int = 1):
+    """One training batch: scenes (each digit of ``idx`` drawn ``renders`` times) and plain images.
+
+    With ``renders`` > 1 the same handwriting appears on several scenes in one batch, so
+    the only thing that tells those images apart is the scene: hard negative images for
+    every attribute a caption names.
+    """
     n_plain = int(len(idx) * PLAIN_SHARE)
-    scene_idx, plain_idx = idx[n_plain:], idx[:n_plain]
+    n_scene = len(idx) - n_plain
+    plain_idx = idx[:n_plain]
+    scene_idx = idx[n_plain: n_plain + -(-n_scene // renders)].repeat(renders)[:n_scene]
     attrs = sample_scenes(len(scene_idx), rng)
     jitter = (torch.rand(len(scene_idx), 2, 3, generator=g) - 0.5) * 0.1
     scenes = render_scenes(warp(density[scene_idx], g), [_BG[a] for a in attrs[:, 0]], [_INK[a] for a in attrs[:, 1]],
@@ -190,6 +204,35 @@ def batch(density, x_plain, labels, idx, g, rng):
     attrs = np.concatenate([attrs, -np.ones((n_plain, 4), dtype=np.int64)])
     caps = [caption(int(c), a if a[0] >= 0 else None, rng) for c, a in zip(y, attrs)]
     return x, y, attrs, [c for c, _ in caps], [cl for _, cl in caps]
+
+
+def hard_negative(text: str, claims: dict[str, int], rng: random.Random) -> tuple[str, dict[str, int]] | None:
+    """The caption ``text`` with one of its scene claims swapped for another value (None: no claim).
+
+    As NegCLIP (Yuksekgonul et al., ICLR 2023) adds captions with swapped words to the
+    batch: "a three on a red background" next to "a three on a blue background" can only be
+    told apart by the background, so the contrastive loss has to read it. The wording is
+    kept; only the attribute word changes.
+    """
+    swappable = [a for a in ("bg", "ink", "tex") if a in claims]
+    if not swappable:
+        return None
+    a = rng.choice(swappable)
+    names = {"bg": _BG, "ink": _INK, "tex": list(TEXTURES)}[a]
+    old = claims[a]
+    new = rng.choice([v for v in range(len(names)) if v != old])
+    if a == "bg":
+        patterns = [(f" {_BG[old]} background", f" {_BG[new]} background")]
+    elif a == "ink":
+        patterns = [(f" in {_INK[old]} ink", f" in {_INK[new]} ink")]
+    else:
+        bg = _BG[claims["bg"]] if "bg" in claims else ""
+        patterns = [(f"a {TEXTURES[old]} texture", f"a {TEXTURES[new]} texture"),
+                    (f"a {TEXTURES[old]} {bg} background", f"a {TEXTURES[new]} {bg} background")]
+    for before, after in patterns:
+        if before in text:
+            return text.replace(before, after, 1), {**claims, a: new}
+    raise AssertionError(f"caption {text!r} does not say its {a} claim")  # a bug in caption(), not input
 
 
 def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
@@ -203,7 +246,8 @@ def normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
-def train(steps: int, seed: int, batch_size: int = BATCH, lr: float = LR, log_every: int = 25):
+def train(steps: int, seed: int, batch_size: int = BATCH, lr: float = LR, log_every: int = 25,
+          renders: int = 1, hard_negatives: bool = False):
     model, mean, std, tokenizer = create_digits_clip_captions(pretrained=False)
     # Only the tokens of the caption vocabulary get embedding rows: training a compact
     # table is several times faster than the dense 49,408-row one, and the rows of tokens
@@ -233,14 +277,25 @@ def train(steps: int, seed: int, batch_size: int = BATCH, lr: float = LR, log_ev
         idx, pos = perm[pos: pos + batch_size], pos + batch_size
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps, lr, warmup=max(1, min(100, steps // 10)))
-        x, y, attrs, caps, claims = batch(density, x_plain, labels, idx, g, rng)
+        x, y, attrs, caps, claims = batch(density, x_plain, labels, idx, g, rng, renders)
+        n_caps, cap_labels = len(caps), y.tolist()
+        if hard_negatives:
+            for j in range(n_caps):
+                negative = hard_negative(caps[j], claims[j], rng)
+                if negative is not None:
+                    caps.append(negative[0])
+                    claims.append(negative[1])
+                    cap_labels.append(cap_labels[j])
         img = F.normalize(model.encode_image(normalise(x, mean, std)), dim=-1)
         txt = F.normalize(model.encode_text(tokenizer(caps)), dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * img @ txt.t()
-        pos_mask = positives(y, attrs, claims).float()
+        pos_mask = positives(y, attrs, claims, torch.tensor(cap_labels)).float()
         t_img = pos_mask / pos_mask.sum(1, keepdim=True)  # every image is a positive of its own caption
-        t_txt = pos_mask / pos_mask.sum(0, keepdim=True)
-        loss = -0.5 * ((t_img * logits.log_softmax(1)).sum(1).mean() + (t_txt * logits.log_softmax(0)).sum(0).mean())
+        # Image -> text over every caption, the hard negatives included (NegCLIP); text ->
+        # image over the batch's own captions (a swapped caption may fit no image at all).
+        own, own_mask = logits[:, :n_caps], pos_mask[:, :n_caps]
+        t_txt = own_mask / own_mask.sum(0, keepdim=True)
+        loss = -0.5 * ((t_img * logits.log_softmax(1)).sum(1).mean() + (t_txt * own.log_softmax(0)).sum(0).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -310,12 +365,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=LR)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--renders", type=int, default=RENDERS,
+                        help="scenes drawn per digit in a batch (hard negative images; 1: off)")
+    parser.add_argument("--hard-negatives", type=int, choices=(0, 1), default=1,
+                        help="1: add a caption with one scene word swapped per scene caption (NegCLIP)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"captioned digits CLIP: {args.steps} steps, batch {args.batch}, seed {args.seed}")
-    model, seconds = train(args.steps, args.seed, args.batch, args.lr)
+    model, seconds = train(args.steps, args.seed, args.batch, args.lr, renders=args.renders,
+                           hard_negatives=bool(args.hard_negatives))
     from safetensors.torch import save_file
 
     path = args.out / CAPTIONS_WEIGHTS

@@ -101,8 +101,6 @@ def test_render_scenes_attributes():
 # -- captioned digits CLIP ----------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped captioned weights read digits but not yet backgrounds "
-                   "(16 % vs 10 % chance, TRAINING-captions.md); retrain longer, see docs/digits-finetune.md")
 def test_captioned_clip_reads_digits_and_backgrounds():
     from fmr_bench.digits import CLASS_NAMES
     from fmr_bench.digits.clip_captions import CAPTIONS_PROMPT, create_digits_clip_captions
@@ -126,8 +124,10 @@ def test_captioned_clip_reads_digits_and_backgrounds():
             t = torch.nn.functional.normalize(
                 model.encode_text(tok([f"a photo of a {word} on a {b} background" for b in NAMES])), dim=-1)
             hits += int(NAMES[int((img[i] @ t.t()).argmax())] == bg[i])
-    assert digit_acc > 0.6  # chance: 0.1
-    assert hits / len(idx) > 0.5  # chance: 0.1
+    # chance 0.1 for both; the shipped weights read 99 % of digits and 97 % of backgrounds
+    # (TRAINING-captions.md); the weights trained before them read backgrounds at 16 %
+    assert digit_acc >= 0.9
+    assert hits / len(idx) >= 0.8
 
 
 def test_captioned_clip_compact_file_round_trip(tmp_path):

@@ -205,13 +205,15 @@ def _planted(n: int, g: torch.Generator):
     return x.clamp(0, 1), y, pos
 
 
-def test_vit_cam_highlights_a_planted_object(tiny_clip):
-    torch.manual_seed(0)
-    clf = load_model(tiny_clip, class_names=["red", "green", "blue"], pretrained=False)
+def _cam_hit_rate(spec: str, seed: int) -> float:
+    """Train a tiny random ViT for 30 steps to read the planted colour; share of images whose
+    CAM peaks on the planted patch (chance 1/16). Also checks the CAM's shape and scale."""
+    torch.manual_seed(seed)
+    clf = load_model(spec, class_names=["red", "green", "blue"], pretrained=False)
     parts = parts_of(clf)
     parts.make_head_trainable()
     opt = torch.optim.Adam(clf.parameters(), 3e-3)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     for _ in range(30):
         x, y, _ = _planted(16, g)
         loss = F.cross_entropy(parts.head(parts.features(x)), y)
@@ -224,9 +226,18 @@ def test_vit_cam_highlights_a_planted_object(tiny_clip):
     cam = class_activation_map(clf, parts.image_module(), x, y)
     assert cam.shape == (32, 4, 4)  # the 4x4 patch grid of a 32 px ViT with 8 px patches
     assert torch.allclose(cam.flatten(1).amax(1), torch.ones(32))
-    # chance is 1/16; the trained tiny ViT finds the coloured patch in most images
-    assert (cam.flatten(1).argmax(1) == pos).float().mean() >= 0.6
     assert all(p.grad is None for p in clf.parameters())  # a CAM never touches training gradients
+    return (cam.flatten(1).argmax(1) == pos).float().mean().item()
+
+
+def test_vit_cam_highlights_a_planted_object(tiny_clip):
+    # The test is deterministic (seeded, one thread), so load cannot change it; but one
+    # initialisation in 20 learns the colour without attending to the patch itself (it
+    # classifies every image right while its CAM is diffuse: 31 % hits). Five
+    # initialisations, judged by their median, make the test independent of that one
+    # draw; a CAM that ignores the planted patch fails all five (chance 1/16).
+    rates = [_cam_hit_rate(tiny_clip, seed) for seed in range(5)]
+    assert sorted(rates)[2] >= 0.6, rates  # the median
 
 
 def test_grad_cam_for_cnns_and_timm_vit_grids():

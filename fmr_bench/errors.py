@@ -45,3 +45,18 @@ class InterruptedRun(FmrBenchError):
 
 class MissingDependencyError(FmrBenchError, ImportError):
     """An optional backend is not installed."""
+
+
+def from_worker(e: FmrBenchError) -> FmrBenchError:
+    """The error itself, without the traceback a DataLoader worker wraps around its message.
+
+    A worker re-raises our errors in the main process as ``type(e)`` with "Caught X in
+    DataLoader worker process 0. Original Traceback ..." around the message; the CLI must
+    still print one line.
+    """
+    text = str(e)
+    if "\n" not in text:
+        return e
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    # the last line is "module.ErrorType: message"
+    return type(e)(lines[-1].split(": ", 1)[-1] if lines else text)

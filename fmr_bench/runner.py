@@ -13,7 +13,7 @@ from torch import nn
 from .audit import Audit
 from .config import FmrSettings, check_given, resolve_defaults
 from .datasets import ImageDataset, load_dataset
-from .errors import FmrBenchError, InterruptedRun, OutputError, SettingsError
+from .errors import FmrBenchError, InterruptedRun, OutputError, SettingsError, from_worker
 from .generators import Generator, generator_weight_refs, load_generator
 from .models import ImageClassifier, load_model, map_classes, model_weight_refs, wrap_module
 from .oracles import Oracle, load_oracle, oracle_weight_refs
@@ -367,8 +367,7 @@ def _samples(dataset: ImageDataset, indices: Sequence[int], workers: int | None 
         try:
             sid, img, label = next(it)
         except FmrBenchError as e:  # re-raised from a worker with its traceback in the message
-            lines = [ln for ln in str(e).splitlines() if ln.strip()]
-            raise type(e)(lines[-1].split(": ", 1)[-1] if lines else str(e)) from None
+            raise from_worker(e) from None
         yield sid, indices[k], img, int(label)
 
 

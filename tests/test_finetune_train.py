@@ -355,3 +355,13 @@ def test_a_full_disk_while_writing_checkpoint_json_or_the_log_is_one_line_and_lo
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["step"] for r in json.loads("[" + ",".join((tmp_path / "cut" / "train_log.jsonl").read_text()
                                                           .splitlines()) + "]")] == list(range(1, full.steps + 1))
+
+
+def test_an_unreadable_file_read_by_a_worker_is_one_line(tiny_clip, tmp_path):
+    from fmr_bench.errors import DataError
+
+    spec = _png_set(tmp_path, n=8)
+    (tmp_path / "im5.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"^cannot read image .*im5.png") as err:
+        finetune(tiny_clip, spec, workers=2, method="ft", epochs=1, batch_size=4, pretrained=False, **FAST)
+    assert "\n" not in str(err.value) and "Traceback" not in str(err.value)

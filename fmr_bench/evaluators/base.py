@@ -23,7 +23,7 @@ import torch
 
 from ..datasets import ImageDataset, load_dataset
 from ..distributed import World, rank_device
-from ..errors import ClassMappingError, FmrBenchError, SettingsError
+from ..errors import ClassMappingError, FmrBenchError, SettingsError, from_worker
 from ..inference import Logits, compute_logits
 from ..models import ImageClassifier, load_model, map_classes
 from ..record import Provenance, load_record, sample_set_fingerprint, static_record
@@ -143,7 +143,7 @@ class Context:
                                  num_workers=self.settings.num_workers, device=self.device, cache=self.settings.cache,
                                  weights_hash=whash, progress=cb, world=self.world)
         except FmrBenchError as e:
-            raise _from_worker(e) from None
+            raise from_worker(e) from None
         self.inference.append({"dataset": dataset.spec, "n": len(out.ids), "cached": out.cached,
                                "seconds": round(out.seconds, 3), "images_per_s": out.images_per_s, "key": out.key,
                                "transform": out.transform, "resolution": out.resolution})
@@ -191,16 +191,6 @@ class StaticResult(RecordResult):
     def load(cls, folder: str | Path) -> StaticResult:
         folder = Path(folder)
         return cls(load_record(folder).to_dict(), folder)  # a version-1 record comes back upgraded
-
-
-def _from_worker(e: FmrBenchError) -> FmrBenchError:
-    """The error itself, without the worker traceback a DataLoader worker wraps around its message."""
-    text = str(e)
-    if "\n" not in text:
-        return e
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    # the last line is "module.ErrorType: message"
-    return type(e)(lines[-1].split(": ", 1)[-1] if lines else text)
 
 
 def _as_datasets(specs: str | ImageDataset | Sequence[str | ImageDataset] | None) -> list[ImageDataset]:

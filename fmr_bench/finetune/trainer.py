@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from ..datasets import ImageDataset
-from ..errors import OutputError, SettingsError
+from ..errors import FmrBenchError, OutputError, SettingsError, from_worker
 from ..files import append_jsonl, atomic_write, write_json
 from ..models import ImageClassifier, load_model, map_classes
 from ..models.file import save_model
@@ -218,7 +218,10 @@ class Trainer:
             return
         loader = torch.utils.data.DataLoader(_Loads(self.data), batch_sampler=[b.tolist() for b in batches],
                                              num_workers=workers, collate_fn=torch.stack)
-        yield from loader
+        try:
+            yield from loader
+        except FmrBenchError as e:  # an unreadable file, re-raised from a worker with its traceback
+            raise from_worker(e) from None
 
     def _rng_state(self) -> dict[str, torch.Tensor]:
         out = {"torch_cpu": torch.get_rng_state(), "masks": self.generator.get_state()}

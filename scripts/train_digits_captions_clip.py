@@ -384,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hard-negatives", type=int, choices=(0, 1), default=1,
                         help="1: add a caption with one scene word swapped per scene caption (NegCLIP)")
     args = parser.parse_args(argv)
+    for name in ("steps", "batch", "threads", "renders"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1 (got {getattr(args, name)})")
+    if not args.lr > 0:
+        parser.error(f"--lr must be > 0 (got {args.lr})")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -244,3 +244,44 @@ def test_table_script_bad_input_is_one_line(tmp_path, capsys):
     (tmp_path / "d" / "rows.jsonl").write_text('{"method": "ft", "seed": 0, "metrics": {}, "settings": {"epochs": 9}}\n')
     assert mod.main(["--out", str(tmp_path / "d"), *TINY]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def _captions_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_digits_captions_clip.py"
+    spec = importlib.util.spec_from_file_location("train_digits_captions_clip", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_captions_hard_negatives_swap_one_scene_word_and_say_so():
+    import random
+
+    import numpy as np
+
+    T = _captions_script()
+    rng = random.Random(0)
+    swapped = {"bg": 0, "ink": 0, "tex": 0}
+    for _ in range(300):
+        attrs = T.sample_scenes(1, rng)[0]
+        text, claims = T.caption(3, attrs, rng)
+        neg = T.hard_negative(text, claims, rng)
+        if not any(a in claims for a in ("bg", "ink", "tex")):
+            assert neg is None
+            continue
+        neg_text, neg_claims = neg
+        changed = [a for a in claims if claims[a] != neg_claims[a]]
+        assert len(changed) == 1 and set(neg_claims) == set(claims) and changed[0] in swapped
+        swapped[changed[0]] += 1
+        a, new = changed[0], neg_claims[changed[0]]
+        word = {"bg": T._BG, "ink": T._INK, "tex": list(T.TEXTURES)}[a][new]
+        assert word in neg_text.split() and len(neg_text.split()) == len(text.split())
+        assert sum(x != y for x, y in zip(text.split(), neg_text.split())) == 1  # one word changed
+        # the negative is false of the image it was made from, the caption true
+        attr_rows = np.array([attrs])
+        pos = T.positives(torch.tensor([3]), attr_rows, [claims, neg_claims], torch.tensor([3, 3]))
+        assert pos.tolist() == [[True, False]]
+    assert all(n > 20 for n in swapped.values()), swapped

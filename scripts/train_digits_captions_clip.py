@@ -417,7 +417,11 @@ def main(argv: list[str] | None = None) -> int:
         "| set / prompt | accuracy (%) |", "|---|---:|",
         *[f"| {k} | {v:.1f} |" for k, v in scores.items()], "",
     ]
-    (args.out / "TRAINING-captions.md").write_text("\n".join(lines))
+    notes = args.out / "TRAINING-captions.md"
+    # Hand-written sections ("## ...": the diagnosis, the runs tried) survive a re-run.
+    kept = notes.read_text().split("\n## ", 1) if notes.is_file() else []
+    tail = "\n## " + kept[1] if len(kept) == 2 else ""
+    notes.write_text("\n".join(lines) + tail)
     print(f"wrote {path} and {args.out / 'TRAINING-captions.md'}")
     return 0
 

@@ -150,20 +150,22 @@ def test_descending_false_and_missing_last(tmp_path):
 
 
 def test_record_metrics_reads_real_records():
-    """The adapter reads what today's code writes: the committed FMR and static run records of the digits boards."""
+    """The adapter reads what today's code writes: the committed FMR, static and fine-tuning records of the digits boards."""
     seen = set()
     for path in sorted((REPO / "leaderboards").glob("digits-*/runs/*/record.json")):
         raw = json.loads(path.read_text())
         view = record_metrics(raw)
-        assert view["model"] == raw["model"]["spec"] and view["evaluator"] == raw["evaluator"]
+        evaluator, _, method = raw["evaluator"].partition(":")
+        assert view["model"] == raw["model"]["spec"] and view["evaluator"] == evaluator
+        assert view["method"] == (method or None) and (raw["kind"] == "finetune") == bool(method)
         assert view["protocol_version"] == str(raw["schema_version"])
         assert view["metrics"] == {k: v for k, v in raw["metrics"].items() if not isinstance(v, (list, dict, str))}
         if raw["evaluator"] == "fmr":
             assert view["settings"]["limit"] == 40 and view["n"] == raw["metrics"]["n"] == 40
         if raw["evaluator"] == "calibration":
             assert view["reliability"]["before"] and view["n"] == raw["metrics"]["id/n"]
-        seen.add(raw["evaluator"])
-    assert seen == {"fmr", "ood-accuracy", "imagenet-x", "ood-detection", "calibration"}
+        seen.add(evaluator)
+    assert seen == {"fmr", "ood-accuracy", "imagenet-x", "ood-detection", "calibration", "finetune"}
     with pytest.raises(BoardError, match="schema version 7"):
         record_metrics({**raw, "schema_version": 7})
 

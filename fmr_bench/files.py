@@ -41,6 +41,23 @@ def output_error(e: OSError, path: str | Path, *, resume: bool = True,
     return err
 
 
+def require_writable(folder: str | Path, fix: str = "pick a writable --out") -> Path:
+    """Create ``folder`` and check a file can be written in it, before any work starts.
+
+    Raises:
+        OutputError: naming the folder, the reason and ``fix``.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"cannot write to {folder} ({e.strerror or type(e).__name__}); {fix}") from None
+    return folder
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None] | bytes | str, *,
                  resume: bool = True, fix: str = "pass --out to a writable folder") -> Path:
     """Write ``path`` through a temporary file + fsync + ``os.replace``.

@@ -60,6 +60,7 @@ from fmr_bench.datasets import TensorImages, load_dataset  # noqa: E402
 from fmr_bench.datasets.digits_shifts import SHIFTS  # noqa: E402
 from fmr_bench.errors import FmrBenchError, SettingsError  # noqa: E402
 from fmr_bench.evaluators.group_robustness import group_accuracies  # noqa: E402
+from fmr_bench.files import require_writable
 
 POOLS = ROOT / "fmr_bench" / "digits" / "descriptors.json"
 TRAINED = ("lp", "ft", "lp-ft", "flyp", "maskcf", "starft")
@@ -170,13 +171,7 @@ class Table:
         self.cfg, self.out = cfg, out
         self.rows_file = out / "rows.jsonl"
         self.models_dir = out / "models"
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            probe = out / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            raise FmrBenchError(f"cannot write to {out} ({e.strerror or type(e).__name__}); pick another --out") from None
+        require_writable(out, "pick another --out")
         self.rows = self._read_rows()
         self._scorer: Scorer | None = None
 

@@ -18,27 +18,11 @@ from fmr_bench.errors import FmrBenchError, OutputError
 from fmr_bench.finetune import Callback, EvalCallback, finetune, load_train_data
 from fmr_bench.record import load_record
 
-from test_finetune import CLIP_ARCH, TINY_CLIP, _planted
+# ruff: noqa: F811 (tests take the imported fixtures as same-named arguments)
+# the tiny CLIP and one-thread fixtures are test_finetune's (pytest finds imported fixtures by name)
+from test_finetune import CLIP_ARCH, TINY_CLIP, _planted, one_thread, tiny_clip  # noqa: F401
 
 NAMES = ["red", "green", "blue"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    import open_clip
-
-    folder = tmp_path_factory.mktemp("clipcfg")
-    (folder / f"{CLIP_ARCH}.json").write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(folder)
-    return f"openclip:{CLIP_ARCH}?prompts=single"
 
 
 def world(n: int = 24, seed: int = 0) -> TensorImages:

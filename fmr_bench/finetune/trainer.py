@@ -33,7 +33,7 @@ import torch
 
 from ..datasets import ImageDataset
 from ..errors import FmrBenchError, OutputError, SettingsError, from_worker
-from ..files import append_jsonl, atomic_write, write_json
+from ..files import append_jsonl, atomic_write, require_writable, write_json
 from ..models import ImageClassifier, load_model, map_classes
 from ..models.file import save_model
 from ..record import Provenance, finetune_record
@@ -354,14 +354,7 @@ class Trainer:
     _resume_state: dict[str, Any] | None = None
 
     def _prepare_out(self, ckpt_root: Path) -> tuple[tuple[int, int, int], ImageClassifier | None]:
-        out = self.out
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            probe = out / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            raise OutputError(f"cannot write to {out} ({e.strerror or type(e).__name__}); pick a writable --out") from None
+        out = require_writable(self.out)
         fp = self._fingerprint()
         manifest = out / "run.json"
         if manifest.is_file():

@@ -33,7 +33,7 @@ import torch
 
 def run(spec: str, n: int, budget: int, batch_size: int, seed: int, audit: str | None = None):
     from fmr_bench.generators import load_generator
-    from fmr_bench.runner import evaluate
+    from fmr_bench.engine.fmr import evaluate
 
     gen = load_generator(spec, default="vqgan:digits", seed=seed)
     rows = [0]

@@ -16,10 +16,10 @@ from .config import FmrSettings
 from .errors import FmrBenchError
 from .models import ImageClassifier, load_model, wrap_module
 from .models.file import save_model
-from .results import FmrResult
-from .runner import evaluate
+from .results.rundir import FmrResult
+from .engine.fmr import evaluate
 from .evaluators import run_evaluator
-from .results_table import load_results
+from .results.table import load_results
 
 __all__ = ["evaluate", "run_evaluator", "load_results", "FmrSettings", "FmrResult", "FmrBenchError", "ImageClassifier", "load_model",
            "save_model", "wrap_module", "__version__"]

@@ -168,14 +168,17 @@ def save_image(image: Any, path: str | Path, fmt: str = "PNG", **kw: Any) -> Pat
     return atomic_write(path, lambda f: image.save(f, format=fmt), **kw)
 
 
+def cache_dir() -> Path:
+    """Our own download cache (VQGAN checkpoints): ``$FMR_CACHE`` or ``~/.cache/fmr_bench``."""
+    return Path(os.environ.get("FMR_CACHE", Path.home() / ".cache" / "fmr_bench")).expanduser()
+
+
 # --- content hashes ------------------------------------------------------------------------
 #: Name of the hash cache under the FMR cache folder (``$FMR_CACHE`` or ``~/.cache/fmr_bench``).
 HASH_CACHE = "content-sha256.json"
 
 
 def _hash_cache_path() -> Path:
-    from .weights import cache_dir
-
     return cache_dir() / HASH_CACHE
 
 
@@ -234,3 +237,19 @@ def file_hashes(paths: list[str | Path]) -> list[str]:
 def file_sha256(path: str | Path) -> str:
     """Full sha256 of one file's content, cached as in :func:`file_hashes`."""
     return file_hashes([path])[0]
+
+
+def truncate_jsonl(path: Path, step: int) -> list[dict[str, Any]]:
+    """Keep the records of ``path`` up to ``step`` (a resumed run redoes the later ones); returns them."""
+    if not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut by the kill
+        if rec.get("step", 0) <= step:
+            kept.append(rec)
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept

@@ -21,13 +21,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import WeightsError
+from .files import cache_dir, file_hashes
 
 HUB_HOST = "huggingface.co"
-
-
-def cache_dir() -> Path:
-    """Our own download cache (VQGAN checkpoints): ``$FMR_CACHE`` or ``~/.cache/fmr_bench``."""
-    return Path(os.environ.get("FMR_CACHE", Path.home() / ".cache" / "fmr_bench")).expanduser()
 
 
 @functools.lru_cache(maxsize=8)
@@ -81,8 +77,6 @@ def weights_identity(refs: list[WeightRef]) -> dict[str, str]:
     Raises:
         WeightsError: a weight file exists but cannot be read.
     """
-    from .files import file_hashes
-
     out: dict[str, str] = {}
     for ref in refs:
         files = ref.local_files()

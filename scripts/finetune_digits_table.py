@@ -23,7 +23,7 @@ Finished (method, seed) rows are appended to ``OUT/rows.jsonl`` as they complete
 re-run with the same ``--out`` skips them, so a killed run loses at most the method that
 was training. FT models are kept in ``OUT/models/`` for WiSE-FT and the soup. At the end,
 ``OUT/records/<method>/record.json`` holds one fine-tuning run record per method
-(:func:`fmr_bench.record.finetune_record`: the mean over its seeds, each seed's row kept):
+(:func:`fmr_bench.results.record.finetune_record`: the mean over its seeds, each seed's row kept):
 what the ``digits-finetune`` leaderboard reads (docs/leaderboards.md).
 
 Usage::
@@ -293,7 +293,7 @@ def write_records(out: Path, cfg: TableSettings, rows: list[dict[str, Any]], com
     import pandas as pd
 
     from fmr_bench.files import write_json
-    from fmr_bench.record import Provenance, finetune_record
+    from fmr_bench.results.rundir.record import Provenance, finetune_record
     from fmr_bench.runtime import now
 
     prov = Provenance.collect(device="cpu", timestamp=now().isoformat(timespec="seconds"), command=command)

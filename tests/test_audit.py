@@ -10,8 +10,8 @@ from conftest import LR, identity_pre, scripted_world
 from torch import nn
 
 from fmr_bench import FmrBenchError, evaluate
-from fmr_bench.cli import main
-from fmr_bench.metrics import audit_counts
+from fmr_bench.cli.main.main import main
+from fmr_bench.metrics.fmr.fmr import audit_counts
 from fmr_bench.models import ImageClassifier
 from fmr_bench.oracles import Oracle
 
@@ -97,7 +97,7 @@ def test_audit_counts_on_a_scripted_oracle_and_judge(tmp_path):
 def test_audited_metrics_recomputed_from_samples_jsonl(tmp_path):
     res = run(tmp_path, audit=judge())
     rows = list(_last_lines(res.path / "samples.jsonl").values())
-    # plain arithmetic over the JSONL, independent of fmr_bench.metrics
+    # plain arithmetic over the JSONL, independent of fmr_bench.metrics.fmr
     n = len(rows)
     sa = 100 * sum(r["clean_pred"] == r["target"] for r in rows) / n
     audited = [r for r in rows if r["validated"] and (r["audit"] or {}).get("scripted-judge")]
@@ -247,7 +247,7 @@ def test_audit_of_an_export_folder_matches_the_in_run_audit(tmp_path):
 
 
 def test_grid_shows_oracle_and_judge_verdicts(tmp_path, monkeypatch):
-    from fmr_bench import viz
+    from fmr_bench import plots as viz
 
     texts = []
     import matplotlib.axes
@@ -276,7 +276,7 @@ def test_a_judge_for_other_classes_is_refused_before_the_run(tmp_path):
 def test_disk_full_during_a_later_audit_keeps_verdicts_and_resumes(tmp_path, monkeypatch):
     import errno
 
-    from fmr_bench import results
+    from fmr_bench.results.rundir import rundir as results
     from fmr_bench.errors import OutputError
 
     run(tmp_path)

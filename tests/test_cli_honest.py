@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from fmr_bench.cli import main
+from fmr_bench.cli.main.main import main
 from fmr_bench.datasets import load_dataset
 from fmr_bench.errors import SpecError
-from fmr_bench.evaluators import metrics as M
+from fmr_bench.metrics.fmr import static as M
 from fmr_bench.registry import DATASETS, GENERATORS, MODEL_SOURCES, ORACLE_SOURCES
 from fmr_bench.specs import Option, parse_options, parse_spec
 
@@ -196,7 +196,8 @@ def test_library_refuses_fgsm_eps_without_fgsm_init(tmp_path):
 
 
 def test_world_defaults_are_recorded_without_a_note():
-    from fmr_bench.config import FmrSettings, resolve_defaults
+    from fmr_bench.config import FmrSettings
+    from fmr_bench.engine.defaults import resolve_defaults
 
     ds = load_dataset("digits")
     r = resolve_defaults(FmrSettings().validated(), ds)
@@ -223,7 +224,7 @@ def test_fmr_and_a_static_evaluator_in_one_suite(capsys, tmp_path):
 
 
 def test_samples_with_workers_0_decode_in_process(monkeypatch, files):
-    from fmr_bench import runner
+    from fmr_bench.engine import fmr as runner
 
     ds = load_dataset(f"folder:{files['folder']}")
     ds.set_resolution(32)

@@ -1,5 +1,6 @@
-"""The package's import graph: every module imports, lower layers never import higher ones,
-and module-level imports form no circle."""
+"""The package's import graph: every module imports, every module sits in one ordered layer and
+imports only from its own layer or lower ones (imports inside functions included), no imports form
+a circle (inside functions included), and no module imports another's private names."""
 
 from __future__ import annotations
 
@@ -12,10 +13,20 @@ import pytest
 import fmr_bench
 
 ROOT = Path(fmr_bench.__file__).parent
-#: Parts that the engine and the commands build on; they must not reach up.
-LOWER = ("datasets", "models", "generators", "oracles", "protocol", "digits", "errors", "registry", "specs",
-         "config", "weights", "files", "runtime", "metrics")
-HIGHER = ("runner", "evaluators", "studies", "commands", "cli", "sparse")
+#: The layers of the package, lowest first: the flow spec -> parts -> protocol -> record/results ->
+#: engine -> tasks -> boards -> command line. A module may import only from its own layer or lower ones.
+LAYERS = (
+    ("errors", "registry", "specs", "config", "files", "progress", "runtime", "weights"),  # foundations
+    ("digits", "models", "oracles", "generators", "datasets"),  # the parts a run is built from
+    ("protocol", "metrics", "plots"),  # the FMR loop, metric kernels, figures
+    ("results",),  # record, run folder, shards, tables
+    ("engine",),  # running one task: an FMR run, inference, ranks
+    ("evaluators", "studies", "finetune"),  # the tasks on the engine
+    ("leaderboard",),  # boards over records
+    ("cli",),  # the command line
+    ("", "__main__"),  # the package's public names and ``python -m fmr_bench``
+)
+RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 
 def _modules() -> dict[str, Path]:
@@ -39,11 +50,12 @@ def _imports(name: str, path: Path, top_level_only: bool) -> set[str]:
     """Modules of fmr_bench that ``name`` imports (``from . import x`` resolved to the module x)."""
     tree = ast.parse(path.read_text())
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
     if top_level_only:  # also imports under module-level if/try blocks
         nodes = [n for top in tree.body for n in ast.walk(top)
                  if not isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
                  and not _type_checking_only(top)]
+    else:  # everything that can run: inside functions and classes too
+        nodes = [n for top in tree.body if not _type_checking_only(top) for n in ast.walk(top)]
     found = set()
     for node in nodes:
         if isinstance(node, ast.Import):
@@ -57,8 +69,10 @@ def _imports(name: str, path: Path, top_level_only: bool) -> set[str]:
                 mod = node.module
             else:
                 continue
-            found.add(mod)
-            found |= {f"{mod}.{a.name}" for a in node.names}
+            subs = {f"{mod}.{a.name}" for a in node.names}
+            if not subs <= set(_modules()):  # ``from pkg import sub``: only the sub-module is imported
+                found.add(mod)
+            found |= subs
     mods = _modules()
     return {m for m in found if m in mods and m != name}
 
@@ -72,29 +86,61 @@ def test_every_module_imports(module):
     importlib.import_module(module)
 
 
-def test_lower_layers_never_import_higher_ones():
+def test_every_module_sits_in_a_layer():
+    loose = sorted(name for name in _modules() if _layer(name) not in RANK)
+    assert not loose, f"modules in no layer of LAYERS: {loose}"
+
+
+def test_no_module_imports_from_a_higher_layer():
     bad = []
     for name, path in _modules().items():
-        if _layer(name) not in LOWER:
-            continue
         for target in _imports(name, path, top_level_only=False):
-            if _layer(target) in HIGHER:
+            if RANK.get(_layer(target), -1) > RANK.get(_layer(name), -1):
                 bad.append(f"{name} -> {target}")
-    assert not bad, "lower layers import higher ones: " + ", ".join(sorted(bad))
+    assert not bad, "imports that reach up a layer: " + ", ".join(sorted(bad))
 
 
-def test_module_level_imports_have_no_circle():
+def _circles(top_level_only: bool) -> list[list[str]]:
     import networkx as nx
 
     graph = nx.DiGraph()
     for name, path in _modules().items():
         graph.add_node(name)
-        for target in _imports(name, path, top_level_only=True):
+        for target in _imports(name, path, top_level_only=top_level_only):
             # a package importing its own sub-modules (registration) is not a circle
             if not target.startswith(name + "."):
                 graph.add_edge(name, target)
-    cycles = list(nx.simple_cycles(graph))
+    return list(nx.simple_cycles(graph))
+
+
+def test_module_level_imports_have_no_circle():
+    cycles = _circles(top_level_only=True)
     assert not cycles, f"import circles: {cycles[:3]}"
+
+
+def test_imports_inside_functions_make_no_circle_either():
+    cycles = _circles(top_level_only=False)
+    assert not cycles, f"import circles through function-level imports: {cycles[:3]}"
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """``from .x import _name`` couples two modules through a name that one of them calls private.
+    A private *module* of a package (``generators/_diffusers.py``) may be imported inside its package."""
+    mods = _modules()
+    bad = []
+    for name, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not (node.level or (node.module or "").startswith("fmr_bench")):
+                continue
+            for a in node.names:
+                if a.name.startswith("_") and not a.name.startswith("__"):
+                    base = name if path.name == "__init__.py" else name.rpartition(".")[0]
+                    if node.level > 1:
+                        base = ".".join(base.split(".")[: len(base.split(".")) - (node.level - 1)])
+                    target = ".".join(filter(None, [base if node.level else "", node.module or ""]))
+                    if f"{target}.{a.name}" not in mods:
+                        bad.append(f"{name}:{node.lineno} imports {a.name}")
+    assert not bad, "private names imported across modules: " + ", ".join(bad)
 
 
 def test_the_checker_sees_a_planted_circle(tmp_path, monkeypatch):

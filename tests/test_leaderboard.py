@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fmr_bench.cli import main
+from fmr_bench.cli.main.main import main
 from fmr_bench.leaderboard import build_boards, build_table, find_boards, load_board, record_metrics
 from fmr_bench.leaderboard.plots import fit_baseline, logit
 from fmr_bench.leaderboard.render import render_markdown
@@ -52,7 +52,7 @@ def entry(name: str, status: str, model: str | None = None, reported: dict | Non
 
 
 def fmr_record(model: str, sa: float, fmr: float, *, limit: int = 8, schema: int = 1) -> dict:
-    """A version-1 FMR record, in the shape fmr_bench.runner writes."""
+    """A version-1 FMR record, in the shape fmr_bench.engine.fmr writes."""
     return {"schema_version": schema, "evaluator": "fmr", "run": f"{model.replace(':', '-')}__digits-test__x",
             "model": {"spec": model, "weights_sha256_16": "0" * 16}, "dataset": {"spec": "digits:test", "n": 360},
             "generator": {"spec": "vqgan:digits"}, "oracle": {"spec": "builtin:digits-clip"},

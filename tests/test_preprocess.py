@@ -19,7 +19,7 @@ from torch import nn
 from fmr_bench import load_model, save_model
 from fmr_bench.datasets import TensorImages, load_dataset
 from fmr_bench.errors import OutputError, SettingsError, WeightsError
-from fmr_bench.inference import compute_logits, logits_key
+from fmr_bench.engine.logits import compute_logits, logits_key
 from fmr_bench.models import EvalTransform, ImageClassifier, wrap_module
 
 # (width, height): landscape, portrait, square, and a long strip
@@ -293,7 +293,7 @@ def test_protocol_feed_keeps_the_datasets_resolution(photos):
 
 
 def test_disk_full_on_the_cache_write_is_the_one_line_error(photos, monkeypatch, tmp_path):
-    from fmr_bench import inference
+    from fmr_bench.engine import logits as inference
 
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -306,8 +306,8 @@ def test_disk_full_on_the_cache_write_is_the_one_line_error(photos, monkeypatch,
 
 
 def test_disk_full_on_the_cache_write_exits_2_from_the_cli(monkeypatch, tmp_path, capsys):
-    from fmr_bench import inference
-    from fmr_bench.cli import main
+    from fmr_bench.engine import logits as inference
+    from fmr_bench.cli.main.main import main
 
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -320,7 +320,7 @@ def test_disk_full_on_the_cache_write_exits_2_from_the_cli(monkeypatch, tmp_path
 
 
 def test_unwritable_cache_is_a_warning_and_the_logits_still_come(photos, monkeypatch):
-    from fmr_bench import inference
+    from fmr_bench.engine import logits as inference
 
     def read_only(*_a, **_k):
         raise OSError(errno.EROFS, "Read-only file system")
@@ -333,7 +333,7 @@ def test_unwritable_cache_is_a_warning_and_the_logits_still_come(photos, monkeyp
 
 
 def test_corrupt_entry_in_a_read_only_cache_is_recomputed(photos, monkeypatch, tmp_path):
-    from fmr_bench import inference
+    from fmr_bench.engine import logits as inference
 
     clf = load_model("timm:test_resnet", pretrained=False)
     dataset = load_dataset(f"folder:{photos}")

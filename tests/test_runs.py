@@ -19,12 +19,12 @@ import torch
 
 from conftest import BrightnessOracle, brightness_world, identity_pre, tiny_vqgan
 from fmr_bench import evaluate
-from fmr_bench.cli import main
+from fmr_bench.cli.main.main import main
 from fmr_bench.errors import OutputError
 from fmr_bench.generators.noise import NoiseGenerator, PixelGenerator
 from fmr_bench.models import ImageClassifier
 from fmr_bench.oracles import Oracle
-from fmr_bench.results import FmrResult, read_outcomes
+from fmr_bench.results.rundir.rundir import FmrResult, read_outcomes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -183,7 +183,7 @@ def test_in_memory_images_of_the_same_name_are_told_apart(tmp_path):
 HOLD = """
 import sys, time
 from pathlib import Path
-from fmr_bench.results import RunLock
+from fmr_bench.results.rundir import RunLock
 lock = RunLock(Path(sys.argv[1])).acquire()  # held while the process lives
 print("locked", flush=True)
 time.sleep(120)
@@ -327,7 +327,7 @@ def test_pandas_rows_tell_runs_apart(tmp_path):
 
 
 def test_sa_near_chance_is_flagged_in_record_and_console(tmp_path, capsys):
-    from fmr_bench.metrics import fmr_warnings
+    from fmr_bench.metrics.fmr.fmr import fmr_warnings
 
     assert fmr_warnings({"sa": 6.25, "n": 160}, 10)  # the untrained net of the issue: SA 6.25 %, FMR 100
     assert fmr_warnings({"sa": 90.0, "n": 5}, 10)  # too few correct clean images
@@ -387,7 +387,7 @@ def test_both_loops_flush_denormals_alike_and_leave_the_flag_as_found():
 # --- fit-sparse never writes shipped files ----------------------------------------------------------
 
 def _latents(path):
-    from fmr_bench.sparse import LatentSet
+    from fmr_bench.studies.fit_sparse import LatentSet
 
     rng = np.random.default_rng(0)
     n, shape = 20, (4, 2, 2)

@@ -17,12 +17,12 @@ import torch
 from conftest import brightness_world
 
 from fmr_bench import evaluate
-from fmr_bench.cli import main
-from fmr_bench.distributed import World, rank_device, world_from_env
+from fmr_bench.cli.main.main import main
+from fmr_bench.engine.distributed import World, rank_device, world_from_env
 from fmr_bench.errors import OutputError, SettingsError
 from fmr_bench.generators.noise import PixelGenerator
-from fmr_bench.results import FmrResult, read_outcome_rows
-from fmr_bench.shards import Shard, merge_folders, parse_shard, resolve_shard, shard_from_env
+from fmr_bench.results.rundir.rundir import FmrResult, read_outcome_rows
+from fmr_bench.results.rundir.shards import Shard, merge_folders, parse_shard, resolve_shard, shard_from_env
 
 REPO = Path(__file__).resolve().parents[1]
 N = 10
@@ -334,8 +334,8 @@ def test_torchrun_rank_killed_mid_run_resumes_and_equals_the_single_run(tmp_path
 def test_static_logits_over_two_ranks_equal_one_pass_and_only_the_whole_set_is_cached(tmp_path, monkeypatch):
     import threading
 
-    import fmr_bench.distributed as dist_mod
-    from fmr_bench.inference import compute_logits
+    import fmr_bench.engine.distributed as dist_mod
+    from fmr_bench.engine.logits import compute_logits
 
     monkeypatch.setenv("FMR_LOGITS_CACHE", str(tmp_path / "logits"))
     data, model, _ = brightness_world(N)

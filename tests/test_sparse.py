@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import brightness_world, tiny_vqgan
 
-from fmr_bench.cli import main
+from fmr_bench.cli.main.main import main
 from fmr_bench.errors import SettingsError, SpecError
 from fmr_bench.generators import load_generator
 from fmr_bench.generators.sparse import SparseGenerator
 from fmr_bench.protocol import LoopConfig, run_batched, run_reference
-from fmr_bench.sparse import LatentSet, fit_mask
+from fmr_bench.studies.fit_sparse import LatentSet, fit_mask
 
 
 class Recording(SparseGenerator):

@@ -9,7 +9,7 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fmr_bench import viz  # noqa: E402
+from fmr_bench import plots as viz  # noqa: E402
 from fmr_bench.protocol.outcome import SampleOutcome  # noqa: E402
 
 NAMES = ["zero", "one", "two"]

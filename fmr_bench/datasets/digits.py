@@ -16,7 +16,7 @@ DIGITS_WORLD = WorldDefaults(generator="vqgan:digits", oracle="builtin:digits-cl
 class DigitsImages(TensorImages):
     def __init__(self, split: str) -> None:
         from ..digits import CLASS_NAMES
-        from ..digits.data import load_digits_split
+        from ..digits.images import load_digits_split
 
         images, labels = load_digits_split(split)
         super().__init__(images, labels.tolist(), CLASS_NAMES, spec=f"digits:{split}", world=DIGITS_WORLD,

@@ -1,6 +1,6 @@
 """Shifted test sets of the digits world, so every static evaluator runs offline.
 
-All are deterministic transforms of ``fmr_bench.digits.data.load_digits_split("test")``
+All are deterministic transforms of ``fmr_bench.digits.images.load_digits_split("test")``
 (360 images), computed in float64-free torch ops with fixed seeds:
 
 - ``digits-shift:NAME`` for NAME in :data:`SHIFTS` — each a distribution shift with the
@@ -34,7 +34,7 @@ SEED = 4
 
 
 def _test_split() -> tuple[torch.Tensor, torch.Tensor]:
-    from ..digits.data import load_digits_split
+    from ..digits.images import load_digits_split
 
     images, labels = load_digits_split("test")
     return images.float() / 255.0, labels

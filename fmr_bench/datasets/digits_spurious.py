@@ -76,7 +76,7 @@ def spurious_split(split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     Raises:
         SpecError: unknown split.
     """
-    from ..digits.data import load_digits_split
+    from ..digits.images import load_digits_split
     from ..digits.scenes import ink_density, render_scenes
 
     if split not in SPLITS:

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import SpecError, WeightsError
 from .clip import CLIP_MEAN, CLIP_MODEL_NAME, CLIP_STD, CLIP_WEIGHTS, PROMPT_TEMPLATE, create_digits_clip
-from .data import augment, load_digits_split
+from .images import augment, load_digits_split
 from .nets import DigitsCNN, DigitsMLP
 
 #: Folder of the shipped weights (safetensors) and their TRAINING.md.

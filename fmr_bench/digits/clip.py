@@ -40,7 +40,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PROMPT_TEMPLATE = "an image of {}"
 
 
-def _open_clip() -> Any:
+def open_clip_module() -> Any:
     try:
         import open_clip
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -74,7 +74,7 @@ def _no_random_init_warning(name: str) -> Iterator[None]:
 def create_model(name: str, pretrained: str | None = None) -> torch.nn.Module:
     """``open_clip.create_model(name, pretrained=...)`` for one of our own configs, without the
     random-initialisation warning (see :func:`_no_random_init_warning`)."""
-    open_clip = _open_clip()
+    open_clip = open_clip_module()
     with _no_random_init_warning(name):
         return open_clip.create_model(name, pretrained=pretrained)
 
@@ -85,7 +85,7 @@ def register_digits_clip() -> str:
     Returns:
         The model name to pass to ``open_clip.create_model`` / ``get_tokenizer``.
     """
-    open_clip = _open_clip()
+    open_clip = open_clip_module()
     if CLIP_MODEL_NAME not in open_clip.list_models():
         open_clip.add_model_config(CLIP_CONFIG)
     return CLIP_MODEL_NAME
@@ -111,7 +111,7 @@ def create_digits_clip(
     """
     from . import TRAINING_SCRIPT, WEIGHTS_DIR
 
-    open_clip = _open_clip()
+    open_clip = open_clip_module()
     name = register_digits_clip()
     weights = WEIGHTS_DIR / CLIP_WEIGHTS
     if pretrained and not weights.is_file():

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import WeightsError
-from .clip import CLIP_MEAN, CLIP_STD, _open_clip, create_model
+from .clip import CLIP_MEAN, CLIP_STD, open_clip_module, create_model
 
 CAPTIONS_MODEL_NAME = "fmr-digits-clip-captions"
 CAPTIONS_CONFIG = Path(__file__).resolve().parent / f"{CAPTIONS_MODEL_NAME}.json"
@@ -41,7 +41,7 @@ _ROWS, _IDS, _FULL = "token_embedding.rows", "token_embedding.ids", "token_embed
 
 def register_captions_clip() -> str:
     """Register the ``fmr-digits-clip-captions`` config with open_clip (idempotent)."""
-    open_clip = _open_clip()
+    open_clip = open_clip_module()
     if CAPTIONS_MODEL_NAME not in open_clip.list_models():
         open_clip.add_model_config(CAPTIONS_CONFIG)
     return CAPTIONS_MODEL_NAME
@@ -88,7 +88,7 @@ def create_digits_clip_captions(
     """
     from . import WEIGHTS_DIR
 
-    open_clip = _open_clip()
+    open_clip = open_clip_module()
     name = register_captions_clip()
     model = create_model(name, pretrained=None)
     path = Path(weights) if weights is not None else WEIGHTS_DIR / CAPTIONS_WEIGHTS

@@ -22,13 +22,13 @@ from typing import Any
 import torch
 
 from ..datasets import ImageDataset, load_dataset
-from ..distributed import World, rank_device
+from ..engine.distributed import World, rank_device
 from ..errors import ClassMappingError, FmrBenchError, SettingsError, from_worker
-from ..inference import Logits, compute_logits
+from ..engine.logits import Logits, compute_logits
 from ..models import ImageClassifier, load_model, map_classes
-from ..record import Provenance, load_record, sample_set_fingerprint, static_record
+from ..results.record import Provenance, load_record, sample_set_fingerprint, static_record
 from ..registry import EVALUATORS
-from ..results import RecordResult, run_dir, settings_hash, write_json
+from ..results.rundir import RecordResult, run_dir, settings_hash, write_json
 from ..runtime import command_line, resolve_device
 
 ZERO_SHOT_SOURCES = ("openclip", "builtin")

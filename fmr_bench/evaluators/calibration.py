@@ -17,7 +17,7 @@ import torch
 from ..errors import DataError
 from ..files import save_figure
 from ..registry import EVALUATORS
-from . import metrics as M
+from ..metrics import static as M
 from .base import Context, Output, ds_name
 
 N_BINS = 15

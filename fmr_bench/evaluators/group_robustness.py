@@ -13,7 +13,7 @@ import torch
 
 from ..errors import DataError
 from ..registry import EVALUATORS
-from . import metrics as M
+from ..metrics import static as M
 from .base import Context, Output, ds_name
 
 

@@ -18,9 +18,9 @@ import csv
 from pathlib import Path
 
 from ..errors import DataError, SettingsError
-from ..record import load_record
+from ..results.record import load_record
 from ..registry import EVALUATORS
-from . import metrics as M
+from ..metrics import static as M
 from .base import Context, Output, ds_name
 
 DIGITS_SHIFTS = ("rotated", "inverted", "noisy", "blurred", "small", "dark", "style")

@@ -3,7 +3,7 @@
 Scores: MSP (max softmax), MaxLogit, Energy (``logsumexp``), and for CLIP zero-shot
 models MCM (Ming et al. 2022): ``max softmax(cos / T)``, T = 1, over the class prompts
 "a photo of a {c}". Metrics: AUROC, AUPR-In, AUPR-Out, FPR@95, in percent, with the
-convention of :data:`fmr_bench.evaluators.metrics.OOD_CONVENTION` (ID positive, higher
+convention of :data:`fmr_bench.metrics.static.OOD_CONVENTION` (ID positive, higher
 score = more ID; FPR@95 = OOD accepted at 95 % ID acceptance) written into the record.
 OOD sets: ``inaturalist:``, ``sun:``, ``places:``, ``textures:``, ``imagenet-o:``,
 ``ninco:`` or any ``ood:PATH``.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ..errors import DataError, SettingsError
 from ..registry import EVALUATORS
-from . import metrics as M
+from ..metrics import static as M
 from .base import Context, Output, ds_name, is_zero_shot
 
 MCM_TEMPLATE = "a photo of a {}"

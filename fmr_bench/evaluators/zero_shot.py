@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..errors import ClassMappingError
 from ..registry import EVALUATORS
-from . import metrics as M
+from ..metrics import static as M
 from .base import Context, Output, class_space, ds_name, is_zero_shot
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 
 from ..errors import SettingsError
-from ..files import append_jsonl
+from ..files import append_jsonl, truncate_jsonl
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
@@ -106,8 +106,6 @@ class EvalCallback(Callback):
         map_classes(clf.class_names, clf.num_classes, ds.class_names, label_space=ds.label_space,
                     model_label_space=clf.label_space, model=clf.spec or "the model")  # fail before training
         if self.log is not None and trainer.global_step > 0:  # resumed: keep what the checkpoint covers
-            from .trainer import truncate_jsonl
-
             self.records = truncate_jsonl(self.log, trainer.global_step)
 
     def on_step_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
@@ -142,16 +140,17 @@ def score(clf: Any, names: Sequence[str], data: Any, ood: Sequence[Any] = (), *,
     ``fmr`` runs the FMR protocol on a fixed seeded subset of ``limit`` images with ``budget``
     steps (both recorded under ``"subset"``); static evaluators see the whole sets.
     """
-    import fmr_bench
+    from ..engine.fmr import evaluate
+    from ..evaluators import run_evaluator
 
     out = []
     for name in names:
         t0 = time.perf_counter()
         if name == "fmr":
             kw = {k: v for k, v in (("limit", limit), ("budget", budget)) if v is not None}
-            res = fmr_bench.evaluate(clf, data, out=None, seed=seed, write_grid=False, device=device, **kw, **options)
+            res = evaluate(clf, data, out=None, seed=seed, write_grid=False, device=device, **kw, **options)
         else:
-            res = fmr_bench.run_evaluator(clf, name, data, list(ood) or None, out=None, device=device, cache=False,
+            res = run_evaluator(clf, name, data, list(ood) or None, out=None, device=device, cache=False,
                                           **options)
         out.append({"evaluator": name, "dataset": getattr(data, "spec", str(data)), "metrics": dict(res.metrics),
                     "subset": {"limit": limit, "budget": budget} if name == "fmr" else None,

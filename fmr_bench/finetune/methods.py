@@ -10,10 +10,12 @@ function of the epoch (StarFT's decaying λ). Add a method with
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 from ..registry import Registry
-from .config import FinetuneSettings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import FinetuneSettings
 
 Weight = Union[float, Callable[[int, int], float]]  # constant, or (epoch, epochs) -> weight
 TRAINS = ("head", "image", "clip")  # head only; image encoder + head; image + text towers + temperature

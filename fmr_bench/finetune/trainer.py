@@ -7,7 +7,7 @@ A run folder ``OUT`` holds::
     checkpoints/           resumable checkpoints (see fmr_bench.finetune.checkpoint)
     train_log.jsonl        one line per step: step, stage, epoch, lr, loss and each term
     model.safetensors      the fine-tuned model (file:-loadable), written last
-    finetune.json          the run's record (fmr_bench.record, kind ``finetune``): settings, method,
+    finetune.json          the run's record (fmr_bench.results.record, kind ``finetune``): settings, method,
                            data, provenance, steps, evaluation records, the last scores as metrics
 
 Re-running the same command after a kill continues from the last checkpoint and ends at
@@ -33,16 +33,16 @@ import torch
 
 from ..datasets import ImageDataset
 from ..errors import FmrBenchError, OutputError, SettingsError, from_worker
-from ..files import append_jsonl, atomic_write, require_writable, write_json
+from ..files import append_jsonl, atomic_write, require_writable, truncate_jsonl, write_json
 from ..models import ImageClassifier, load_model, map_classes
 from ..models.file import save_model
-from ..record import Provenance, finetune_record
+from ..results.record import Provenance, finetune_record
 from ..runtime import command_line
 from .adapters import Parts, parts_of
 from .callbacks import Callback
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import FinetuneSettings, make_settings
-from .data import load_train_data
+from .train_data import load_train_data
 from .methods import Method, Stage, build_method
 from .terms import TERMS, StepContext
 
@@ -68,7 +68,7 @@ def epoch_batches(n: int, batch_size: int, seed: int, stage: int, epoch: int) ->
 
 
 def _versions() -> dict[str, str]:
-    from ..runner import versions
+    from ..engine.fmr import versions
 
     return versions()
 
@@ -100,7 +100,7 @@ class Trainer:
     def __init__(self, model: ImageClassifier, data: ImageDataset, settings: FinetuneSettings, *,
                  out: str | Path | None = None, callbacks: Sequence[Callback] = (),
                  run_info: dict[str, Any] | None = None, progress: bool = False) -> None:
-        from ..runner import resolve_device
+        from ..engine.fmr import resolve_device
 
         self.settings = settings.validated()
         self.method: Method = build_method(self.settings)
@@ -515,22 +515,6 @@ def check_feature_memory(n: int, first: torch.Tensor) -> None:
         raise SettingsError(f"the linear probe would cache {need / 2**30:.1f} GiB of features ({n} images x "
                             f"{first[0].numel()} floats) but only {free / 2**30:.1f} GiB of memory is free; "
                             "train on a subset or a machine with more memory, or use --method ft")
-
-
-def truncate_jsonl(path: Path, step: int) -> list[dict[str, Any]]:
-    """Keep the records of ``path`` up to ``step`` (a resumed run redoes the later ones); returns them."""
-    if not path.is_file():
-        return []
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a line cut by the kill
-        if rec.get("step", 0) <= step:
-            kept.append(rec)
-    atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
-    return kept
 
 
 def _listify(obj: Any) -> Any:

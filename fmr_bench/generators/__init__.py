@@ -8,7 +8,8 @@ from urllib.parse import urlparse
 
 from ..registry import GENERATORS
 from ..specs import Option, Spec, parse_options, parse_spec
-from ..weights import WeightRef, cache_dir, download, sha256_file
+from ..files import cache_dir
+from ..weights import WeightRef, download, sha256_file
 from .base import Generator
 from .cards import PACKAGE_DIR, load_card
 from .sparse import mask_help

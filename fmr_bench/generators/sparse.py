@@ -2,7 +2,7 @@
 
 The sparse VQGAN of the FMR paper (§3.2.1, App. I): an L1 logistic regression that tells
 encoder latents of clean images from the final latents of perturbed ones selects a few
-"style" dims (``fmr fit-sparse``, :mod:`fmr_bench.sparse`); the generator steps only
+"style" dims (``fmr fit-sparse``, :mod:`fmr_bench.studies.fit_sparse`); the generator steps only
 those and keeps every other dim at the encoder's value.
 
 The mask acts on the gradient: :meth:`SparseGenerator.decode` feeds the decoder

@@ -1,7 +1,7 @@
 """The one place where boards read run records.
 
 Boards see a record only through :func:`record_metrics`, which reads it through
-:func:`fmr_bench.record.load_record`: version-2 records of every kind (FMR, static,
+:func:`fmr_bench.results.record.load_record`: version-2 records of every kind (FMR, static,
 fine-tuning) and version-1 records (the FMR runner's and the static evaluators' before the
 typed record), which come back upgraded. The protocol version a board compares is the
 schema the record was written with (``"1"`` or ``"2"``).
@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..record import READABLE_SCHEMAS, Record, RecordError
+from ..results.record import READABLE_SCHEMAS, Record, RecordError
 from .schema import BoardError
 
 __all__ = ["READABLE_SCHEMAS", "read_records", "record_metrics"]

@@ -41,7 +41,7 @@ def _run_task(board: Board, entry: Entry, task, runs: Path) -> None:
     where = f"{board.folder}/board.json task {task.evaluator}"
     data = expand(task.data, where)
     if task.evaluator == FMR_EVALUATOR:
-        from ..runner import evaluate
+        from ..engine.fmr import evaluate
 
         evaluate(entry.model, data, out=runs, write_grid=False, **task.settings)
     else:

@@ -23,7 +23,7 @@ from ..errors import FmrBenchError
 STATUSES = ("reported", "measured", "both")
 FMR_EVALUATOR = "fmr"
 #: Task of boards whose entries are fine-tuning methods: read from ``finetune`` records
-#: (:func:`fmr_bench.record.finetune_record`), written by the script an entry's ``measured_by`` names.
+#: (:func:`fmr_bench.results.record.finetune_record`), written by the script an entry's ``measured_by`` names.
 FINETUNE_EVALUATOR = "finetune"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 

@@ -25,7 +25,8 @@ from torch import nn
 
 from ..errors import ClassMappingError, MissingDependencyError, SpecError, WeightsError
 from ..specs import Spec
-from ..weights import WeightRef, cache_dir, hf_cached
+from ..files import cache_dir
+from ..weights import WeightRef, hf_cached
 from .base import ImageClassifier
 from .transform import EvalTransform
 

@@ -26,7 +26,7 @@ class SampleOutcome:
         oracle_accept: the acceptance rule's verdict on x-hat (always true for a validated
             sample; for one not validated, x-hat is the clean image).
         audit: verdicts of independent judges on x-hat of a validated sample, by judge spec:
-            ``{"pred": label, "conf": p(y), "ok": pred == label}`` (see :mod:`fmr_bench.audit`).
+            ``{"pred": label, "conf": p(y), "ok": pred == label}`` (see :mod:`fmr_bench.engine.judge`).
 
     The ``oracle_*`` and ``audit`` fields are ``None`` in lines written before they existed.
     """

@@ -1,7 +1,7 @@
 """The paper's appendix studies, built on :func:`fmr_bench.evaluate`.
 
 One module per study; each has a library function and a command in
-:mod:`fmr_bench.commands`:
+:mod:`fmr_bench.cli.commands`:
 
 * :mod:`.export`   — the validated perturbed images of a run as a static ImageFolder
   benchmark (FMR paper App. O), ``fmr export``.

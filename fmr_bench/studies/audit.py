@@ -29,15 +29,15 @@ from typing import Any
 
 import torch
 
-from ..audit import Audit
+from ..engine.judge import Audit
 from ..config import FmrSettings
 from ..errors import DataError, OutputError, SpecError
 from ..files import atomic_write
-from ..metrics import audit_counts
+from ..metrics.fmr import audit_counts
 from ..oracles import Oracle, oracle_specs
-from ..record import load_record
-from ..results import SAMPLES_FILE, STALE_FILE, FmrResult, write_json
-from .data import GENERATION_FILE, LABELS_FILE, read_export
+from ..results.record import load_record
+from ..results.rundir import SAMPLES_FILE, STALE_FILE, FmrResult, write_json
+from .exported import GENERATION_FILE, LABELS_FILE, read_export
 
 #: What an audited copy of a run takes from the run, in this order: ``record.json`` last, so
 #: that a copy interrupted half-way is completed by the next call (a record means complete).
@@ -57,7 +57,7 @@ def audit_run(folder: str | Path, judge: str | Oracle, *, device: str = "auto", 
         OutputError: its recorded settings now name another run (changed weights or data);
             ``folder`` is not writable and no ``out`` was given; ``out`` is not writable.
     """
-    from ..runner import evaluate
+    from ..engine.fmr import evaluate
 
     folder = Path(folder)
     if isinstance(judge, str):
@@ -121,7 +121,7 @@ def audit_export(folder: str | Path, judge: str | Oracle, *, device: str = "cpu"
     (into ``out`` instead when given: the export is then only read).
 
     Returns:
-        the report: judge, metrics (:func:`fmr_bench.metrics.audit_counts`), verdicts by sample id.
+        the report: judge, metrics (:func:`fmr_bench.metrics.fmr.audit_counts`), verdicts by sample id.
     """
     folder = Path(folder)
     data = read_export(folder)

@@ -25,7 +25,7 @@ from typing import Any
 from ..config import FmrSettings
 from ..datasets import ImageDataset, load_dataset
 from ..errors import SettingsError
-from ..results import run_dir, write_json
+from ..results.rundir import run_dir, write_json
 from .export import merge_settings
 from .tables import AUDIT_COLUMNS, METRIC_COLUMNS, metric_row, write_csv
 
@@ -127,7 +127,7 @@ def compare_generators(models: str | Sequence[str], generators: str | Sequence[s
             as for :func:`fmr_bench.evaluate`.
         to: output folder; default ``OUT/compare__<data>__<hash of the request>``.
         audit: a judge spec (e.g. ``builtin:digits-judge``) that audits every run's validated
-            x-hat (:mod:`fmr_bench.audit`); the rows gain :data:`~fmr_bench.studies.tables.AUDIT_COLUMNS` and a
+            x-hat (:mod:`fmr_bench.engine.judge`); the rows gain :data:`~fmr_bench.studies.tables.AUDIT_COLUMNS` and a
             ``audit_fmr`` τ column. Not part of the runs' identity: earlier runs are reused.
         log: optional ``callable(str)`` for progress lines.
 
@@ -135,7 +135,7 @@ def compare_generators(models: str | Sequence[str], generators: str | Sequence[s
         SpecError, WeightsError, SettingsError: a bad spec, missing weights or a bad
             setting, before any run starts.
     """
-    from ..runner import evaluate
+    from ..engine.fmr import evaluate
 
     models = split_list(models, "--models")
     generators = split_list(generators, "--generators")

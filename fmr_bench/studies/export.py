@@ -13,7 +13,7 @@ so ``imagenet:DIR`` reads the export back in the ImageNet label space), else the
 with spaces as ``_`` (so ``folder:DIR`` reads the same class names). ``folder:`` numbers the
 classes in sorted folder order, which may differ from the source's order (digits: "eight" <
 "five" < ...): models then map classes by name, and ``labels.csv`` (or
-:func:`fmr_bench.studies.data.read_export`) gives the source label indices.
+:func:`fmr_bench.studies.exported.read_export`) gives the source label indices.
 
 Interrupt and resume: the export runs through :func:`fmr_bench.evaluate` with a sample hook
 that writes each PNG *before* the run records that sample, and ``labels.csv`` and the final
@@ -42,8 +42,8 @@ from ..datasets.base import FileImages
 from ..errors import OutputError, SettingsError
 from ..files import atomic_write
 from ..protocol import SampleOutcome
-from ..results import FmrResult, run_dir, write_json
-from .data import FORMAT, GENERATION_FILE, LABELS_FILE, read_generation, subset
+from ..results.rundir import FmrResult, run_dir, write_json
+from .exported import FORMAT, GENERATION_FILE, LABELS_FILE, read_generation, subset
 from .tables import write_csv
 
 FORMAT_VERSION = 1
@@ -182,7 +182,7 @@ def export_run(model: str | nn.Module, data: str | ImageDataset = "digits", to: 
         FmrBenchError: bad input, a foreign ``to`` folder, or missing images that cannot be
             regenerated identically.
     """
-    from ..runner import evaluate
+    from ..engine.fmr import evaluate
 
     merged = merge_settings(settings, overrides)
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data)
@@ -230,7 +230,7 @@ def export_run(model: str | nn.Module, data: str | ImageDataset = "digits", to: 
 def _regenerate(missing: list[SampleOutcome], dataset: ImageDataset, write, *, model, generator, oracle,
                 settings: FmrSettings, pretrained: bool, to: Path) -> None:
     """Generate the images of finished samples again (in memory) and write those that reproduce."""
-    from ..runner import evaluate
+    from ..engine.fmr import evaluate
 
     expected = {o.id: o for o in missing}
     differ: list[str] = []

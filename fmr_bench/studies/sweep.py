@@ -27,8 +27,8 @@ from ..config import FmrSettings
 from ..datasets import ImageDataset, load_dataset
 from ..errors import DataError, SettingsError
 from ..files import save_figure
-from ..record import load_record as read_record
-from ..results import run_dir, write_json
+from ..results.record import load_record as read_record
+from ..results.rundir import run_dir, write_json
 from .export import merge_settings
 from .tables import AUDIT_COLUMNS, METRIC_COLUMNS, metric_row, write_csv
 
@@ -93,7 +93,7 @@ def sweep(model: str, data: str | ImageDataset = "digits", step_sizes: Any = Non
     Raises:
         SettingsError: bad lists or settings, before any run starts.
     """
-    from ..runner import evaluate
+    from ..engine.fmr import evaluate
 
     etas = parse_values(step_sizes, "--step-sizes", float)
     bs = parse_values(budgets, "--budgets", int)

@@ -33,10 +33,10 @@ import torch
 from ..config import FmrSettings
 from ..datasets import ImageDataset, load_dataset
 from ..errors import SettingsError
-from ..inference import compute_logits
+from ..engine.logits import compute_logits
 from ..models import ImageClassifier, load_model, map_classes
-from ..results import run_dir, write_json
-from .data import read_export, subset
+from ..results.rundir import run_dir, write_json
+from .exported import read_export, subset
 from .export import Export, default_export_dir, export_request, export_run, merge_settings
 from .tables import write_csv
 

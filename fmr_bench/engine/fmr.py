@@ -10,18 +10,19 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .audit import Audit
-from .config import FmrSettings, check_given, resolve_defaults
-from .datasets import ImageDataset, load_dataset
-from .errors import FmrBenchError, InterruptedRun, OutputError, SettingsError, from_worker
-from .generators import Generator, generator_weight_refs, load_generator
-from .models import ImageClassifier, load_model, map_classes, model_weight_refs, wrap_module
-from .oracles import Oracle, load_oracle, oracle_weight_refs
-from .oracles.acceptance import DEFAULT_RULE, parse_rule
-from .protocol import LoopConfig, SampleOutcome, run_batched
-from .protocol.loop import OnSample
-from .record import Provenance, fmr_record, sample_set_fingerprint
-from .results import (
+from .judge import Audit
+from ..config import FmrSettings, check_given
+from .defaults import resolve_defaults
+from ..datasets import ImageDataset, load_dataset
+from ..errors import FmrBenchError, InterruptedRun, OutputError, SettingsError, from_worker
+from ..generators import Generator, generator_weight_refs, load_generator
+from ..models import ImageClassifier, load_model, map_classes, model_weight_refs, wrap_module
+from ..oracles import Oracle, load_oracle, oracle_weight_refs
+from ..oracles.acceptance import DEFAULT_RULE, parse_rule
+from ..protocol import LoopConfig, SampleOutcome, run_batched
+from ..protocol.loop import OnSample
+from ..results.record import Provenance, fmr_record, sample_set_fingerprint
+from ..results.rundir import (
     SAMPLES_FILE,
     FmrResult,
     OutcomeWriter,
@@ -33,10 +34,10 @@ from .results import (
     set_aside,
     write_json,
 )
-from .runtime import command_line, describe_device, now, resolve_device, seed_everything, versions
-from .shards import SHARD_FILE, Shard, parse_shard, shard_manifest
-from .viz import save_grid
-from .weights import module_sha256, preflight, weights_identity
+from ..runtime import command_line, describe_device, now, resolve_device, seed_everything, versions
+from ..results.shards import SHARD_FILE, Shard, parse_shard, shard_manifest
+from ..plots import save_grid
+from ..weights import module_sha256, preflight, weights_identity
 
 GRID_SIZE = 16
 DEFAULT_FILE_RESOLUTION = 224
@@ -86,10 +87,10 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
         fresh: redo the run even if its folder holds finished outcomes; the earlier files
             are moved into ``replaced-<time>/`` inside the run folder, never deleted.
         audit: a judge (oracle spec or :class:`Oracle`) that labels every validated x-hat
-            (:mod:`fmr_bench.audit`); not part of the run's identity, so auditing reuses the
+            (:mod:`fmr_bench.engine.judge`); not part of the run's identity, so auditing reuses the
             run's outcomes and regenerates the x-hat of samples finished without a verdict.
         expect_run: the run folder these settings must name (``fmr audit``); another is an error.
-        shard: ``"i/n"`` or a :class:`~fmr_bench.shards.Shard`: run only that shard of the selected
+        shard: ``"i/n"`` or a :class:`~fmr_bench.results.shards.Shard`: run only that shard of the selected
             samples, in ``RUN/shard-<i>-of-<n>/`` (not part of the run's identity; ``fmr merge``
             puts the shards together into the record a single run writes).
 
@@ -382,7 +383,7 @@ class _Progress:
 
     def __enter__(self) -> "_Progress":
         if self.rich:
-            from .progress import rate_bar
+            from ..progress import rate_bar
 
             self._bar = rate_bar("FMR", "in flight {task.fields[flight]}")
             self._bar.__enter__()

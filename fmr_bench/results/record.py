@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
-from .metrics import audit_metrics, fmr_metrics, fmr_warnings, per_class_metrics
-from .protocol.outcome import SampleOutcome
-from .runtime import fmr_version, versions
+from ..errors import DataError
+from ..metrics.fmr import audit_metrics, fmr_metrics, fmr_warnings, per_class_metrics
+from ..protocol.outcome import SampleOutcome
+from ..runtime import fmr_version, versions
 
 SCHEMA_VERSION = 2
 #: Schema versions :func:`load_record` reads (1 is upgraded on reading).

@@ -8,7 +8,7 @@ each validated x-hat; it says ``ok`` when its argmax is y.
 
 Auditing never changes the perturbation: the judge is not part of the run's identity, its
 verdicts are added to the samples' JSONL lines (``audit`` field, by judge spec) and the
-audited metrics (:func:`fmr_bench.metrics.audit_metrics`) to the record. Samples that
+audited metrics (:func:`fmr_bench.metrics.fmr.audit_metrics`) to the record. Samples that
 finished without a verdict of this judge (a run audited later, an interrupted audit) get
 their x-hat generated again with the run's own settings; a regenerated sample whose
 outcome differs from the recorded one is left unaudited and counted (``n_unreproduced``).
@@ -22,11 +22,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .errors import ClassMappingError
-from .metrics import audit_metrics
-from .oracles import Oracle, load_oracle, oracle_weight_refs
-from .oracles.acceptance import decide
-from .protocol.outcome import SampleOutcome
+from ..errors import ClassMappingError
+from ..metrics.fmr import audit_metrics
+from ..oracles import Oracle, load_oracle, oracle_weight_refs
+from ..oracles.acceptance import decide
+from ..protocol.outcome import SampleOutcome
 
 #: Called with (outcome, clean image, x-hat).
 OnImages = Callable[[SampleOutcome, torch.Tensor, torch.Tensor], None]

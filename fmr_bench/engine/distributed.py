@@ -2,7 +2,7 @@
 
 Rank ``r`` of ``W`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` from the environment, as
 torchrun and SLURM's ``srun`` wrappers set them) runs shard ``r/W`` of the selected
-samples (:mod:`fmr_bench.shards`: no padding, no sample twice) in its own shard folder
+samples (:mod:`fmr_bench.results.shards`: no padding, no sample twice) in its own shard folder
 with its own log and lock, on its own device (``cuda:LOCAL_RANK``, or the CPU). When every
 rank is done, rank 0 gathers the shards (through torch.distributed, so nodes need not
 share a file system), checks and merges them exactly as ``fmr merge`` does, writes the
@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from .errors import SettingsError
-from .shards import Shard
+from ..errors import SettingsError
+from ..results.shards import Shard
 
 #: How long a rank waits for the others at the final gather: shards finish at different times.
 GATHER_TIMEOUT = _dt.timedelta(hours=24)
@@ -78,7 +78,7 @@ def rank_device(setting: str | None, world: World) -> torch.device:
     Raises:
         SettingsError: an explicit ``cuda:N`` (every rank would share it), or too few GPUs.
     """
-    from .runtime import resolve_device
+    from ..runtime import resolve_device
 
     setting = setting or "auto"
     if setting.startswith("cuda:"):
@@ -196,12 +196,12 @@ def evaluate_ranks(model: str, data: str, *, world: World, progress: bool | Call
         kwargs: the arguments of :func:`fmr_bench.evaluate` (``out`` must name a folder).
 
     Returns:
-        On rank 0 the whole run's :class:`~fmr_bench.results.FmrResult` (as a single run returns
+        On rank 0 the whole run's :class:`~fmr_bench.results.rundir.FmrResult` (as a single run returns
         it); on the other ranks their shard's result.
     """
-    from .runner import evaluate
-    from .runtime import command_line
-    from .shards import ShardPart, merge_parts, write_merged
+    from .fmr import evaluate
+    from ..runtime import command_line
+    from ..results.shards import ShardPart, merge_parts, write_merged
 
     if kwargs.get("out") is None:
         raise SettingsError("a torchrun job needs a run folder (--out): each rank keeps its log there to resume")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import Command
+from .commands import Command
 from .common import set_cache
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SettingsError
-from . import Command
+from .commands import Command
 from .common import set_cache
 
 
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.model or not args.out:
         raise SettingsError("fmr finetune needs --model and --out (or --mix / --soup with --out)")
     from ..finetune import EvalCallback, finetune
-    from ..finetune.data import ConcatImages, load_train_data
+    from ..finetune.train_data import ConcatImages, load_train_data
     from ..finetune.wise import check_alphas, wise_grid
 
     if args.wise is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import Command
+from .commands import Command
 from .common import add_audit_argument, add_settings_arguments, set_cache, settings_overrides
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
+from ..errors import DataError
 from .record import Record, RecordError, load_record
 
 #: File names a folder search reads as records.

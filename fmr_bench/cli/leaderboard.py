@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import Command
+from .commands import Command
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

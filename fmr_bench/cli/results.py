@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import DataError, SettingsError
-from . import Command
+from .commands import Command
 
 FORMATS = ("table", "csv", "json", "markdown")
 #: ``--out`` suffixes that choose the format when ``--format`` is not given.
@@ -39,7 +39,7 @@ def rich_table(frame):
     """The frame for a terminal: settings shared by every row go to the caption, empty columns are left out."""
     from rich.table import Table
 
-    from ..results_table import ID_COLUMNS
+    from ..results.table import ID_COLUMNS
 
     settings = ID_COLUMNS[ID_COLUMNS.index("n") + 1:]
     shown = frame.drop(columns=["path", "timestamp", "weights", "schema", "run", "kind"]).dropna(axis=1, how="all")
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..files import write_text
-    from ..results_table import load_results
+    from ..results.table import load_results
 
     fmt = args.format
     if fmt is None and args.out:

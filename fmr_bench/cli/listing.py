@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import Command
+from .commands import Command
 
 
 def add_arguments(ls: argparse.ArgumentParser) -> None:
@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from ..registry import BUILTIN_MODELS, DATASETS, GENERATORS, MODEL_SOURCES, ORACLE_SOURCES
 
     if args.what == "evaluators":
-        from ..evaluators.cli import list_evaluators
+        from .static_options import list_evaluators
 
         return list_evaluators()
     reg = {"models": MODEL_SOURCES, "generators": GENERATORS, "oracles": ORACLE_SOURCES, "datasets": DATASETS}[args.what]

@@ -11,9 +11,16 @@ import argparse
 
 from ..config import FMR_ONLY
 from ..errors import SettingsError
-from ..shards import Shard, resolve_shard
-from . import Command
-from .common import add_audit_argument, add_settings_arguments, add_world_arguments, flag, set_cache, settings_overrides
+from ..results.shards import Shard, resolve_shard
+from .commands import Command
+from .common import (
+    add_audit_argument,
+    add_settings_arguments,
+    add_world_arguments,
+    flag,
+    set_cache,
+    settings_overrides,
+)
 
 
 def add_arguments(ev: argparse.ArgumentParser) -> None:
@@ -153,7 +160,7 @@ def run_model(args: argparse.Namespace, fmr: bool, static: list[str], overrides:
     results = [run_fmr(args, overrides, shard, note)] if fmr else []
     results = [r for r in results if r is not None]  # a torchrun rank other than 0 has nothing to show
     if static:
-        from ..evaluators.cli import run_static
+        from .static_options import run_static
 
         results += run_static(args, static)
     return results
@@ -218,14 +225,14 @@ def check_static_input(args: argparse.Namespace, static: list[str]) -> None:
         SpecError, SettingsError: as the static evaluators would, but before any work.
     """
     from ..evaluators import EVALUATORS
-    from ..evaluators.cli import _options
+    from .static_options import option_pairs
     from ..registry import DATASETS
     from ..specs import parse_spec
 
     for spec in args.ood or []:
         parse_spec(spec, DATASETS, what="dataset")
     accepted = set().union(*(set(getattr(EVALUATORS.get(n), "options", {})) for n in static))
-    stray = sorted(set(_options(args.option)) - accepted)
+    stray = sorted(set(option_pairs(args.option)) - accepted)
     if stray:
         raise SettingsError(f"no evaluator of {', '.join(static)} takes option(s) {', '.join(stray)}; "
                             "see fmr list evaluators")
@@ -234,9 +241,9 @@ def check_static_input(args: argparse.Namespace, static: list[str]) -> None:
 def run_fmr(args: argparse.Namespace, overrides: dict, shard: Shard | None = None, note: str | None = None):
     from rich.console import Console
 
-    from ..distributed import evaluate_ranks, world_from_env
+    from ..engine.distributed import evaluate_ranks, world_from_env
     from ..protocol.cpu import keep_freed_memory
-    from ..runner import evaluate
+    from ..engine.fmr import evaluate
 
     keep_freed_memory()  # a process of its own: the loop may keep its peak memory reserved
     console = Console(highlight=False, soft_wrap=True)  # paths stay whole, for copying

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import DataError, SettingsError
-from .files import atomic_write, write_json
+from ..errors import DataError, SettingsError
+from ..files import atomic_write, write_json
 
 #: The paper's regularisation strength (App. I); scikit-learn's C is its inverse.
 PAPER_LAMBDA = 36.36
@@ -89,11 +89,11 @@ def collect_latents(model: str, data: str, *, generator: str | None = None, orac
         DataError: the fit split holds fewer than two images.
         SpecError: ``generator`` is itself a sparse generator.
     """
-    from .datasets import load_dataset
-    from .errors import SpecError
-    from .generators import generator_weight_refs, load_generator
-    from .runner import evaluate
-    from .weights import preflight
+    from ..datasets import load_dataset
+    from ..errors import SpecError
+    from ..generators import generator_weight_refs, load_generator
+    from ..engine.fmr import evaluate
+    from ..weights import preflight
 
     dataset = load_dataset(data)
     n = len(dataset) if overrides.get("limit") is None else min(len(dataset), overrides["limit"])
@@ -219,8 +219,8 @@ def fit_mask(latents: LatentSet, *, seed: int = 0, lam: float = PAPER_LAMBDA, te
 def write_mask_card(fit: MaskFit, latents: LatentSet, out_dir: str | Path, name: str,
                     extra: dict[str, Any] | None = None) -> Path:
     """Write ``NAME.mask.npy`` and ``NAME.json`` into ``out_dir``; return the card's path."""
-    from .generators.sparse import KIND
-    from .runtime import versions
+    from ..generators.sparse import KIND
+    from ..runtime import versions
 
     out_dir = Path(out_dir)
     name = name if name.startswith(KIND + "-") else f"{KIND}-{name}"

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Iterable, Sequence
 
-from .protocol.outcome import SampleOutcome
+from ..protocol.outcome import SampleOutcome
 
 
 def _pct(num: float, den: float) -> float | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import Command
+from .commands import Command
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..runtime import command_line
-    from ..shards import merge_folders
+    from ..results.shards import merge_folders
     from .evaluate import metrics_table, print_notes
 
     merged, folder = merge_folders(args.folders, args.out, command_line())

@@ -7,7 +7,7 @@ import argparse
 from ..errors import SettingsError
 
 
-def _options(items: list[str] | None) -> dict[str, str]:
+def option_pairs(items: list[str] | None) -> dict[str, str]:
     out = {}
     for item in items or []:
         key, eq, value = item.partition("=")
@@ -21,8 +21,8 @@ def run_static(args: argparse.Namespace, names: list[str] | None = None) -> list
     """Run the static evaluators ``names`` (default: ``args.evaluator``), print their tables, return their results."""
     from rich.console import Console
 
-    from ..distributed import process_group, rank_device, world_from_env
-    from . import EVALUATORS, EvalSettings, evaluate_suite
+    from ..engine.distributed import process_group, rank_device, world_from_env
+    from ..evaluators import EVALUATORS, EvalSettings, evaluate_suite
 
     if names is None:
         names = [n.strip() for n in args.evaluator.split(",") if n.strip()]
@@ -41,13 +41,13 @@ def run_static(args: argparse.Namespace, names: list[str] | None = None) -> list
         with process_group(world, device), InferenceProgress(console, enabled=show) as bar:
             results = evaluate_suite(args.model, names, args.data, args.ood, out=args.out if world.is_root else None,
                                      settings=settings, world=world, progress=bar.update if show else None,
-                                     **_options(args.option))
+                                     **option_pairs(args.option))
         if not world.is_root:
             return 0
     else:
         with InferenceProgress(console, enabled=not args.quiet) as bar:
             results = evaluate_suite(args.model, names, args.data, args.ood, out=args.out, settings=settings,
-                                     progress=bar.update if not args.quiet else None, **_options(args.option))
+                                     progress=bar.update if not args.quiet else None, **option_pairs(args.option))
     for r in results:
         for note in r.record.get("notes") or []:
             console.print(f"note: {note}", markup=False)
@@ -139,7 +139,7 @@ def list_evaluators() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from . import EVALUATORS
+    from ..evaluators import EVALUATORS
 
     table = Table(title="evaluators")
     table.add_column("name")

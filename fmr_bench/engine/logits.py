@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
-from .datasets.base import ImageDataset
+from ..datasets.base import ImageDataset
 from .distributed import World
-from .errors import OutputError, SettingsError
-from .files import save_torch
-from .models import EvalTransform, ImageClassifier
-from .weights import cache_dir
+from ..errors import OutputError, SettingsError
+from ..files import save_torch
+from ..models import EvalTransform, ImageClassifier
+from ..files import cache_dir
 
 CACHE_VERSION = 2  # 2: static inference through each model's eval transform
 FEEDS = ("eval", "protocol")
@@ -113,7 +113,7 @@ def compute_logits(model: ImageClassifier, dataset: ImageDataset, *, batch_size:
             transform; ``"protocol"``: the dataset's pixels at its current resolution, resized by
             the model as in the FMR loop (studies that compare with FMR runs).
         world: under torchrun, this rank's place: each rank runs its shard of the samples
-            (:mod:`fmr_bench.shards`), and every rank gets the whole set's logits back in
+            (:mod:`fmr_bench.results.shards`), and every rank gets the whole set's logits back in
             dataset order. Only the whole set's logits are cached (by rank 0), never a shard's.
 
     Raises:
@@ -183,7 +183,7 @@ def _read_cache(path: Path, key: str, fed: dict) -> Logits | None:
 def _assemble(pieces: list[tuple[torch.Tensor, torch.Tensor, float]], n: int) -> tuple[torch.Tensor, torch.Tensor,
                                                                                       float]:
     """The whole set's logits from every rank's shard (rank r holds positions r, r + W, ...), in dataset order."""
-    from .shards import Shard
+    from ..results.shards import Shard
 
     width = max((lg.shape[-1] for lg, _, _ in pieces if lg.numel()), default=0)
     logits = torch.empty(n, width)

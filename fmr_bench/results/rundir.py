@@ -11,7 +11,7 @@ Layout of a run folder ``OUT/<model>__<data>__<hash>/``::
     replaced-<time>/     files of an earlier run set aside by ``--fresh``
 
 Re-running the same command finds the folder, skips finished samples and yields the
-same final numbers. The record is built and read by :mod:`fmr_bench.record` (schema
+same final numbers. The record is built and read by :mod:`fmr_bench.results.record` (schema
 version 2; docs/results_schema.md); version-1 records are upgraded when read.
 """
 
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import OutputError
-from .files import atomic_write, output_error, write_json
-from .protocol.outcome import SampleOutcome
+from ..errors import OutputError
+from ..files import atomic_write, output_error, write_json
+from ..protocol.outcome import SampleOutcome
 from .record import SCHEMA_VERSION, Record, RecordError, load_record  # noqa: F401  (SCHEMA_VERSION: re-exported)
 
 
@@ -53,14 +53,14 @@ def prepare_run_dir(path: Path, settings: dict[str, Any]) -> None:
     except OSError as e:
         raise output_error(e, path) from None
     sfile = path / "settings.json"
-    old = _read_json(sfile)
+    old = read_json_or_none(sfile)
     if old is None:  # absent, or torn by a crash before this writer was atomic
         write_json(sfile, settings)
     elif old != json.loads(json.dumps(settings, default=str)):
         raise OutputError(f"{path} belongs to a run with other settings; pass another --out")
 
 
-def _read_json(path: Path) -> Any:
+def read_json_or_none(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -177,7 +177,7 @@ def read_outcomes(path: Path) -> dict[str, SampleOutcome]:
     return {o.id: o for o, _ in read_outcome_rows(path)}
 
 
-def _line(outcome: SampleOutcome, fp: str | None) -> str:
+def outcome_line(outcome: SampleOutcome, fp: str | None) -> str:
     return json.dumps({**outcome.to_dict(), "fp": fp}) + "\n"
 
 
@@ -206,8 +206,8 @@ def reconcile_outcomes(folder: Path, ids: list[str], indices: list[int], fps: li
                 seen.add((o.id, fp))
                 leftovers.append((o, fp))
         if leftovers:  # first, so that a crash in between loses nothing
-            atomic_write(stale, "".join(_line(o, fp) for o, fp in leftovers))
-        atomic_write(samples, "".join(_line(o, fp) for o, fp in kept))
+            atomic_write(stale, "".join(outcome_line(o, fp) for o, fp in leftovers))
+        atomic_write(samples, "".join(outcome_line(o, fp) for o, fp in kept))
     return chosen
 
 
@@ -254,7 +254,7 @@ class OutcomeWriter:
 
     def write(self, outcome: SampleOutcome, fp: str | None = None) -> None:
         try:
-            self._f.write(_line(outcome, fp))
+            self._f.write(outcome_line(outcome, fp))
             self._f.flush()
             os.fsync(self._f.fileno())
         except OSError as e:
@@ -304,7 +304,7 @@ class RecordResult:
 
     @property
     def typed(self) -> Record:
-        """The record as a :class:`~fmr_bench.record.Record`."""
+        """The record as a :class:`~fmr_bench.results.record.Record`."""
         return Record.from_dict(self.record)
 
     def row(self) -> dict[str, Any]:

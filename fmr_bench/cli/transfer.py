@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import Command
+from .commands import Command
 from .common import add_settings_arguments, add_world_arguments, set_cache, settings_overrides
 
 

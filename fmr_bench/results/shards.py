@@ -21,15 +21,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import OutputError, SettingsError
-from .files import write_json
-from .protocol.outcome import SampleOutcome
+from ..errors import OutputError, SettingsError
+from ..files import write_json
+from ..protocol.outcome import SampleOutcome
 from .record import Record, RecordError, fmr_descriptions, fmr_record, sample_set_fingerprint
-from .results import (
+from .rundir import (
     SAMPLES_FILE,
     RunLock,
-    _line,
-    _read_json,
+    outcome_line,
+    read_json_or_none,
     atomic_write,
     prepare_run_dir,
     read_outcome_rows,
@@ -146,8 +146,8 @@ class ShardPart:
     def load(cls, folder: Path) -> ShardPart:
         """Read a shard folder; reads only (a read-only folder loads)."""
         rows = read_outcome_rows(folder / SAMPLES_FILE)
-        return cls(str(folder), _read_json(folder / "settings.json"), _read_json(folder / SHARD_FILE),
-                   _read_json(folder / "record.json"), {o.id: (o, fp) for o, fp in rows})
+        return cls(str(folder), read_json_or_none(folder / "settings.json"), read_json_or_none(folder / SHARD_FILE),
+                   read_json_or_none(folder / "record.json"), {o.id: (o, fp) for o, fp in rows})
 
 
 @dataclass
@@ -204,7 +204,7 @@ def _as_record(part: ShardPart) -> Record:
 def merge_parts(parts: Sequence[ShardPart]) -> Merged:
     """Check that ``parts`` are all shards of one run and put their outcomes together.
 
-    The record is built by :func:`fmr_bench.record.fmr_record`, the builder a single run
+    The record is built by :func:`fmr_bench.results.record.fmr_record`, the builder a single run
     uses, from the shards' descriptions (which agree) and the merged per-sample table; its
     provenance is the first shard's with the earliest start and every device, and
     ``merged_from`` lists each shard's.
@@ -320,7 +320,7 @@ def write_merged(merged: Merged, folder: Path, command: str | None = None, *, fr
             # the same decisions from an earlier partial run in one piece, p(y) off in the last float
             # bits (other batches): kept in replaced-<time>/, the merged outcomes take their place
             set_aside(folder, keep=SHARD_PREFIX)
-        atomic_write(folder / SAMPLES_FILE, "".join(_line(o, fp) for o, fp in merged.rows))
+        atomic_write(folder / SAMPLES_FILE, "".join(outcome_line(o, fp) for o, fp in merged.rows))
         record = {**merged.record, "run": folder.name}
         if command:
             record["provenance"] = {**record["provenance"], "command": command}

@@ -1,4 +1,4 @@
-"""``fmr`` command line. Each sub-command is a module of :mod:`fmr_bench.commands`,
+"""``fmr`` command line. Each sub-command is a module of :mod:`fmr_bench.cli.commands`,
 registered in :data:`fmr_bench.registry.COMMANDS`.
 
 Options shared with the library are derived from :class:`fmr_bench.config.FmrSettings`,
@@ -13,14 +13,14 @@ import os
 import sys
 from typing import Sequence
 
-from .errors import FmrBenchError
+from ..errors import FmrBenchError
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import commands  # noqa: F401  (registration)
-    from .registry import COMMANDS
+    from ..registry import COMMANDS
 
-    from .runtime import fmr_version
+    from ..runtime import fmr_version
 
     parser = argparse.ArgumentParser(prog="fmr", description="Foundation-model-oriented robustness (FMR) benchmark.")
     parser.add_argument("--version", action="version", version=f"fmr_bench {fmr_version()}")
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .registry import COMMANDS
+    from ..registry import COMMANDS
 
     if not sys.stdout.isatty():  # logs and pipes: rich would cut wide tables at 80 columns
         os.environ.setdefault("COLUMNS", "160")

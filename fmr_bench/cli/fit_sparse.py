@@ -14,7 +14,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from . import Command
+from .commands import Command
 from .common import add_settings_arguments, set_cache, settings_overrides
 
 DEFAULT_OUT = "masks"
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..generators.sparse import KIND
     from ..runtime import command_line
-    from ..sparse import LatentSet, collect_latents, fit_mask, write_mask_card
+    from ..studies.fit_sparse import LatentSet, collect_latents, fit_mask, write_mask_card
 
     set_cache(args.cache_dir)
     console = Console()

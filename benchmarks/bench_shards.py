@@ -58,8 +58,8 @@ def _run_all(commands: list[list[str]], threads: int) -> float:
 
 
 def measure(root: Path, args: argparse.Namespace, repeat: int) -> dict:
-    from fmr_bench.results.rundir.rundir import FmrResult
-    from fmr_bench.results.rundir.shards import merge_folders
+    from fmr_bench.results.rundir import FmrResult
+    from fmr_bench.results.shards import merge_folders
 
     single_out, shard_out = root / f"single-{repeat}", root / f"shards-{repeat}"
     wall_single = _run_all([_command(single_out, args)], threads=2)

@@ -10,5 +10,5 @@ python3 benchmarks/bench_loop.py --setup digits --device cuda --n 200 --budget 5
     --modes reference,fp32,bf16 --json "$OUT/digits_cuda.json" 2>&1 | grep -v Warning | tee "$OUT/digits_cuda.txt"
 python3 benchmarks/bench_loop.py --setup full --device cuda --n 64 --budget 10 --batch-size 32 \
     --modes reference,fp32,bf16 --json "$OUT/full_cuda_b32.json" 2>&1 | grep -v Warning | tee "$OUT/full_cuda.txt"
-python3 -m fmr_bench.cli.main evaluate --model builtin:digits-cnn --data digits --device cuda --out "$OUT/runs" \
+python3 -m fmr_bench evaluate --model builtin:digits-cnn --data digits --device cuda --out "$OUT/runs" \
     --quiet 2>&1 | tee "$OUT/evaluate_cuda.txt"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import WeightsError
-from .files import cache_dir, file_hashes
+from .files import cache_dir, file_hashes  # noqa: F401  (cache_dir: re-exported, it was defined here)
 
 HUB_HOST = "huggingface.co"
 

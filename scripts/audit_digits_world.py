@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(ROOT))
 
-from fmr_bench.metrics.fmr.fmr import audit_counts
+from fmr_bench.metrics.fmr import audit_counts
 
 MODELS = ("builtin:digits-cnn", "builtin:digits-cnn-aug", "builtin:digits-mlp")
 
@@ -134,7 +134,7 @@ def trace_model(model: str, *, oracle: str | None, judge: str, limit: int | None
 
 def replay(trace: dict[str, torch.Tensor], rule: str) -> dict:
     """The figures a run under ``rule`` would give on a traced trajectory set."""
-    from fmr_bench.metrics.fmr.fmr import fmr_metrics
+    from fmr_bench.metrics.fmr import fmr_metrics
     from fmr_bench.oracles.acceptance import parse_rule
     from fmr_bench.protocol.outcome import SampleOutcome
 

@@ -293,7 +293,7 @@ def write_records(out: Path, cfg: TableSettings, rows: list[dict[str, Any]], com
     import pandas as pd
 
     from fmr_bench.files import write_json
-    from fmr_bench.results.rundir.record import Provenance, finetune_record
+    from fmr_bench.results.record import Provenance, finetune_record
     from fmr_bench.runtime import now
 
     prov = Provenance.collect(device="cpu", timestamp=now().isoformat(timespec="seconds"), command=command)

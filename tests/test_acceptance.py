@@ -11,7 +11,7 @@ import torch
 from conftest import LR, brightness_world, scripted_world
 
 from fmr_bench import evaluate
-from fmr_bench.cli.main.main import main
+from fmr_bench.cli import main
 from fmr_bench.errors import SettingsError
 from fmr_bench.generators.noise import PixelGenerator
 from fmr_bench.oracles.acceptance import decide, parse_rule

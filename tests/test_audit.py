@@ -10,8 +10,8 @@ from conftest import LR, identity_pre, scripted_world
 from torch import nn
 
 from fmr_bench import FmrBenchError, evaluate
-from fmr_bench.cli.main.main import main
-from fmr_bench.metrics.fmr.fmr import audit_counts
+from fmr_bench.cli import main
+from fmr_bench.metrics.fmr import audit_counts
 from fmr_bench.models import ImageClassifier
 from fmr_bench.oracles import Oracle
 

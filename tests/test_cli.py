@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fmr_bench.cli.main.main import main
+from fmr_bench.cli import main
 
 
 def _err(capsys, argv):

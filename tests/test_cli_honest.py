@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fmr_bench.cli.main.main import main
+from fmr_bench.cli import main
 from fmr_bench.datasets import load_dataset
 from fmr_bench.errors import SpecError
 from fmr_bench.metrics.fmr import static as M

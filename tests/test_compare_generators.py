@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fmr_bench.cli.main.main import main
+from fmr_bench.cli import main
 from fmr_bench.errors import SettingsError, SpecError
 from fmr_bench.studies.compare import compare_generators, kendall_tau, split_list
 

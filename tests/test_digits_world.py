@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from fmr_bench.cli.main.main import main
+from fmr_bench.cli import main
 from fmr_bench.datasets import load_dataset
 from fmr_bench.generators import load_generator
 from fmr_bench.generators.cards import load_card

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from fmr_bench import load_model, save_model
-from fmr_bench.cli.main.main import main
+from fmr_bench.cli import main
 from fmr_bench.datasets import TensorImages, WorldDefaults
 from fmr_bench.errors import FmrBenchError, OutputError
 from fmr_bench.finetune import Callback, EvalCallback, finetune, load_train_data
-from fmr_bench.results.rundir.record import load_record
+from fmr_bench.results.record import load_record
 
 # ruff: noqa: F811 (tests take the imported fixtures as same-named arguments)
 # the tiny CLIP and one-thread fixtures are test_finetune's (pytest finds imported fixtures by name)
@@ -237,7 +237,7 @@ def test_wise_kd_distils_towards_the_wise_ft_mix(tiny_clip, tmp_path):
 
 @pytest.mark.parametrize("flag", [["--eval-limit", "8"], ["--eval-data", "digits:test"], ["--eval-unit", "step"]])
 def test_evaluation_flags_without_eval_are_refused(flag, tmp_path, capsys):
-    from fmr_bench.cli.main.main import main
+    from fmr_bench.cli import main
 
     code = main(["finetune", "--model", "builtin:digits-clip", "--method", "ft", "--data", "digits:train",
                  "--out", str(tmp_path / "ft"), *flag])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fmr_bench.cli.main.main import main
+from fmr_bench.cli import main
 from fmr_bench.leaderboard import build_boards, build_table, find_boards, load_board, record_metrics
 from fmr_bench.leaderboard.plots import fit_baseline, logit
 from fmr_bench.leaderboard.render import render_markdown

@@ -7,7 +7,7 @@ import random
 import pandas as pd
 import pytest
 
-from fmr_bench.metrics.fmr.fmr import fmr_metrics, per_class_metrics
+from fmr_bench.metrics.fmr import fmr_metrics, per_class_metrics
 from fmr_bench.protocol import SampleOutcome
 
 

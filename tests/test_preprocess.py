@@ -307,7 +307,7 @@ def test_disk_full_on_the_cache_write_is_the_one_line_error(photos, monkeypatch,
 
 def test_disk_full_on_the_cache_write_exits_2_from_the_cli(monkeypatch, tmp_path, capsys):
     from fmr_bench.engine import logits as inference
-    from fmr_bench.cli.main.main import main
+    from fmr_bench.cli import main
 
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -16,7 +16,7 @@ from fmr_bench import evaluate, run_evaluator
 from fmr_bench.datasets import TensorImages, load_dataset
 from fmr_bench.finetune.trainer import last_scores
 from fmr_bench.generators.noise import PixelGenerator
-from fmr_bench.results.rundir.record import (
+from fmr_bench.results.record import (
     Provenance,
     Record,
     RecordError,

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from fmr_bench import load_results
-from fmr_bench.cli.main.main import main
-from fmr_bench.cli.main.results import render
+from fmr_bench.cli import main
+from fmr_bench.cli.results import render
 from fmr_bench.leaderboard import build_table, load_board
 from fmr_bench.registry import MODEL_SOURCES
-from fmr_bench.results.rundir.table import matches
+from fmr_bench.results.table import matches
 from fmr_bench.specs import split_specs
 
 REPO = Path(__file__).resolve().parents[1]

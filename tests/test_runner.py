@@ -10,7 +10,7 @@ from conftest import brightness_world
 from fmr_bench import FmrBenchError, evaluate
 from fmr_bench.errors import OutputError, SettingsError
 from fmr_bench.generators.noise import PixelGenerator
-from fmr_bench.results.rundir.rundir import FmrResult, read_outcomes
+from fmr_bench.results.rundir import FmrResult, read_outcomes
 
 
 def _run(out, progress=False, **kw):

@@ -19,12 +19,12 @@ import torch
 
 from conftest import BrightnessOracle, brightness_world, identity_pre, tiny_vqgan
 from fmr_bench import evaluate
-from fmr_bench.cli.main.main import main
+from fmr_bench.cli import main
 from fmr_bench.errors import OutputError
 from fmr_bench.generators.noise import NoiseGenerator, PixelGenerator
 from fmr_bench.models import ImageClassifier
 from fmr_bench.oracles import Oracle
-from fmr_bench.results.rundir.rundir import FmrResult, read_outcomes
+from fmr_bench.results.rundir import FmrResult, read_outcomes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -327,7 +327,7 @@ def test_pandas_rows_tell_runs_apart(tmp_path):
 
 
 def test_sa_near_chance_is_flagged_in_record_and_console(tmp_path, capsys):
-    from fmr_bench.metrics.fmr.fmr import fmr_warnings
+    from fmr_bench.metrics.fmr import fmr_warnings
 
     assert fmr_warnings({"sa": 6.25, "n": 160}, 10)  # the untrained net of the issue: SA 6.25 %, FMR 100
     assert fmr_warnings({"sa": 90.0, "n": 5}, 10)  # too few correct clean images

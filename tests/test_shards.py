@@ -17,12 +17,12 @@ import torch
 from conftest import brightness_world
 
 from fmr_bench import evaluate
-from fmr_bench.cli.main.main import main
+from fmr_bench.cli import main
 from fmr_bench.engine.distributed import World, rank_device, world_from_env
 from fmr_bench.errors import OutputError, SettingsError
 from fmr_bench.generators.noise import PixelGenerator
-from fmr_bench.results.rundir.rundir import FmrResult, read_outcome_rows
-from fmr_bench.results.rundir.shards import Shard, merge_folders, parse_shard, resolve_shard, shard_from_env
+from fmr_bench.results.rundir import FmrResult, read_outcome_rows
+from fmr_bench.results.shards import Shard, merge_folders, parse_shard, resolve_shard, shard_from_env
 
 REPO = Path(__file__).resolve().parents[1]
 N = 10

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import brightness_world, tiny_vqgan
 
-from fmr_bench.cli.main.main import main
+from fmr_bench.cli import main
 from fmr_bench.errors import SettingsError, SpecError
 from fmr_bench.generators import load_generator
 from fmr_bench.generators.sparse import SparseGenerator

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fmr_bench.cli.main.main import main
+from fmr_bench.cli import main
 from fmr_bench.datasets import load_dataset
 from fmr_bench.errors import ClassMappingError, DataError, SettingsError
 from fmr_bench.evaluators import Context, EvalSettings, evaluate_suite, run_evaluator

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmr_bench.cli.main.main import main
+from fmr_bench.cli import main
 from fmr_bench.datasets import load_dataset
 from fmr_bench.errors import FmrBenchError, OutputError
-from fmr_bench.results.rundir.rundir import FmrResult
+from fmr_bench.results.rundir import FmrResult
 from fmr_bench.studies import export as export_mod
 from fmr_bench.studies.exported import read_export
 from fmr_bench.studies.export import class_folders, export_run, image_name

@@ -21,6 +21,7 @@ from .common import (
     set_cache,
     settings_overrides,
 )
+from ..results.scan import RECORD_FILE
 
 
 def add_arguments(ev: argparse.ArgumentParser) -> None:
@@ -211,7 +212,7 @@ def summary_table(rows: list[tuple[str, list, str | None]]):
             t.add_row(spec, "", "[red]failed[/]", "", "", "", error)
         for r in results:
             m, rec = r.metrics, r.record
-            path = str(r.path / "record.json") if r.path is not None else "(not written)"
+            path = str(r.path / RECORD_FILE) if r.path is not None else "(not written)"
             fmr_cols = tuple(_fmt(m.get(k)) for k in ("sa", "pa", "fmr")) if rec["evaluator"] == "fmr" else \
                 ("", "", "")
             t.add_row(spec, rec["evaluator"], "reused" if getattr(r, "reused", False) else "done", *fmr_cols, path)

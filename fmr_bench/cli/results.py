@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{name}", action="append", default=None, metavar="PATTERN",
                        help=f"keep records whose {what} matches: a glob when PATTERN has * or [ (whole value), "
                             "else a substring; repeatable (any may match)")
+    p.add_argument("--shards", action="store_true",
+                   help="also list the records of a sharded run's parts (shard-i-of-n/); by default a merged run "
+                        "is one row and parts not yet merged are left out")
 
 
 def render(frame, fmt: str) -> str:
@@ -82,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     def report(skip) -> None:
         print(f"fmr: skipped {skip.path}: {skip.reason}", file=sys.stderr, flush=True)
 
-    frame = load_results(*args.paths, model=args.model, evaluator=args.evaluator, data=args.data, on_skip=report)
+    frame = load_results(*args.paths, model=args.model, evaluator=args.evaluator, data=args.data, on_skip=report,
+                         shards=args.shards)
     if frame.empty:
         filters = [f"--{k} {' '.join(v)}" for k, v in (("model", args.model), ("evaluator", args.evaluator),
                                                        ("data", args.data)) if v]

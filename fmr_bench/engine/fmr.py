@@ -38,6 +38,7 @@ from ..runtime import command_line, describe_device, now, resolve_device, seed_e
 from ..results.shards import SHARD_FILE, Shard, parse_shard, shard_manifest
 from ..plots import save_grid
 from ..weights import module_sha256, preflight, weights_identity
+from ..results.scan import RECORD_FILE
 
 GRID_SIZE = 16
 DEFAULT_FILE_RESOLUTION = 224
@@ -194,7 +195,7 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
             if manifest is not None:
                 write_json(folder / SHARD_FILE, manifest)
             fps = dataset.fingerprints(indices)
-            reused_run = (folder / "record.json").is_file()
+            reused_run = (folder / RECORD_FILE).is_file()
             done = reconcile_outcomes(folder, ids, indices, fps)
             writer = OutcomeWriter(folder / SAMPLES_FILE)
         fp_of = dict(zip(ids, fps))
@@ -286,7 +287,7 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
         if shard is not None:  # which slice of the run this is (fmr merge reads it)
             record["shard"] = {"index": shard.index, "count": shard.count, "n_selected": manifest["n_selected"]}
         if folder is not None:
-            write_json(folder / "record.json", record)  # last: a record means every listed file is complete
+            write_json(folder / RECORD_FILE, record)  # last: a record means every listed file is complete
     finally:
         if lock is not None:
             lock.release()

@@ -30,6 +30,7 @@ from ..results.record import Provenance, load_record, sample_set_fingerprint, st
 from ..registry import EVALUATORS
 from ..results.rundir import RecordResult, run_dir, settings_hash, write_json
 from ..runtime import command_line, resolve_device
+from ..results.scan import RECORD_FILE
 
 ZERO_SHOT_SOURCES = ("openclip", "builtin")
 
@@ -293,7 +294,7 @@ def run_evaluator(model: str | ImageClassifier, evaluator: str, data: Any = "dig
     ).to_dict()
     if folder is not None:
         write_json(folder / "settings.json", run_settings)
-        write_json(folder / "record.json", record)
+        write_json(folder / RECORD_FILE, record)
     return StaticResult(record, folder)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import DataError, SettingsError
 from ..results.record import load_record
+from ..results.scan import RECORD_FILE, iter_record_files
 from ..registry import EVALUATORS
 from ..metrics import static as M
 from .base import Context, Output, ds_name
@@ -44,7 +45,7 @@ def load_baseline(spec: str) -> dict[str, tuple[float, float]]:
             points[name][1].append(y)
 
     if path.is_dir():
-        for rec_path in sorted(path.rglob("record.json")):
+        for rec_path in iter_record_files([path], names=(RECORD_FILE,)):
             rec = load_record(rec_path)  # RecordError (a DataError) names a file that is not a run record
             if rec.evaluator != "ood-accuracy":
                 continue

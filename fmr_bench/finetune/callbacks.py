@@ -7,7 +7,6 @@ FMR included, every N steps or epochs and appends one record per call.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from contextlib import contextmanager

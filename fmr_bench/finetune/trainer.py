@@ -33,7 +33,7 @@ import torch
 
 from ..datasets import ImageDataset
 from ..errors import FmrBenchError, OutputError, SettingsError, from_worker
-from ..files import append_jsonl, atomic_write, require_writable, truncate_jsonl, write_json
+from ..files import append_jsonl, require_writable, truncate_jsonl, write_json
 from ..models import ImageClassifier, load_model, map_classes
 from ..models.file import save_model
 from ..results.record import Provenance, finetune_record
@@ -45,6 +45,7 @@ from .config import FinetuneSettings, make_settings
 from .train_data import load_train_data
 from .methods import Method, Stage, build_method
 from .terms import TERMS, StepContext
+from ..results.scan import FINETUNE_FILE
 
 META_KEY = "fmr_bench_finetune"
 
@@ -373,7 +374,7 @@ class Trainer:
             if old is None:
                 write_json(manifest, {"fingerprint": fp,
                                              "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
-            if (out / "model.safetensors").is_file() and (out / "finetune.json").is_file():
+            if (out / "model.safetensors").is_file() and (out / FINETUNE_FILE).is_file():
                 raise OutputError(f"{out} already holds the finished model of this run ({out / 'model.safetensors'}); "
                                   "pick another --out to train again")
         elif any(p for p in out.iterdir() if not p.name.startswith(".")):
@@ -436,7 +437,7 @@ class Trainer:
         try:
             save_model(self.model, path, metadata={META_KEY: json.dumps(meta)})
             evals = [r for cb in self.callbacks for r in getattr(cb, "records", [])]
-            write_json(self.out / "finetune.json", self._record(meta, evals, path).to_dict())
+            write_json(self.out / FINETUNE_FILE, self._record(meta, evals, path).to_dict())
         except OutputError as e:  # files.py turns every OSError into this one-line error
             raise OutputError(f"{e} (re-running the same command resumes training from the last checkpoint)") from None
         return path

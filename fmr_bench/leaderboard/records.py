@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..results.record import READABLE_SCHEMAS, Record, RecordError
+from ..results.scan import RECORD_FILE, iter_record_files
 from .schema import BoardError
 
 __all__ = ["READABLE_SCHEMAS", "read_records", "record_metrics"]
@@ -59,13 +60,14 @@ def record_metrics(record: dict[str, Any] | Record) -> dict[str, Any]:
 
 
 def read_records(folder: str | Path) -> list[tuple[Path, dict[str, Any]]]:
-    """Every ``record.json`` under ``folder`` as (path, :func:`record_metrics` output).
+    """Every ``record.json`` under ``folder`` as (path, :func:`record_metrics` output), found by the
+    one scanner (:func:`~fmr_bench.results.scan.iter_record_files`: set-aside runs and shard parts left out).
 
     A file that is not a run record of a known schema stops the build with its name: a
     board is published, so it must not silently drop a run.
     """
     out = []
-    for path in sorted(Path(folder).rglob("record.json")):
+    for path in iter_record_files([folder], names=(RECORD_FILE,)):
         try:
             record = json.loads(path.read_text())
             out.append((path, record_metrics(record)))

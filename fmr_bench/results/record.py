@@ -31,12 +31,12 @@ from ..errors import DataError
 from ..metrics.fmr import audit_metrics, fmr_metrics, fmr_warnings, per_class_metrics
 from ..protocol.outcome import SampleOutcome
 from ..runtime import fmr_version, versions
+from .scan import RECORD_FILE
 
 SCHEMA_VERSION = 2
 #: Schema versions :func:`load_record` reads (1 is upgraded on reading).
 READABLE_SCHEMAS = (1, 2)
 KINDS = ("fmr", "static", "finetune")
-RECORD_FILE = "record.json"
 
 #: Top-level keys the typed fields own; everything else in a record is a kind-specific section.
 CORE_KEYS = ("schema_version", "kind", "evaluator", "run", "model", "dataset", "n", "seed", "settings", "metrics",

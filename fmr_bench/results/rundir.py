@@ -31,6 +31,7 @@ from ..errors import OutputError
 from ..files import atomic_write, output_error, write_json
 from ..protocol.outcome import SampleOutcome
 from .record import SCHEMA_VERSION, Record, RecordError, load_record  # noqa: F401  (SCHEMA_VERSION: re-exported)
+from .scan import RECORD_FILE
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
@@ -356,7 +357,7 @@ class FmrResult(RecordResult):
     @classmethod
     def load(cls, folder: str | Path) -> "FmrResult":
         folder = Path(folder)
-        if not (folder / "record.json").is_file():
+        if not (folder / RECORD_FILE).is_file():
             raise OutputError(f"{folder} holds no record.json (the run did not finish); re-run its command "
                               "to resume it")
         try:

@@ -36,6 +36,7 @@ from .rundir import (
     read_outcomes,
     set_aside,
 )
+from .scan import RECORD_FILE
 
 T = TypeVar("T")
 SHARD_FILE = "shard.json"
@@ -147,7 +148,7 @@ class ShardPart:
         """Read a shard folder; reads only (a read-only folder loads)."""
         rows = read_outcome_rows(folder / SAMPLES_FILE)
         return cls(str(folder), read_json_or_none(folder / "settings.json"), read_json_or_none(folder / SHARD_FILE),
-                   read_json_or_none(folder / "record.json"), {o.id: (o, fp) for o, fp in rows})
+                   read_json_or_none(folder / RECORD_FILE), {o.id: (o, fp) for o, fp in rows})
 
 
 @dataclass
@@ -324,7 +325,7 @@ def write_merged(merged: Merged, folder: Path, command: str | None = None, *, fr
         record = {**merged.record, "run": folder.name}
         if command:
             record["provenance"] = {**record["provenance"], "command": command}
-        write_json(folder / "record.json", record)
+        write_json(folder / RECORD_FILE, record)
     return folder
 
 

@@ -7,26 +7,23 @@ the run (model, evaluator, kind, dataset), the settings that tell runs apart (li
 precision, seed, budget, step size, generator, oracle, accept rule, audit judge, static
 evaluator options as ``option.NAME``), then one column per metric name.
 
-Records are the files named ``record.json`` (FMR and static runs) and ``finetune.json``
-(fine-tuning runs) under each folder, and any JSON file named directly. A file that is not
-a readable run record is skipped and reported by name; it never stops the load.
+Records are found by :func:`fmr_bench.results.scan.iter_record_files` (``record.json`` and
+``finetune.json`` under each folder, runs set aside by ``--fresh`` never, shard parts only on
+request), and any JSON file named directly. A file that is not a readable run record is
+skipped and reported by name; it never stops the load.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
 from .record import Record, RecordError, load_record
+from .scan import RECORD_NAMES, iter_record_files
 
-#: File names a folder search reads as records.
-RECORD_NAMES = ("record.json", "finetune.json")
-#: Folders a search does not enter: earlier runs set aside by ``--fresh``.
-SET_ASIDE = "replaced-"
 MAIN_SET = "main"
 #: Columns before the metrics, in order.
 ID_COLUMNS = ("model", "evaluator", "kind", "dataset", "metric_set", "n", "seed", "limit", "init", "precision",
@@ -50,27 +47,6 @@ def matches(value: str | None, patterns: Sequence[str] | None) -> bool:
         return True
     value = value or ""
     return any(fnmatch.fnmatchcase(value, p) if any(c in p for c in GLOB_CHARS) else p in value for p in patterns)
-
-
-def find_record_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Record files under the folders (and the files) given, each once, in path order.
-
-    Raises:
-        DataError: a path that does not exist.
-    """
-    found: dict[Path, None] = {}
-    for p in paths:
-        p = Path(p)
-        if p.is_file():
-            found.setdefault(p.resolve(), None)
-        elif p.is_dir():
-            for name in RECORD_NAMES:
-                for f in sorted(p.rglob(name)):
-                    if not any(part.startswith(SET_ASIDE) for part in f.relative_to(p).parts[:-1]):
-                        found.setdefault(f.resolve(), None)
-        else:
-            raise DataError(f"{p} does not exist; pass run folders (or record files) to read")
-    return sorted(found)
 
 
 def record_rows(rec: Record, path: Path | None = None) -> list[dict[str, Any]]:
@@ -102,7 +78,7 @@ def record_rows(rec: Record, path: Path | None = None) -> list[dict[str, Any]]:
 
 def load_results(*paths: str | Path, model: str | Sequence[str] | None = None,
                  evaluator: str | Sequence[str] | None = None, data: str | Sequence[str] | None = None,
-                 on_skip: Callable[[Skipped], None] | None = None):
+                 on_skip: Callable[[Skipped], None] | None = None, shards: bool = False):
     """Every run record under ``paths`` as one DataFrame, one row per (run, metric set).
 
     Args:
@@ -112,6 +88,8 @@ def load_results(*paths: str | Path, model: str | Sequence[str] | None = None,
             pattern a substring. Several patterns: any may match.
         on_skip: called for each file that is not a readable run record (default: nothing;
             the list is also in ``frame.attrs["skipped"]`` as (path, reason) pairs).
+        shards: also the records of a sharded run's parts (:mod:`fmr_bench.results.scan`);
+            by default a merged run is one row and unmerged parts are left out.
 
     Raises:
         DataError: a path that does not exist.
@@ -120,7 +98,7 @@ def load_results(*paths: str | Path, model: str | Sequence[str] | None = None,
 
     rows: list[dict[str, Any]] = []
     skipped: list[Skipped] = []
-    for path in find_record_files(paths):
+    for path in iter_record_files(paths, shards=shards):
         try:
             rec = load_record(path)
         except RecordError as e:
@@ -146,4 +124,4 @@ def _as_list(v: str | Sequence[str] | None) -> list[str]:
     return [v] if isinstance(v, str) else list(v or [])
 
 
-__all__ = ["RECORD_NAMES", "Skipped", "find_record_files", "load_results", "matches", "record_rows"]
+__all__ = ["RECORD_NAMES", "Skipped", "load_results", "matches", "record_rows"]

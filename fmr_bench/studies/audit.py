@@ -38,10 +38,11 @@ from ..oracles import Oracle, oracle_specs
 from ..results.record import load_record
 from ..results.rundir import SAMPLES_FILE, STALE_FILE, FmrResult, write_json
 from .exported import GENERATION_FILE, LABELS_FILE, read_export
+from ..results.scan import RECORD_FILE
 
 #: What an audited copy of a run takes from the run, in this order: ``record.json`` last, so
 #: that a copy interrupted half-way is completed by the next call (a record means complete).
-RUN_FILES = ("settings.json", SAMPLES_FILE, STALE_FILE, "grid.png", "record.json")
+RUN_FILES = ("settings.json", SAMPLES_FILE, STALE_FILE, "grid.png", RECORD_FILE)
 
 
 def audit_run(folder: str | Path, judge: str | Oracle, *, device: str = "auto", batch_size: int | None = None,
@@ -62,7 +63,7 @@ def audit_run(folder: str | Path, judge: str | Oracle, *, device: str = "auto", 
     folder = Path(folder)
     if isinstance(judge, str):
         oracle_specs(judge)  # a bad judge spec stops here, before anything is loaded
-    if not (folder / "record.json").is_file():
+    if not (folder / RECORD_FILE).is_file():
         raise DataError(f"{folder} holds no record.json; pass a finished run folder (or finish the run by "
                         "re-running its command with --audit JUDGE)")
     record = load_record(folder).to_dict()  # RecordError (a DataError) names an unreadable record; v1 is upgraded
@@ -112,7 +113,7 @@ def copy_run(folder: Path, to: Path) -> Path:
 def _writable(folder: Path) -> bool:
     """Whether the audit can write the run folder and the files it changes (a read-only mount, a
     folder or file without write permission)."""
-    return all(os.access(p, os.W_OK) for p in (folder, folder / SAMPLES_FILE, folder / "record.json") if p.exists())
+    return all(os.access(p, os.W_OK) for p in (folder, folder / SAMPLES_FILE, folder / RECORD_FILE) if p.exists())
 
 
 def audit_export(folder: str | Path, judge: str | Oracle, *, device: str = "cpu", batch_size: int = 64,

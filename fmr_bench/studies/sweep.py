@@ -31,6 +31,7 @@ from ..results.record import load_record as read_record
 from ..results.rundir import run_dir, write_json
 from .export import merge_settings
 from .tables import AUDIT_COLUMNS, METRIC_COLUMNS, metric_row, write_csv
+from ..results.scan import RECORD_FILE
 
 SWEEP_COLUMNS = ("step_size", "budget", *METRIC_COLUMNS, *AUDIT_COLUMNS, "run")
 PER_CLASS_COLUMNS = ("label", "class", *METRIC_COLUMNS)
@@ -171,7 +172,7 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str =
 def load_record(path: str | Path) -> dict[str, Any]:
     """The record (version-2 dict) of a run folder or a ``record.json`` path."""
     path = Path(path)
-    file = path / "record.json" if path.is_dir() else path
+    file = path / RECORD_FILE if path.is_dir() else path
     if not file.is_file():
         hint = " (the run is unfinished: re-run its command to complete it)" if (file.parent / "samples.jsonl").is_file() \
             else ""

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         from ..errors import DataError
 
         more = f" (and {len(report.problems) - 20} more)" if len(report.problems) > 20 else ""
-        raise DataError(f"{args.name} at {report.path}: {len(report.problems)} problems{more}, e.g. "
+        raise DataError(f"{args.name} at {report.path}: {len(report.problems)} problem(s){more}, e.g. "
                         f"{report.problems[0]}; fetch it again with fmr data fetch {args.name} --force")
     what = f"{report.n_files} files match the manifest" if report.n_files else "no manifest (layout checked only)"
     console.print(f"{args.name} at {report.path}: {what}; {report.n_images} images in the layout "

@@ -34,6 +34,9 @@ MODEL_SOURCES.register("file", "fmr_bench.models.file", help="file:PATH[?arch=SP
                        options=FILE_OPTIONS)
 MODEL_SOURCES.register("builtin", "fmr_bench.models.builtin", help="builtin:NAME — shipped digits-world models",
                        options=BUILTIN_OPTIONS)
+# options after '?' belong to the wrapped spec, which checks them
+MODEL_SOURCES.register("gray", "fmr_bench.models.gray", help="gray:SPEC — any model fed the BT.601 luminance of its input",
+                       options=None)
 
 
 def _source(spec: Spec):

@@ -58,6 +58,22 @@ def require_writable(folder: str | Path, fix: str = "pick a writable --out") -> 
     return folder
 
 
+def make_dir(folder: str | Path, fix: str = "pass --out to a writable folder") -> Path:
+    """Create ``folder`` and its parents; an ``OSError`` becomes one line naming ``fix``.
+
+    Raises:
+        OutputError: the folder cannot be created (a file in the way, no permission, a full disk).
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            raise output_error(e, folder) from None
+        raise OutputError(f"cannot create {folder} ({e.strerror or e}); {fix}") from None
+    return folder
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None] | bytes | str, *,
                  resume: bool = True, fix: str = "pass --out to a writable folder") -> Path:
     """Write ``path`` through a temporary file + fsync + ``os.replace``.
@@ -190,7 +206,8 @@ def _read_hash_cache(path: Path) -> dict[str, list]:
     return data if isinstance(data, dict) else {}
 
 
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Full sha256 of a file's content, read in chunks (uncached: see :func:`file_sha256`)."""
     import hashlib
 
     h = hashlib.sha256()
@@ -222,7 +239,7 @@ def file_hashes(paths: list[str | Path]) -> list[str]:
         if isinstance(hit, list) and len(hit) == 3 and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
             out.append(str(hit[2]))
             continue
-        digest = _sha256(p)
+        digest = sha256_file(p)
         fresh[key] = [st.st_size, st.st_mtime_ns, digest]
         out.append(digest)
     if fresh:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import WeightsError
-from .files import cache_dir, file_hashes  # noqa: F401  (cache_dir: re-exported, it was defined here)
+from .files import cache_dir, file_hashes, sha256_file  # noqa: F401  (cache_dir, sha256_file: re-exported)
 
 HUB_HOST = "huggingface.co"
 
@@ -117,12 +117,6 @@ def hf_cached(repo_id: str, filenames: tuple[str, ...]) -> bool:
     return False
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def download(url: str, dest: Path, *, sha256: str | None = None, progress: bool = True) -> Path:
@@ -206,3 +200,17 @@ def module_sha256(module: Any) -> str:
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def load_state_strict(module: Any, state: dict[str, Any], *, what: str, fix: str) -> None:
+    """``module.load_state_dict(state, strict=True)``; a mismatch is one line: ``what (first line of
+    torch's message); fix``.
+
+    Raises:
+        WeightsError: missing, unexpected or mis-shaped keys.
+    """
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise WeightsError(f"{what} ({first}); {fix}") from None

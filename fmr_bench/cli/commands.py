@@ -40,3 +40,5 @@ COMMANDS.register("results", "fmr_bench.cli.results:COMMAND",
                   help="every run record under some folders as one table (rich, CSV, JSON, Markdown)")
 COMMANDS.register("finetune", "fmr_bench.cli.finetune:COMMAND",
                   help="fine-tune a model robustly (ft, lp, lp-ft, flyp, maskcf, starft); WiSE-FT and soups")
+COMMANDS.register("data", "fmr_bench.cli.data:COMMAND",
+                  help="fetch, list and verify the evaluation sets under a data root (FMR_DATA)")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from ..errors import DataError, SpecError
 
 if TYPE_CHECKING:  # a type only: datasets do not import the models layer
     from ..models.transform import EvalTransform
@@ -149,6 +149,23 @@ class FileImages(ImageDataset):
 
     def load_eval(self, i: int, transform: EvalTransform | None) -> torch.Tensor:
         return self.load(i) if transform is None else transform(self.read_image(i))
+
+
+def dataset_root(spec, *, check: str | None = "exists", what: str = "dataset") -> Path:
+    """The path a ``SOURCE:PATH`` spec names, checked: ``"exists"``, ``"folder"``, or None (the caller checks).
+
+    Raises:
+        SpecError: the spec names no path.
+        DataError: the path fails the check.
+    """
+    if not spec.ident:
+        raise SpecError(f"{spec.source} spec needs a path, e.g. {spec.source}:/data/{spec.source}")
+    root = Path(spec.ident).expanduser()
+    if check == "folder" and not root.is_dir():
+        raise DataError(f"{what} path {root} does not exist or is not a folder; check the path in {spec}")
+    if check == "exists" and not root.exists():
+        raise DataError(f"{what} path {root} does not exist; check the path in {spec}")
+    return root
 
 
 def list_images(folder: Path) -> list[Path]:

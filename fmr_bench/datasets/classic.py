@@ -17,19 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError, SpecError
+from ..errors import DataError
 from ..registry import DATASETS
-from .base import FileImages, TensorImages, class_folders, folder_images
+from .base import FileImages, TensorImages, class_folders, dataset_root, folder_images
 from .imagenet import IMAGENET_WORLD
 
 
-def _root(spec) -> Path:
-    if not spec.ident:
-        raise SpecError(f"{spec.source} spec needs a path, e.g. {spec.source}:/data/{spec.source}")
-    root = Path(spec.ident).expanduser()
-    if not root.exists():
-        raise DataError(f"dataset path {root} does not exist; check the path in {spec}")
-    return root
 
 
 def _find(root: Path, sub: str, marker: str) -> Path | None:
@@ -60,7 +53,7 @@ def _folder_set(spec, root: Path, expected: int | None, drop: tuple[str, ...] = 
 
 
 def _cifar(spec, sub: str, batch: str, meta: str, label_key: bytes, names_key: bytes, n: int):
-    root = _root(spec)
+    root = dataset_root(spec)
     folder = _find(root, sub, batch)
     if folder is None:
         return _folder_set(spec, root, n)
@@ -82,7 +75,7 @@ def build_cifar100(spec):
 
 @DATASETS.register("stl10", help="stl10:PATH — STL-10 test (stl10_binary)", options={})
 def build_stl10(spec):
-    root = _root(spec)
+    root = dataset_root(spec)
     folder = _find(root, "stl10_binary", "test_X.bin")
     if folder is None:
         return _folder_set(spec, root, 10)
@@ -94,7 +87,7 @@ def build_stl10(spec):
 
 @DATASETS.register("caltech101", help="caltech101:PATH — Caltech101 101_ObjectCategories folders", options={})
 def build_caltech101(spec):
-    root = _root(spec)
+    root = dataset_root(spec)
     if (root / "101_ObjectCategories").is_dir():
         root = root / "101_ObjectCategories"
     return _folder_set(spec, root, None, drop=("BACKGROUND_Google",))

@@ -20,6 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..digits.images import gaussian_blur
 from ..errors import SpecError
 from ..registry import DATASETS
 from .base import TensorImages
@@ -57,13 +58,6 @@ def _rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     return (F.grid_sample(x - paper, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + paper)
 
 
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    r = torch.arange(-3, 4, dtype=x.dtype)
-    k = torch.exp(-(r ** 2) / (2 * sigma ** 2))
-    k = k / k.sum()
-    c = x.shape[1]
-    x = F.conv2d(F.pad(x, (3, 3, 0, 0), mode="replicate"), k.view(1, 1, 1, 7).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(F.pad(x, (0, 0, 3, 3), mode="replicate"), k.view(1, 1, 7, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 def apply_shift(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -78,7 +72,7 @@ def apply_shift(x: torch.Tensor, name: str) -> torch.Tensor:
     elif name == "noisy":
         out = x + 0.25 * torch.randn(x.shape, generator=g)
     elif name == "blurred":
-        out = _blur(x, 1.6)
+        out = gaussian_blur(x, 1.6)
     elif name == "small":
         paper = _paper(x)
         small = F.interpolate(x, size=(18, 18), mode="bilinear", align_corners=False, antialias=True)
@@ -166,7 +160,7 @@ def build_ood(spec) -> DigitsShift:
     n = 360
     g = torch.Generator().manual_seed(SEED + 1)
     if kind == "noise":
-        x = _blur(torch.rand(n, 3, 32, 32, generator=g), 0.8)
+        x = gaussian_blur(torch.rand(n, 3, 32, 32, generator=g), 0.8)
     elif kind == "textures":
         yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
         freq = 0.2 + 0.8 * torch.rand(n, 1, 1, generator=g)

@@ -14,7 +14,6 @@ template of StarFT Table 14 (after Zhang and Ré, 2022).
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ import torch
 from ..errors import DataError, SpecError
 from ..registry import DATASETS
 from ..specs import Option
-from .base import FileImages, TensorImages, class_folders, list_images
+from .base import FileImages, TensorImages, class_folders, dataset_root, list_images
 from .imagenet import IMAGENET_WORLD
 
 WATERBIRDS_PROMPT = "This is a picture of a {}."
@@ -33,13 +32,6 @@ PACS_CLASSES = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "perso
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-def _root(spec) -> Path:
-    if not spec.ident:
-        raise SpecError(f"{spec.source} spec needs a path, e.g. {spec.source}:/data/{spec.source}")
-    root = Path(spec.ident).expanduser()
-    if not root.is_dir():
-        raise DataError(f"dataset path {root} does not exist or is not a folder; check the path in {spec}")
-    return root
 
 
 def _attach(ds, groups: list[int], group_names: list[str], prompt: str):
@@ -52,7 +44,7 @@ def _attach(ds, groups: list[int], group_names: list[str], prompt: str):
 @DATASETS.register("waterbirds", help="waterbirds:PATH[?split=test|val|train] — Waterbirds with metadata.csv",
                    options={"split": Option("choice", "test", choices=("test", "val", "train"), example="test")})
 def build_waterbirds(spec):
-    root = _root(spec)
+    root = dataset_root(spec, check="folder")
     meta = root / "metadata.csv"
     if not meta.is_file():
         raise DataError(f"{meta} is missing; waterbirds: expects the published folder with metadata.csv "
@@ -85,7 +77,7 @@ def build_waterbirds(spec):
 
 @DATASETS.register("pacs", help="pacs:PATH — PACS <domain>/<class>/ folders; groups = domains", options={})
 def build_pacs(spec):
-    root = _root(spec)
+    root = dataset_root(spec, check="folder")
     domains = [d for d in class_folders(root, str(spec))]
     bad = [d.name for d in domains if d.name not in PACS_DOMAINS]
     if bad:
@@ -112,7 +104,7 @@ def build_pacs(spec):
 def build_cifar1002(spec):
     import pickle
 
-    root = _root(spec)
+    root = dataset_root(spec, check="folder")
     c10 = next((p for p in (root / "cifar-10-batches-py" / "test_batch", root / "test_batch") if p.is_file()), None)
     c102 = root / "cifar102_test.npz"
     if c10 is None or not c102.is_file():

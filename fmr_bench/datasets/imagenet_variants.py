@@ -28,9 +28,9 @@ from importlib import resources
 from pathlib import Path
 
 
-from ..errors import DataError, SpecError
+from ..errors import DataError
 from ..registry import DATASETS
-from .base import FileImages, class_folders, collect_images
+from .base import FileImages, class_folders, collect_images, dataset_root
 from .imagenet import IMAGENET_WORLD, WNID, imagenet_class_names, imagenet_wnids
 from .projection import Projection
 
@@ -71,14 +71,10 @@ def border_crop(im, border: int = 2):
     return im.crop((border, border, w - border, h - border))
 
 
-def _root(spec) -> Path:
-    if not spec.ident:
-        raise SpecError(f"{spec.source} spec needs a path, e.g. {spec.source}:/data/{spec.source}")
-    return Path(spec.ident).expanduser()
 
 
 def _subset_source(spec, which: str) -> ProjectedImages:
-    root = _root(spec)
+    root = dataset_root(spec, check=None)
     folders = class_folders(root, str(spec))
     synsets = _timm_info(f"imagenet_{which}_synsets.txt")
     indices = [int(i) for i in _timm_info(f"imagenet_{which}_indices.txt")]
@@ -115,7 +111,7 @@ def build_sketch(spec) -> FileImages:
 
 @DATASETS.register("imagenet-v2", help="imagenet-v2:PATH — ImageNetV2, folders 0..999 named by class index", options={})
 def build_v2(spec) -> FileImages:
-    root = _root(spec)
+    root = dataset_root(spec, check=None)
     folders = class_folders(root, str(spec))
     bad = [f.name for f in folders if not (f.name.isdigit() and 0 <= int(f.name) < 1000)]
     if bad:
@@ -146,7 +142,7 @@ def objectnet_metadata() -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
 
 @DATASETS.register("objectnet", help="objectnet:PATH — ObjectNet images/<folder>, 113 ImageNet-overlapping classes", options={})
 def build_objectnet(spec) -> ProjectedImages:
-    root = _root(spec)
+    root = dataset_root(spec, check=None)
     if (root / "images").is_dir():
         root = root / "images"
     folders = class_folders(root, str(spec))
@@ -175,7 +171,7 @@ def build_vid_robust(spec) -> ProjectedImages:
     the reviewers saw in the frame are ignored (single-label accuracy and calibration).
     Origin of the metadata: mlfoundations/wise-ft, src/datasets/ytbb-robust_metadata/.
     """
-    root = _root(spec)
+    root = dataset_root(spec, check=None)
     if not root.is_dir():
         raise DataError(f"dataset path {root} does not exist; check the path in {spec}")
     meta = _data_file("imagenet_vid_robust")

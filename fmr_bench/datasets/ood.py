@@ -7,12 +7,11 @@ flat folders and class sub-folders (Textures/DTD, ImageNet-O, NINCO) work.
 
 from __future__ import annotations
 
-from pathlib import Path
 
-from ..errors import DataError, SpecError
+from ..errors import DataError
 from ..registry import DATASETS
 from ..specs import Option
-from .base import FileImages, list_images
+from .base import FileImages, dataset_root, list_images
 from .imagenet import IMAGENET_WORLD
 
 OOD_SETS = {"inaturalist": "iNaturalist (MCM subset)", "sun": "SUN (MCM subset)", "places": "Places (MCM subset)",
@@ -20,11 +19,7 @@ OOD_SETS = {"inaturalist": "iNaturalist (MCM subset)", "sun": "SUN (MCM subset)"
 
 
 def build_ood(spec, name: str | None = None) -> FileImages:
-    if not spec.ident:
-        raise SpecError(f"{spec.source} spec needs a path, e.g. {spec.source}:/data/{spec.source}")
-    root = Path(spec.ident).expanduser()
-    if not root.is_dir():
-        raise DataError(f"OOD set path {root} does not exist or is not a folder; check the path in {spec}")
+    root = dataset_root(spec, check="folder", what="OOD set")
     paths = list_images(root)
     if not paths:
         raise DataError(f"OOD set {root} holds no images (.jpg, .png, ...); point {spec.source}: at a folder of images")

@@ -19,6 +19,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import SpecError, WeightsError
+from ..weights import load_state_strict
 from .clip import CLIP_MEAN, CLIP_MODEL_NAME, CLIP_STD, CLIP_WEIGHTS, PROMPT_TEMPLATE, create_digits_clip
 from .images import augment, load_digits_split
 from .nets import DigitsCNN, DigitsMLP
@@ -107,13 +108,8 @@ def load_digits_model(name: str, pretrained: bool = True) -> nn.Module:
         from safetensors.torch import load_file
 
         state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
-            raise WeightsError(
-                f"{path} does not fit {name} ({first}); re-create it with: python {TRAINING_SCRIPT}"
-            ) from None
+        load_state_strict(model, state, what=f"{path} does not fit {name}",
+                          fix=f"re-create it with: python {TRAINING_SCRIPT}")
     return model.eval()
 
 

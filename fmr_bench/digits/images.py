@@ -186,3 +186,13 @@ def augment(x: torch.Tensor, generator: torch.Generator, strength: float = 1.0) 
     noise = torch.randn(x.shape, generator=g) * noise_std[:, None, None, None]
     x = torch.where(noisy[:, None, None, None], x + noise, x)
     return x.clamp(0, 1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of images ``x`` (N, C, H, W), 7 taps, replicated borders."""
+    r = torch.arange(-3, 4, dtype=x.dtype)
+    k = torch.exp(-(r ** 2) / (2 * sigma ** 2))
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.conv2d(F.pad(x, (3, 3, 0, 0), mode="replicate"), k.view(1, 1, 1, 7).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(F.pad(x, (0, 0, 3, 3), mode="replicate"), k.view(1, 1, 7, 1).repeat(c, 1, 1, 1), groups=c)

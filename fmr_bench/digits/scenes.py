@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .images import gaussian_blur
+
 #: Background colours (RGB in [0, 1]); in ``digits-spurious`` class ``c`` has background ``c``.
 BACKGROUNDS: dict[str, tuple[float, float, float]] = {
     "red": (0.90, 0.25, 0.20),
@@ -83,18 +85,11 @@ def _patterns(size: int) -> dict[str, torch.Tensor]:
     }
 
 
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    r = torch.arange(-3, 4, dtype=x.dtype)
-    k = torch.exp(-(r**2) / (2 * sigma**2))
-    k = k / k.sum()
-    c = x.shape[1]
-    x = F.conv2d(F.pad(x, (3, 3, 0, 0), mode="replicate"), k.view(1, 1, 1, 7).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(F.pad(x, (0, 0, 3, 3), mode="replicate"), k.view(1, 1, 7, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 def _degrade(x: torch.Tensor, quality: str) -> torch.Tensor:
     if quality == "blurred":
-        return _blur(x, 1.3)
+        return gaussian_blur(x, 1.3)
     if quality == "pixelated":
         small = F.interpolate(x, size=(10, 10), mode="area")
         return F.interpolate(small, size=x.shape[-2:], mode="nearest")

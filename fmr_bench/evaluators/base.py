@@ -24,6 +24,7 @@ import torch
 from ..datasets import ImageDataset, load_dataset
 from ..engine.distributed import World, rank_device
 from ..errors import ClassMappingError, FmrBenchError, SettingsError, from_worker
+from ..files import make_dir
 from ..engine.logits import Logits, compute_logits
 from ..models import ImageClassifier, load_model, map_classes
 from ..results.record import Provenance, load_record, sample_set_fingerprint, static_record
@@ -258,12 +259,7 @@ def run_evaluator(model: str | ImageClassifier, evaluator: str, data: Any = "dig
                     "weights": None if isinstance(model, str) else model.weights_hash()}
     folder = run_dir(out, ctx.spec, f"{evaluator}-{datasets[0].spec}", run_settings) if out is not None else None
     if folder is not None:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            from ..errors import OutputError
-
-            raise OutputError(f"cannot create {folder} ({e.strerror or e}); pass --out to a writable folder") from None
+        make_dir(folder)
     ctx.folder = folder
     started = _dt.datetime.now(_dt.timezone.utc)
     n_inference = len(ctx.inference)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import MissingDependencyError, WeightsError
-from ..weights import safe_torch_load
+from ..weights import load_state_strict, safe_torch_load
 from .base import Generator
 
 # Keys of the official checkpoint that belong to the model (the discriminator and
@@ -103,14 +103,8 @@ class VQGAN(Generator):
     def load_weights(self, path: str | Path) -> "VQGAN":
         """Load an official Lightning checkpoint or a safetensors file of model keys."""
         state = read_vqgan_state(path)
-        try:
-            self.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
-            raise WeightsError(
-                f"VQGAN weights {path} do not fit the card's architecture ({first}); "
-                "pass the card that matches the checkpoint"
-            ) from None
+        load_state_strict(self, state, what=f"VQGAN weights {path} do not fit the card's architecture",
+                          fix="pass the card that matches the checkpoint")
         return self
 
 

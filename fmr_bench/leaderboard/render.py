@@ -10,8 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputError
-from ..files import atomic_write, write_text
+from ..files import atomic_write, make_dir, write_text
 from .plots import PLOTS
 from .table import BoardTable, csv_columns
 
@@ -88,10 +87,7 @@ def write_figures(table: BoardTable, out: Path) -> list[dict[str, str]]:
 def write_site(tables: list[BoardTable], out: str | Path) -> Path:
     """Write ``index.html``, one page + CSV + plots per board, and the static files, into ``out``."""
     out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create {out} ({e.strerror or e}); pass --out to a writable folder") from None
+    make_dir(out)
     env = _env()
     for name in STATIC:
         atomic_write(out / name, (TEMPLATES / name).read_bytes(), resume=False)

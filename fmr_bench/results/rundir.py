@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import OutputError
-from ..files import atomic_write, output_error, write_json
+from ..files import atomic_write, make_dir, output_error, write_json
 from ..protocol.outcome import SampleOutcome
 from .record import SCHEMA_VERSION, Record, RecordError, load_record  # noqa: F401  (SCHEMA_VERSION: re-exported)
 from .scan import RECORD_FILE
@@ -49,10 +49,7 @@ def run_dir(out: str | Path, model: str, data: str, settings: dict[str, Any]) ->
 
 def prepare_run_dir(path: Path, settings: dict[str, Any]) -> None:
     """Create the run folder and its settings file, or check an existing one matches."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise output_error(e, path) from None
+    make_dir(path)
     sfile = path / "settings.json"
     old = read_json_or_none(sfile)
     if old is None:  # absent, or torn by a crash before this writer was atomic

@@ -40,7 +40,7 @@ from ..config import FmrSettings
 from ..datasets import ImageDataset, load_dataset
 from ..datasets.base import FileImages
 from ..errors import OutputError, SettingsError
-from ..files import atomic_write
+from ..files import atomic_write, make_dir
 from ..protocol import SampleOutcome
 from ..results.rundir import FmrResult, run_dir, write_json
 from .exported import FORMAT, GENERATION_FILE, LABELS_FILE, read_generation, subset
@@ -136,10 +136,7 @@ def _open_target(to: Path, request: dict[str, Any]) -> dict[str, Any]:
         old = {}
     head = {"format": FORMAT, "version": FORMAT_VERSION, "status": "incomplete", "request": request,
             "created": old.get("created") or _now()}
-    try:
-        to.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create {to} ({e.strerror or e}); pass a writable --to") from None
+    make_dir(to, fix="pass a writable --to")
     if old.get("status") != "incomplete":
         write_json(to / GENERATION_FILE, {**old, **head} if old else head)
     return head

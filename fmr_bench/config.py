@@ -1,11 +1,32 @@
-"""Defaults of the FMR protocol, in one place: the CLI and the library read them here."""
+"""Settings and their defaults, in one place: the CLI and the library read them here.
+
+:class:`FmrSettings` (one FMR run) and :class:`EvalSettings` (the static evaluators); the
+fine-tuning settings live beside their methods (:mod:`fmr_bench.finetune.settings`). Every
+form of a run's settings is built by :func:`merge`, which refuses a name the dataclass does
+not have, and checked once by the dataclass's ``validated()``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import SettingsError
+
+S = TypeVar("S")
+
+
+def merge(base: S, overrides: dict[str, Any], *, what: str = "setting") -> S:
+    """``base`` (a settings dataclass) with the fields named in ``overrides`` replaced.
+
+    Raises:
+        SettingsError: a name that is not a field, with the valid names listed.
+    """
+    known = {f.name for f in fields(base)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise SettingsError(f"unknown {what}(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
+    return replace(base, **overrides)
 
 OPTIMIZERS = ("adam", "sgd", "sign")
 INITS = ("none", "fgsm")
@@ -67,6 +88,24 @@ class FmrSettings:
         """Fill the ``None`` fields from ``defaults`` (see :func:`resolve_defaults`)."""
         updates = {k: v for k, v in defaults.items() if getattr(self, k, 0) is None}
         return replace(self, **updates)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Settings shared by the static evaluators (the CLI reads its defaults here)."""
+
+    batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
+    num_workers: int | None = field(default=None, metadata={"help": "DataLoader workers (default: all cores for files)"})
+    device: str = field(default="auto", metadata={"help": "torch device ('auto' picks cuda when available)"})
+    cache: bool = field(default=True, metadata={"help": "read/write the on-disk logits cache"})
+    seed: int = field(default=0, metadata={"help": "seed of random splits (calibration halves)"})
+
+    def validated(self) -> EvalSettings:
+        if self.batch_size < 1:
+            raise SettingsError(f"batch size must be >= 1 (got {self.batch_size})")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise SettingsError(f"num_workers must be >= 0 (got {self.num_workers})")
+        return self
 
 
 PAPER_STEP_SIZE = 1e-3

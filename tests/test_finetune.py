@@ -15,7 +15,7 @@ from fmr_bench import load_model
 from fmr_bench.errors import SettingsError
 from fmr_bench.finetune import losses, parts_of
 from fmr_bench.finetune.cam import class_activation_map
-from fmr_bench.finetune.config import make_settings
+from fmr_bench.finetune.settings import make_settings
 from fmr_bench.finetune.descriptors import SpuriousCaptions, load_pools, select_phrases
 from fmr_bench.finetune.masking import fill, other_index, patch_mask
 from fmr_bench.finetune.methods import build_method, star_weight

@@ -1,6 +1,6 @@
 """``fmr finetune``: fine-tune a model with a robust method, or mix checkpoints in weight space.
 
-One flag per :class:`fmr_bench.finetune.config.FinetuneSettings` field; ``--preset`` loads
+One flag per :class:`fmr_bench.finetune.settings.FinetuneSettings` field; ``--preset`` loads
 the papers' hyper-parameters and explicit flags override them. ``--wise`` mixes the
 result with the zero-shot model at each α and scores every mix; ``--mix`` / ``--soup``
 work on existing checkpoints without training.
@@ -43,7 +43,7 @@ def _alphas(text: str) -> list[float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..finetune.config import PRESETS, FinetuneSettings
+    from ..finetune.settings import PRESETS, FinetuneSettings
     from ..finetune.methods import METHODS
 
     p.add_argument("--model", help="openclip:ARCH/TAG, builtin:digits-clip, timm:NAME or file:PATH (the model to fine-tune)")
@@ -94,7 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from ..finetune.config import FinetuneSettings
+    from ..finetune.settings import FinetuneSettings
 
     return {f.name: getattr(args, f.name) for f in fields(FinetuneSettings) if getattr(args, f.name, None) is not None}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .judge import Audit
-from ..config import FmrSettings, check_given
+from ..config import FmrSettings, check_given, merge
 from .defaults import resolve_defaults
 from ..datasets import ImageDataset, load_dataset
 from ..errors import FmrBenchError, InterruptedRun, OutputError, SettingsError, from_worker
@@ -99,17 +99,13 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
         FmrBenchError: for bad input; finished samples are on disk before it propagates.
             ``OutputError`` when another process holds the run folder (its PID is named).
     """
-    known = {f.name for f in fields(FmrSettings)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise SettingsError(f"unknown setting(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
+    settings = merge(settings or FmrSettings(), overrides)
     check_given(overrides)  # e.g. fgsm_eps without init="fgsm" would be ignored
     shard = parse_shard(shard) if isinstance(shard, str) else shard
     if shard is not None and audit is not None:
         raise SettingsError("--audit does not run per shard; merge the shards (fmr merge), then audit the whole run "
                             "with fmr audit RUN_FOLDER --judge JUDGE")
-    settings = (settings or FmrSettings())
-    settings = FmrSettings(**{**asdict(settings), **overrides}).validated()
+    settings = settings.validated()
 
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data)
     world = dataset.world

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 
 from ..datasets import ImageDataset, load_dataset
 from ..engine.distributed import World, rank_device
+from ..config import EvalSettings, merge
 from ..errors import ClassMappingError, FmrBenchError, SettingsError, from_worker
 from ..files import make_dir
 from ..engine.logits import Logits, compute_logits
@@ -36,22 +37,6 @@ from ..results.scan import RECORD_FILE
 ZERO_SHOT_SOURCES = ("openclip", "builtin")
 
 
-@dataclass(frozen=True)
-class EvalSettings:
-    """Settings shared by the static evaluators (the CLI reads its defaults here)."""
-
-    batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
-    num_workers: int | None = field(default=None, metadata={"help": "DataLoader workers (default: all cores for files)"})
-    device: str = field(default="auto", metadata={"help": "torch device ('auto' picks cuda when available)"})
-    cache: bool = field(default=True, metadata={"help": "read/write the on-disk logits cache"})
-    seed: int = field(default=0, metadata={"help": "seed of random splits (calibration halves)"})
-
-    def validated(self) -> EvalSettings:
-        if self.batch_size < 1:
-            raise SettingsError(f"batch size must be >= 1 (got {self.batch_size})")
-        if self.num_workers is not None and self.num_workers < 0:
-            raise SettingsError(f"num_workers must be >= 0 (got {self.num_workers})")
-        return self
 
 
 @dataclass
@@ -233,7 +218,7 @@ def run_evaluator(model: str | ImageClassifier, evaluator: str, data: Any = "dig
     """
     fn = EVALUATORS.get(evaluator)
     known = {f.name for f in fields(EvalSettings)}
-    settings = replace(settings or EvalSettings(), **{k: v for k, v in options.items() if k in known}).validated()
+    settings = merge(settings or EvalSettings(), {k: v for k, v in options.items() if k in known}).validated()
     options = {k: v for k, v in options.items() if k not in known}
     allowed = getattr(fn, "options", {})
     unknown = set(options) - set(allowed)
@@ -314,7 +299,7 @@ def evaluate_suite(model: str | ImageClassifier, evaluators: Sequence[str], data
     """Run several evaluators on one model, sharing loaded models and logits."""
     settings = kwargs.pop("settings", None)
     known = {f.name for f in fields(EvalSettings)}
-    settings = replace(settings or EvalSettings(), **{k: kwargs.pop(k) for k in list(kwargs) if k in known})
+    settings = merge(settings or EvalSettings(), {k: kwargs.pop(k) for k in list(kwargs) if k in known})
     ctx = Context(model, settings.validated(), pretrained=kwargs.get("pretrained", True), progress=kwargs.get("progress"),
                   world=kwargs.pop("world", None))
     named = {"out", "pretrained", "progress"}

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from .adapters import PARTS, Parts, parts_of
 from .callbacks import Callback, EvalCallback
-from .config import PRESETS, FinetuneSettings, make_settings
+from .settings import PRESETS, FinetuneSettings, make_settings
 from .train_data import ConcatImages, load_train_data
 from .methods import METHODS, Method, Stage, build_method
 from .terms import TERMS, StepContext

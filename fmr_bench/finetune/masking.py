@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SettingsError
-from .config import FILLS, MASKS, check_mask_settings  # noqa: F401  (re-exported)
+from .settings import FILLS, MASKS, check_mask_settings  # noqa: F401  (re-exported)
 
 def patch_mask(kind: str, cam: torch.Tensor | None, *, threshold: float = 0.3, rate: float = 0.5,
                grid: tuple[int, int] | None = None, n: int | None = None,

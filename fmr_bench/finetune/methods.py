@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Union
 from ..registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import FinetuneSettings
+    from .settings import FinetuneSettings
 
 Weight = Union[float, Callable[[int, int], float]]  # constant, or (epoch, epochs) -> weight
 TRAINS = ("head", "image", "clip")  # head only; image encoder + head; image + text towers + temperature

@@ -20,7 +20,7 @@ from ..registry import Registry
 from . import losses
 from .adapters import Parts
 from .cam import class_activation_map
-from .config import FinetuneSettings
+from .settings import FinetuneSettings
 from .masking import fill, patch_mask
 
 TERMS: Registry = Registry("loss term")

@@ -41,7 +41,7 @@ from ..runtime import command_line
 from .adapters import Parts, parts_of
 from .callbacks import Callback
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import FinetuneSettings, make_settings
+from .settings import FinetuneSettings, make_settings
 from .train_data import load_train_data
 from .methods import Method, Stage, build_method
 from .terms import TERMS, StepContext
@@ -538,7 +538,7 @@ def finetune(model: str | ImageClassifier, data: str | ImageDataset, *, out: str
         data: training set: a dataset spec (``digits:train``, ``folder:DIR``, ``csv:FILE``) or dataset.
         out: run folder (checkpoints, resume, result); None keeps everything in memory.
         settings, preset, overrides: :class:`FinetuneSettings`, a named preset of
-            :data:`~fmr_bench.finetune.config.PRESETS`, then field overrides (``method="starft"``...).
+            :data:`~fmr_bench.finetune.settings.PRESETS`, then field overrides (``method="starft"``...).
         pretrained: False builds spec models with random weights (tests, benchmarks).
         templates: prompt set of a zero-shot head (``openai``, ``single``, or a template with ``{}``).
 

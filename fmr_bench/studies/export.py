@@ -29,17 +29,17 @@ import datetime as _dt
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import FmrSettings
+from ..config import FmrSettings, merge
 from ..datasets import ImageDataset, load_dataset
 from ..datasets.base import FileImages
-from ..errors import OutputError, SettingsError
+from ..errors import OutputError
 from ..files import atomic_write, make_dir
 from ..protocol import SampleOutcome
 from ..results.rundir import FmrResult, run_dir, write_json
@@ -67,11 +67,7 @@ class Export:
 
 def merge_settings(settings: FmrSettings | None, overrides: dict[str, Any]) -> FmrSettings:
     """``settings`` with keyword overrides, range-checked (as :func:`fmr_bench.evaluate` does)."""
-    known = {f.name for f in fields(FmrSettings)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise SettingsError(f"unknown setting(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
-    return FmrSettings(**{**asdict(settings or FmrSettings()), **overrides}).validated()
+    return merge(settings or FmrSettings(), overrides).validated()
 
 
 def image_name(sample_id: str) -> str:

@@ -6,9 +6,10 @@ field), so the CLI and :func:`fmr_bench.finetune.finetune` share their defaults.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..config import merge
 from ..errors import SettingsError
 from .descriptors import SUFFIXES
 
@@ -152,9 +153,5 @@ def preset(name: str) -> dict[str, Any]:
 
 def make_settings(preset_name: str | None = None, **overrides: Any) -> FinetuneSettings:
     """Defaults, then a preset, then explicit overrides; validated."""
-    known = {f.name for f in fields(FinetuneSettings)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise SettingsError(f"unknown fine-tuning setting(s) {', '.join(sorted(unknown))}")
     base = preset(preset_name) if preset_name else {}
-    return replace(FinetuneSettings(), **{**base, **overrides}).validated()
+    return merge(FinetuneSettings(), {**base, **overrides}, what="fine-tuning setting").validated()

@@ -276,7 +276,7 @@ def test_a_judge_for_other_classes_is_refused_before_the_run(tmp_path):
 def test_disk_full_during_a_later_audit_keeps_verdicts_and_resumes(tmp_path, monkeypatch):
     import errno
 
-    from fmr_bench.results.rundir import rundir as results
+    from fmr_bench.results import rundir as results
     from fmr_bench.errors import OutputError
 
     run(tmp_path)

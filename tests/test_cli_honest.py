@@ -14,7 +14,7 @@ import torch
 from fmr_bench.cli import main
 from fmr_bench.datasets import load_dataset
 from fmr_bench.errors import SpecError
-from fmr_bench.metrics.fmr import static as M
+from fmr_bench.metrics import static as M
 from fmr_bench.registry import DATASETS, GENERATORS, MODEL_SOURCES, ORACLE_SOURCES
 from fmr_bench.specs import Option, parse_options, parse_spec
 

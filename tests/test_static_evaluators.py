@@ -12,7 +12,7 @@ from fmr_bench.cli import main
 from fmr_bench.datasets import load_dataset
 from fmr_bench.errors import ClassMappingError, DataError, SettingsError
 from fmr_bench.evaluators import Context, EvalSettings, evaluate_suite, run_evaluator
-from fmr_bench.metrics.fmr import static as M
+from fmr_bench.metrics import static as M
 
 FAST = dict(num_workers=0, batch_size=16)
 TINY_CLIP = {

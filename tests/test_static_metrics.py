@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score, roc_curve
 
-from fmr_bench.metrics.fmr import static as M
+from fmr_bench.metrics import static as M
 
 
 def _scores(seed: int, ties: bool):

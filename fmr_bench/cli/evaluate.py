@@ -64,7 +64,10 @@ def split_evaluators(text: str) -> tuple[bool, list[str]]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise SettingsError("--evaluator is empty; pass fmr or static evaluator names (fmr list evaluators)")
-    return "fmr" in names, list(dict.fromkeys(n for n in names if n != "fmr"))
+    from ..evaluators import TASKS
+
+    tasks = [TASKS.get(n) for n in dict.fromkeys(names)]  # an unknown name: one line with the valid ones
+    return any(t.takes_subset for t in tasks), [t.name for t in tasks if not t.takes_subset]
 
 
 def check_flags(args: argparse.Namespace, fmr: bool, static: list[str]) -> None:

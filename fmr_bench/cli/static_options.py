@@ -139,17 +139,19 @@ def list_evaluators() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..evaluators import EVALUATORS
+    from ..evaluators import EVALUATORS, TASKS
 
     table = Table(title="evaluators")
     table.add_column("name")
     table.add_column("description")
     table.add_column("options")
-    table.add_row("fmr", "the dynamic FMR protocol (default of fmr evaluate); in a list with static evaluators "
-                         "(--evaluator fmr,calibration) it runs first, each evaluator writing its own record",
-                  "see fmr evaluate --help")
-    for entry in EVALUATORS.items():
-        opts = getattr(entry.load(), "options", {})
+    for entry in TASKS.items():
+        task = entry.load()
+        if task.takes_subset:
+            table.add_row(entry.name, f"{entry.help}; in a list with static evaluators (--evaluator fmr,calibration) "
+                          "it runs first, each evaluator writing its own record", "see fmr evaluate --help")
+            continue
+        opts = getattr(EVALUATORS.get(entry.name), "options", {})
         table.add_row(entry.name, entry.help, "; ".join(f"{k}: {v}" for k, v in opts.items()) or "-")
     Console().print(table)
     return 0

@@ -9,5 +9,6 @@ from __future__ import annotations
 from ..registry import EVALUATORS
 from . import calibration, group_robustness, imagenet_x, ood_accuracy, ood_detection, zero_shot  # noqa: F401
 from .base import Context, EvalSettings, Output, StaticResult, evaluate_suite, run_evaluator
+from .tasks import TASKS, Task
 
-__all__ = ["EVALUATORS", "Context", "EvalSettings", "Output", "StaticResult", "evaluate_suite", "run_evaluator"]
+__all__ = ["EVALUATORS", "TASKS", "Task", "Context", "EvalSettings", "Output", "StaticResult", "evaluate_suite", "run_evaluator"]

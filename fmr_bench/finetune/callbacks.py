@@ -75,12 +75,11 @@ class EvalCallback(Callback):
         names = [e.strip() for e in (evaluators.split(",") if isinstance(evaluators, str) else evaluators) if e.strip()]
         if not names:
             raise SettingsError("give at least one evaluator, e.g. --eval fmr,ood-accuracy")
-        from ..registry import EVALUATORS
-        from .. import evaluators as _  # noqa: F401  (registration)
+        from ..evaluators import TASKS
 
         for n in names:
-            if n != "fmr" and n not in EVALUATORS:
-                raise SettingsError(EVALUATORS.unknown_message(n) + " (or fmr)")
+            if n not in TASKS:
+                raise SettingsError(TASKS.unknown_message(n))
         if unit not in ("step", "epoch"):
             raise SettingsError(f"eval unit must be step or epoch (got {unit!r})")
         if every < 1:
@@ -139,19 +138,14 @@ def score(clf: Any, names: Sequence[str], data: Any, ood: Sequence[Any] = (), *,
     ``fmr`` runs the FMR protocol on a fixed seeded subset of ``limit`` images with ``budget``
     steps (both recorded under ``"subset"``); static evaluators see the whole sets.
     """
-    from ..engine.fmr import evaluate
-    from ..evaluators import run_evaluator
+    from ..evaluators import TASKS
 
     out = []
     for name in names:
         t0 = time.perf_counter()
-        if name == "fmr":
-            kw = {k: v for k, v in (("limit", limit), ("budget", budget)) if v is not None}
-            res = evaluate(clf, data, out=None, seed=seed, write_grid=False, device=device, **kw, **options)
-        else:
-            res = run_evaluator(clf, name, data, list(ood) or None, out=None, device=device, cache=False,
-                                          **options)
-        out.append({"evaluator": name, "dataset": getattr(data, "spec", str(data)), "metrics": dict(res.metrics),
-                    "subset": {"limit": limit, "budget": budget} if name == "fmr" else None,
+        task = TASKS.get(name)
+        metrics = task.score(clf, data, ood, limit=limit, budget=budget, seed=seed, device=device, **options)
+        out.append({"evaluator": name, "dataset": getattr(data, "spec", str(data)), "metrics": metrics,
+                    "subset": {"limit": limit, "budget": budget} if task.takes_subset else None,
                     "seconds": round(time.perf_counter() - t0, 3)})
     return out

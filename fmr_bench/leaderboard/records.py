@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..results.record import READABLE_SCHEMAS, Record, RecordError
+from ..results.record import KIND_FINETUNE, READABLE_SCHEMAS, Record, RecordError
 from ..results.scan import RECORD_FILE, iter_record_files
 from .schema import BoardError
 
@@ -41,7 +41,7 @@ def record_metrics(record: dict[str, Any] | Record) -> dict[str, Any]:
     metrics = {k: v for k, v in rec.metrics.items() if v is None or isinstance(v, (int, float))}
     settings = dict(rec.settings)
     options = settings.pop("options", None) or {}
-    evaluator, _, method = rec.evaluator.partition(":") if rec.kind == "finetune" else (rec.evaluator, "", "")
+    evaluator, _, method = rec.evaluator.partition(":") if rec.kind == KIND_FINETUNE else (rec.evaluator, "", "")
     return {
         "model": rec.model_spec,
         "evaluator": evaluator,

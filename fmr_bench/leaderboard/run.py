@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .schema import FINETUNE_EVALUATOR, FMR_EVALUATOR, Board, BoardError, Entry, expand, load_board
+from .schema import FINETUNE_EVALUATOR, Board, BoardError, Entry, expand, load_board
 from .table import RUNS, SIZES, BoardTable, build_table, measured_records
 
 
@@ -40,15 +40,10 @@ def count_size(model: str) -> dict[str, float]:
 def _run_task(board: Board, entry: Entry, task, runs: Path) -> None:
     where = f"{board.folder}/board.json task {task.evaluator}"
     data = expand(task.data, where)
-    if task.evaluator == FMR_EVALUATOR:
-        from ..engine.fmr import evaluate
+    from ..evaluators import TASKS
 
-        evaluate(entry.model, data, out=runs, write_grid=False, **task.settings)
-    else:
-        from ..evaluators import run_evaluator
-
-        run_evaluator(entry.model, task.evaluator, data, [expand(o, where) for o in task.ood] or None, out=runs,
-                      **task.settings, **task.options)
+    TASKS.get(task.evaluator).run(entry.model, data, [expand(o, where) for o in task.ood], out=runs, grid=False,
+                                  options=task.options, **task.settings)
 
 
 def run_board(folder: str | Path, *, log: Callable[[str], None] = print) -> BoardTable:

@@ -21,7 +21,6 @@ from typing import Any
 from ..errors import FmrBenchError
 
 STATUSES = ("reported", "measured", "both")
-FMR_EVALUATOR = "fmr"
 #: Task of boards whose entries are fine-tuning methods: read from ``finetune`` records
 #: (:func:`fmr_bench.results.record.finetune_record`), written by the script an entry's ``measured_by`` names.
 FINETUNE_EVALUATOR = "finetune"
@@ -253,7 +252,7 @@ def parse_board(obj: dict[str, Any], where: str, folder: Path | None = None) -> 
 
 def check_board(board: Board, where: str) -> None:
     """Names that must exist: evaluators, columns the sort and plots use, task evaluators of columns."""
-    from ..evaluators import EVALUATORS
+    from ..evaluators import TASKS
     from .plots import PLOTS
 
     keys = {c.key for c in board.columns}
@@ -261,8 +260,8 @@ def check_board(board: Board, where: str) -> None:
         raise BoardError(f"{where}: sort key {board.sort!r} is not a column; use one of {', '.join(sorted(keys))}")
     task_evaluators = set()
     for t in board.tasks:
-        if t.evaluator not in (FMR_EVALUATOR, FINETUNE_EVALUATOR) and t.evaluator not in EVALUATORS:
-            raise BoardError(f"{where}: {EVALUATORS.unknown_message(t.evaluator)} (or 'fmr', 'finetune'); fix the "
+        if t.evaluator != FINETUNE_EVALUATOR and t.evaluator not in TASKS:
+            raise BoardError(f"{where}: {TASKS.unknown_message(t.evaluator)} (or 'finetune'); fix the "
                              "task's evaluator")
         if t.evaluator in task_evaluators:
             raise BoardError(f"{where}: evaluator {t.evaluator!r} appears in two tasks; give each evaluator one task")

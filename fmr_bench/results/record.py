@@ -36,7 +36,10 @@ from .scan import RECORD_FILE
 SCHEMA_VERSION = 2
 #: Schema versions :func:`load_record` reads (1 is upgraded on reading).
 READABLE_SCHEMAS = (1, 2)
-KINDS = ("fmr", "static", "finetune")
+KIND_FMR, KIND_STATIC, KIND_FINETUNE = "fmr", "static", "finetune"
+KINDS = (KIND_FMR, KIND_STATIC, KIND_FINETUNE)
+#: A version-1 record's ``evaluator`` for an FMR run (version 1 had no ``kind``).
+V1_FMR_EVALUATOR = "fmr"
 
 #: Top-level keys the typed fields own; everything else in a record is a kind-specific section.
 CORE_KEYS = ("schema_version", "kind", "evaluator", "run", "model", "dataset", "n", "seed", "settings", "metrics",
@@ -196,7 +199,7 @@ def _upgrade_v1(d: Mapping[str, Any]) -> Record:
     dataset = dict(d["dataset"])
     dataset.setdefault("fingerprint", None)  # version 1 did not fingerprint the sample set
     skip = set(CORE_KEYS) | set(V1_PROVENANCE_KEYS)
-    return Record(kind="fmr" if evaluator == "fmr" else "static", evaluator=evaluator, model=dict(d["model"]),
+    return Record(kind=KIND_FMR if evaluator == V1_FMR_EVALUATOR else KIND_STATIC, evaluator=evaluator, model=dict(d["model"]),
                   dataset=dataset, settings=settings, metrics=metrics, provenance=prov, run=d.get("run"),
                   n=_count(metrics, dataset), seed=settings.get("seed"),
                   sections={k: v for k, v in d.items() if k not in skip}, upgraded_from=1)
@@ -297,7 +300,7 @@ def fmr_record(settings: Mapping[str, Any], descriptions: Mapping[str, Any], out
     }
     if audit is not None:
         sections["audit"] = dict(audit)
-    return build_record("fmr", "fmr", model=descriptions["model"], dataset=descriptions["dataset"], settings=settings,
+    return build_record(KIND_FMR, "fmr", model=descriptions["model"], dataset=descriptions["dataset"], settings=settings,
                         metrics=metrics, provenance=provenance, run=run, n=len(rows), seed=settings.get("seed"),
                         sections=sections)
 
@@ -305,7 +308,7 @@ def fmr_record(settings: Mapping[str, Any], descriptions: Mapping[str, Any], out
 def fmr_descriptions(record: Record | Mapping[str, Any]) -> dict[str, Any]:
     """The ``descriptions`` an FMR record was built from (to rebuild it from other outcomes, e.g. merged shards)."""
     d = record.to_dict() if isinstance(record, Record) else dict(record)
-    if d.get("kind", d.get("evaluator")) != "fmr" or "class_names" not in (d.get("dataset") or {}):
+    if d.get("kind", d.get("evaluator")) != KIND_FMR or "class_names" not in (d.get("dataset") or {}):
         raise RecordError("not a version-2 FMR record (it lacks kind 'fmr' or dataset.class_names); re-run the run "
                           "with this fmr_bench")
     return {k: d[k] for k in FMR_DESCRIPTIONS}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .record import Record, RecordError, load_record
+from .record import KIND_FMR, Record, RecordError, load_record
 from .scan import RECORD_NAMES, iter_record_files
 
 MAIN_SET = "main"
@@ -56,8 +56,8 @@ def record_rows(rec: Record, path: Path | None = None) -> list[dict[str, Any]]:
         "model": rec.model_spec, "evaluator": rec.evaluator, "kind": rec.kind, "dataset": rec.dataset_spec,
         "n": rec.n, "seed": rec.seed, "limit": s.get("limit"), "init": s.get("init"),
         "precision": s.get("precision"),
-        "budget": s.get("budget") if rec.kind == "fmr" else None,
-        "step_size": s.get("step_size") if rec.kind == "fmr" else None,
+        "budget": s.get("budget") if rec.kind == KIND_FMR else None,
+        "step_size": s.get("step_size") if rec.kind == KIND_FMR else None,
         "generator": (sec.get("generator") or {}).get("spec"), "oracle": (sec.get("oracle") or {}).get("spec"),
         "accept": s.get("accept") or (sec.get("oracle") or {}).get("accept"),
         "judge": ((sec.get("audit") or {}).get("judge") or {}).get("spec"),

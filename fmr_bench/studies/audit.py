@@ -38,6 +38,7 @@ from ..oracles import Oracle, oracle_specs
 from ..results.record import load_record
 from ..results.rundir import SAMPLES_FILE, STALE_FILE, FmrResult, write_json
 from .exported import GENERATION_FILE, LABELS_FILE, read_export
+from ..results.record import KIND_FMR
 from ..results.scan import RECORD_FILE
 
 #: What an audited copy of a run takes from the run, in this order: ``record.json`` last, so
@@ -67,7 +68,7 @@ def audit_run(folder: str | Path, judge: str | Oracle, *, device: str = "auto", 
         raise DataError(f"{folder} holds no record.json; pass a finished run folder (or finish the run by "
                         "re-running its command with --audit JUDGE)")
     record = load_record(folder).to_dict()  # RecordError (a DataError) names an unreadable record; v1 is upgraded
-    if record.get("evaluator") != "fmr":
+    if record.get("kind") != KIND_FMR:
         raise DataError(f"{folder} holds a {record.get('evaluator')!r} record, not an FMR run; pass an FMR run folder")
     known = {f.name for f in fields(FmrSettings)}
     try:

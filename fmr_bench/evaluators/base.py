@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+from contextlib import nullcontext
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,14 +26,12 @@ from ..datasets import ImageDataset, load_dataset
 from ..engine.distributed import World, rank_device
 from ..config import EvalSettings, merge
 from ..errors import ClassMappingError, FmrBenchError, SettingsError, from_worker
-from ..files import make_dir
 from ..engine.logits import Logits, compute_logits
 from ..models import ImageClassifier, load_model, map_classes
 from ..results.record import Provenance, load_record, sample_set_fingerprint, static_record
 from ..registry import EVALUATORS
-from ..results.rundir import RecordResult, run_dir, settings_hash, write_json
+from ..results.rundir import RecordResult, RunFolder, run_dir, settings_hash
 from ..runtime import command_line, resolve_device
-from ..results.scan import RECORD_FILE
 
 ZERO_SHOT_SOURCES = ("openclip", "builtin")
 
@@ -243,18 +242,25 @@ def run_evaluator(model: str | ImageClassifier, evaluator: str, data: Any = "dig
                     # an in-memory model is named by its weights (e.g. one folder per training epoch)
                     "weights": None if isinstance(model, str) else model.weights_hash()}
     folder = run_dir(out, ctx.spec, f"{evaluator}-{datasets[0].spec}", run_settings) if out is not None else None
-    if folder is not None:
-        make_dir(folder)
-    ctx.folder = folder
+    run = RunFolder(folder, run_settings, discard_unfinished=True) if folder is not None else nullcontext()
+    with run:  # the lock and settings.json first, the record last (as every task's run folder)
+        ctx.folder = folder
+        result, record = _run_and_record(fn, ctx, model, evaluator, settings, options, pretrained, datasets,
+                                         ood_sets, folder)
+        if folder is not None:
+            run.write_record(record)
+    return StaticResult(record, folder)
+
+
+def _run_and_record(fn: Callable, ctx: Context, model: Any, evaluator: str, settings: EvalSettings,
+                    options: dict[str, Any], pretrained: bool, datasets: list[ImageDataset],
+                    ood_sets: list[ImageDataset], folder: Path | None) -> tuple[Output, dict[str, Any]]:
+    """Run evaluator ``fn`` and build its record (the model handed back as it was found)."""
     started = _dt.datetime.now(_dt.timezone.utc)
     n_inference = len(ctx.inference)
     was_training = model.training if isinstance(model, torch.nn.Module) else None
     try:
         result = fn(ctx, datasets, ood_sets, **options)
-    except BaseException:
-        if folder is not None and not any(folder.iterdir()):
-            folder.rmdir()  # leave no empty run folder behind a failed run
-        raise
     finally:
         if was_training is not None:
             model.train(was_training)  # hand an in-memory model back as we found it
@@ -273,10 +279,7 @@ def run_evaluator(model: str | ImageClassifier, evaluator: str, data: Any = "dig
         sections={"datasets": [_describe(d) for d in datasets], "ood": [_describe(d) for d in ood_sets],
                   **result.details, "inference": ctx.inference[n_inference:], "files": result.files},
     ).to_dict()
-    if folder is not None:
-        write_json(folder / "settings.json", run_settings)
-        write_json(folder / RECORD_FILE, record)
-    return StaticResult(record, folder)
+    return result, record
 
 
 def _describe(dataset: ImageDataset) -> dict[str, Any]:

@@ -124,6 +124,71 @@ class RunLock:
         self.release()
 
 
+# --- the run folder: one protocol for every task ---------------------------------------------
+class RunFolder:
+    """One run's folder, as every task opens it: lock first, then settings, the record last.
+
+    ``with RunFolder(path, settings, fresh=...) as run:`` takes the folder's :class:`RunLock`
+    (a second process stops at once, naming the holder), sets an earlier run's files aside
+    when ``fresh`` (``replaced-<time>/``, nothing deleted), writes ``settings.json`` (or checks
+    that the one there is the same: another run's folder is refused) and, on leaving, releases
+    the lock. :meth:`write_record` writes the record, last: a record means every file it lists
+    is complete. ``discard_unfinished``: a run that fails before any file of its own was written
+    (static evaluators: logits are cached elsewhere) leaves no folder behind.
+    """
+
+    def __init__(self, path: Path, settings: dict[str, Any], *, fresh: bool = False, record_file: str = RECORD_FILE,
+                 discard_unfinished: bool = False) -> None:
+        self.path = Path(path)
+        self.settings = settings
+        self.fresh = fresh
+        self.record_file = record_file
+        self.discard_unfinished = discard_unfinished
+        self._lock = RunLock(self.path)
+        self._created = False
+
+    @property
+    def record_path(self) -> Path:
+        return self.path / self.record_file
+
+    @property
+    def finished(self) -> bool:
+        """Whether the folder holds a record (the run finished before)."""
+        return self.record_path.is_file()
+
+    def __enter__(self) -> RunFolder:
+        self._created = not self.path.exists()
+        self._lock.acquire()  # before reading anything: a second process stops here
+        try:
+            if self.fresh:
+                set_aside(self.path)
+            prepare_run_dir(self.path, self.settings)
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def write_record(self, record: dict[str, Any]) -> Path:
+        return write_json(self.record_path, record)
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            if exc_type is not None and self.discard_unfinished and self._created:
+                self._discard()
+        finally:
+            self._lock.release()
+
+    def _discard(self) -> None:
+        own = {"settings.json", LOCK_FILE}
+        try:
+            if {p.name for p in self.path.iterdir()} <= own:
+                for name in own:
+                    (self.path / name).unlink(missing_ok=True)
+                self.path.rmdir()
+        except OSError:
+            pass  # leaving an empty run folder behind is untidy, not wrong
+
+
 # --- per-sample outcomes -------------------------------------------------------------------
 SAMPLES_FILE = "samples.jsonl"
 #: Outcomes of samples that left the current sample set (or whose file changed): kept, not counted.

@@ -1,0 +1,81 @@
+"""The one run-folder protocol (fmr_bench.results.rundir.RunFolder): every task's folder is locked
+before anything is read, its settings are written first and checked, the record comes last."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fmr_bench.errors import OutputError
+from fmr_bench.results.rundir import LOCK_FILE, RunFolder, RunLock
+
+
+def test_a_second_opener_stops_at_once_naming_the_holder(tmp_path):
+    with RunFolder(tmp_path / "run", {"a": 1}):
+        with pytest.raises(OutputError, match=r"another run \(PID \d+\) is writing"):
+            with RunFolder(tmp_path / "run", {"a": 1}):
+                pass
+    with RunFolder(tmp_path / "run", {"a": 1}) as run:  # released on leaving: open again
+        assert not run.finished
+
+
+def test_settings_are_written_first_and_another_runs_folder_is_refused(tmp_path):
+    with RunFolder(tmp_path / "run", {"a": 1}) as run:
+        assert json.loads((tmp_path / "run" / "settings.json").read_text()) == {"a": 1}  # before any work
+        run.write_record({"kind": "x"})
+    assert run.finished
+    with pytest.raises(OutputError, match="belongs to a run with other settings"):
+        with RunFolder(tmp_path / "run", {"a": 2}):
+            pass
+
+
+def test_fresh_sets_the_earlier_files_aside_and_keeps_them(tmp_path):
+    with RunFolder(tmp_path / "run", {"a": 1}) as run:
+        run.write_record({"kind": "x"})
+    with RunFolder(tmp_path / "run", {"a": 1}, fresh=True) as run:
+        assert not run.finished
+    aside = [p for p in (tmp_path / "run").iterdir() if p.name.startswith("replaced-")]
+    assert len(aside) == 1 and (aside[0] / "record.json").is_file()
+
+
+def test_a_failed_run_that_wrote_nothing_leaves_no_folder_when_asked(tmp_path):
+    with pytest.raises(RuntimeError):
+        with RunFolder(tmp_path / "run", {"a": 1}, discard_unfinished=True):
+            raise RuntimeError("boom")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(RuntimeError):  # a folder that holds work of its own stays
+        with RunFolder(tmp_path / "kept", {"a": 1}, discard_unfinished=True):
+            (tmp_path / "kept" / "samples.jsonl").write_text("{}\n")
+            raise RuntimeError("boom")
+    assert (tmp_path / "kept" / "samples.jsonl").is_file() and (tmp_path / "kept" / "settings.json").is_file()
+
+
+def test_a_static_evaluator_takes_the_lock_and_writes_settings_first(tmp_path, monkeypatch):
+    from fmr_bench import run_evaluator
+    from fmr_bench.registry import EVALUATORS
+
+    res = run_evaluator("builtin:digits-mlp", "calibration", "digits-shift:mixed",
+                        out=tmp_path)
+    folder = res.path
+    assert (folder / "settings.json").is_file() and (folder / "record.json").is_file()
+    held = RunLock(folder).acquire()
+    try:
+        with pytest.raises(OutputError, match="another run"):
+            run_evaluator("builtin:digits-mlp", "calibration", "digits-shift:mixed", out=tmp_path)
+    finally:
+        held.release()
+    assert (folder / LOCK_FILE).exists()
+
+    seen = {}
+    fn = EVALUATORS.get("calibration")
+
+    def spy(ctx, data, ood, **kw):  # while the evaluator runs, the settings are on disk already
+        seen["settings"] = (ctx.folder / "settings.json").is_file()
+        return fn(ctx, data, ood, **kw)
+
+    spy.options = getattr(fn, "options", {})
+    monkeypatch.setitem(EVALUATORS._entries, "calibration", EVALUATORS._entries["calibration"].__class__(
+        "calibration", spy, "", None))
+    run_evaluator("builtin:digits-mlp", "calibration", "digits-shift:mixed", out=tmp_path / "second")
+    assert seen == {"settings": True}

@@ -179,3 +179,30 @@ def test_digits_finetune_board_reads_the_scripts_records(tmp_path, capsys):
     assert rec["provenance"]["command"].startswith("python scripts/finetune_digits_table.py --out")
     code, _, err = _run(capsys, ["leaderboard", "run", "digits-finetune", "--root", str(tmp_path)])
     assert code == 2 and "is measured by `python scripts/finetune_digits_table.py" in err  # CI never trains
+
+
+def test_runs_differing_in_one_identity_setting_are_told_apart(tmp_path, capsys):
+    """adam vs sgd, or another FGSM step: a column says which row is which (a real run for each)."""
+    out = tmp_path / "runs"
+    base = ["evaluate", "--model", "builtin:digits-mlp", "--out", str(out), *FAST]
+    assert main([*base, "--optimizer", "adam"]) == 0 and main([*base, "--optimizer", "sgd"]) == 0
+    assert main([*base, "--init", "fgsm", "--fgsm-eps", "0.01"]) == 0
+    capsys.readouterr()
+    frame = load_results(out)
+    assert sorted(frame["optimizer"]) == ["adam", "adam", "sgd"]
+    assert sorted(frame["fgsm_eps"].dropna()) == [0.01]  # only the FGSM run reads its step
+    code, shown, _ = _run(capsys, ["results", str(out)])
+    assert code == 0 and "sgd" in shown and "adam" in shown and "0.01" in shown  # the terminal shows them too
+    for run in frame["run"]:  # and which folder each row is (by the settings hash its name ends with)
+        assert run.rpartition("__")[2] in shown
+
+
+def test_every_fine_tuning_setting_of_the_identity_is_a_column():
+    from fmr_bench.results.record import Record
+    from fmr_bench.results.table import record_rows
+
+    rec = Record.from_dict(json.loads(next((REPO / "leaderboards" / "digits-finetune").rglob("record.json")).read_text()))
+    row = record_rows(rec)[0]
+    own = {k for k in rec.settings if isinstance(rec.settings[k], (str, int, float, bool)) or rec.settings[k] is None}
+    shown = {k.removeprefix("setting.") for k in row} | {"device", "batch_size", "workers", "checkpoint_every"}
+    assert own <= shown, f"settings without a column: {sorted(own - shown)}"

@@ -45,14 +45,23 @@ def rich_table(frame):
     from ..results.table import ID_COLUMNS
 
     settings = ID_COLUMNS[ID_COLUMNS.index("n") + 1:]
-    shown = frame.drop(columns=["path", "timestamp", "weights", "schema", "run", "kind"]).dropna(axis=1, how="all")
-    shared = [c for c in shown.columns if c in settings and shown[c].nunique(dropna=False) == 1]
-    t = Table(title=f"{frame['run'].nunique()} run(s), {len(frame)} row(s)",
+    shown = frame.drop(columns=["path", "timestamp", "weights", "schema", "kind"]).dropna(axis=1, how="all")
+    if shown["run"].nunique(dropna=False) == 1:
+        shown = shown.drop(columns=["run"])  # one run: its folder is in the title
+    else:  # model and data have their columns: the folder's settings hash tells the runs apart
+        shown["run"] = shown["run"].map(lambda r: r.rpartition("__")[2] if isinstance(r, str) else r)
+        shown = shown[["run", *[c for c in shown.columns if c != "run"]]]  # first: a wide table is cut at the right
+    shared = [c for c in shown.columns if (c in settings or c.startswith(("option.", "setting.")))
+              and shown[c].nunique(dropna=False) == 1]
+    one = frame["run"].nunique(dropna=False) == 1
+    t = Table(title=f"{frame['run'].nunique()} run(s), {len(frame)} row(s)" + (f" of {frame['run'].iloc[0]}" if one else ""),
               caption=("same in every row: " + ", ".join(f"{c}={_cell(shown[c].iloc[0])}" for c in shared))
               if shared else None)
     shown = shown.drop(columns=shared)
     for col in shown.columns:
-        t.add_column(str(col), overflow="fold")
+        whole = col in ("model", "run")  # names are read whole; numbers and long settings may fold
+        t.add_column(str(col), overflow="fold",
+                     min_width=max(len(str(col)), *(len(_cell(v)) for v in shown[col])) if whole else None)
     for row in shown.itertuples(index=False):
         t.add_row(*[_cell(v) for v in row])
     return t

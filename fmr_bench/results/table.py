@@ -26,8 +26,12 @@ from .scan import RECORD_NAMES, iter_record_files
 
 MAIN_SET = "main"
 #: Columns before the metrics, in order.
-ID_COLUMNS = ("model", "evaluator", "kind", "dataset", "metric_set", "n", "seed", "limit", "init", "precision",
-              "budget", "step_size", "generator", "oracle", "accept", "judge", "shard")
+ID_COLUMNS = ("model", "evaluator", "kind", "dataset", "metric_set", "n", "seed", "limit", "init", "fgsm_eps",
+              "precision", "budget", "step_size", "optimizer", "generator", "oracle", "accept", "judge", "shard")
+#: Recorded settings that do not change a run's outcomes (not part of its identity): no column.
+RUNTIME_SETTINGS = ("device", "batch_size", "workers", "num_workers", "checkpoint_every", "cache")
+#: Prefix of the columns of the other identity settings (fine-tuning's method, lr, epochs...).
+SETTING_PREFIX = "setting."
 TAIL_COLUMNS = ("weights", "schema", "timestamp", "run", "path")
 #: Characters that make a filter a glob (``?`` is not one: model specs use it for options).
 GLOB_CHARS = ("*", "[")
@@ -55,9 +59,11 @@ def record_rows(rec: Record, path: Path | None = None) -> list[dict[str, Any]]:
     base: dict[str, Any] = {
         "model": rec.model_spec, "evaluator": rec.evaluator, "kind": rec.kind, "dataset": rec.dataset_spec,
         "n": rec.n, "seed": rec.seed, "limit": s.get("limit"), "init": s.get("init"),
+        "fgsm_eps": s.get("fgsm_eps") if s.get("init") == "fgsm" else None,  # read only by an FGSM start
         "precision": s.get("precision"),
         "budget": s.get("budget") if rec.kind == KIND_FMR else None,
         "step_size": s.get("step_size") if rec.kind == KIND_FMR else None,
+        "optimizer": s.get("optimizer") if rec.kind == KIND_FMR else None,
         "generator": (sec.get("generator") or {}).get("spec"), "oracle": (sec.get("oracle") or {}).get("spec"),
         "accept": s.get("accept") or (sec.get("oracle") or {}).get("accept"),
         "judge": ((sec.get("audit") or {}).get("judge") or {}).get("spec"),
@@ -67,6 +73,9 @@ def record_rows(rec: Record, path: Path | None = None) -> list[dict[str, Any]]:
         "weights": rec.model.get("weights_sha256_16"), "schema": rec.upgraded_from or rec.schema_version,
         "timestamp": rec.provenance.timestamp, "run": rec.run, "path": str(path) if path is not None else None,
     }
+    named = set(base) | {"options", "accept", *RUNTIME_SETTINGS}
+    base.update({f"{SETTING_PREFIX}{k}": v for k, v in s.items()  # every other setting of the run's identity
+                 if k not in named and (v is None or isinstance(v, (str, int, float, bool)))})
     sets: dict[str, dict[str, Any]] = {}
     for key, value in rec.metrics.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -112,10 +121,12 @@ def load_results(*paths: str | Path, model: str | Sequence[str] | None = None,
             rows.extend(record_rows(rec, path))
     frame = pd.DataFrame(rows)
     if not frame.empty:
+        extra = ("option.", SETTING_PREFIX)
         metric_cols = [c for c in frame.columns if c not in ID_COLUMNS and c not in TAIL_COLUMNS
-                       and not c.startswith("option.")]
+                       and not c.startswith(extra)]
         options = sorted(c for c in frame.columns if c.startswith("option."))
-        frame = frame[[*ID_COLUMNS, *options, *metric_cols, *TAIL_COLUMNS]]
+        other = sorted(c for c in frame.columns if c.startswith(SETTING_PREFIX))
+        frame = frame[[*ID_COLUMNS, *options, *other, *metric_cols, *TAIL_COLUMNS]]
     frame.attrs["skipped"] = [(str(s.path), s.reason) for s in skipped]
     return frame
 

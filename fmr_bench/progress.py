@@ -14,6 +14,7 @@ a run folder do not inflate it.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -51,9 +52,9 @@ def interactive(stream: IO[str] | None = None) -> bool:
 
 def clock(seconds: float | None) -> str:
     """``H:MM:SS`` (``-`` when unknown)."""
-    if seconds is None or seconds != seconds or seconds == float("inf"):
+    if seconds is None or not math.isfinite(seconds):
         return "-"
-    s = int(round(seconds))
+    s = round(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 

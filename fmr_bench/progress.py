@@ -83,7 +83,7 @@ class Progress:
         self.step, self.suffix = step, suffix
         self._bar = self._task = None
         self._start = self._start_done = None
-        self._next = 0.0
+        self._next = 0
         self._printed_at: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -126,8 +126,7 @@ class Progress:
             rate = self.rate()
             self._bar.update(self._task, completed=self.done, total=self.total,
                              rate="-" if rate is None else f"{rate:.2f}", **self.fields)
-        elif self.done != self._printed_at and (self.done >= self.total or
-                                                 (self.total and self.done / self.total >= self._next)):
+        elif self.done != self._printed_at and self.done >= min(self._next, self.total):
             self._print()
 
     # ------------------------------------------------------------------ text
@@ -149,8 +148,9 @@ class Progress:
         parts.append(f"ETA {clock((self.total - self.done) / rate if rate else None)}")
         return ", ".join(parts) + (self.suffix() if self.suffix is not None else "")
 
-    def _threshold(self, done: int) -> float:
-        return (done / self.total if self.total else 1.0) + self.step
+    def _threshold(self, done: int) -> int:
+        """The count at which the next plain line is due: another ``step`` of the total on."""
+        return done + max(1, math.ceil(self.step * self.total - 1e-9))
 
     def _print(self) -> None:
         self._printed_at = self.done

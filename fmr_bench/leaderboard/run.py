@@ -37,22 +37,46 @@ def count_size(model: str) -> dict[str, float]:
     return {"params_m": float(f"{params / 1e6:.6g}"), "gflops": float(f"{counter.get_total_flops() / 1e9:.6g}")}
 
 
-def _run_task(board: Board, entry: Entry, task, runs: Path) -> None:
+def _run_task(board: Board, entry: Entry, task, runs: Path, progress: bool = True) -> None:
     where = f"{board.folder}/board.json task {task.evaluator}"
     data = expand(task.data, where)
     if task.evaluator == FMR_EVALUATOR:
         from ..runner import evaluate
 
-        evaluate(entry.model, data, out=runs, write_grid=False, **task.settings)
+        evaluate(entry.model, data, out=runs, write_grid=False, progress=progress, **task.settings)
     else:
         from ..evaluators import run_evaluator
 
         run_evaluator(entry.model, task.evaluator, data, [expand(o, where) for o in task.ood] or None, out=runs,
-                      **task.settings, **task.options)
+                      progress=_passes() if progress else None, **task.settings, **task.options)
 
 
-def run_board(folder: str | Path, *, log: Callable[[str], None] = print) -> BoardTable:
+def _passes():
+    """The static evaluators' progress callback ``(dataset spec, done, total)``: one
+    :class:`~fmr_bench.progress.Progress` per pass over a dataset."""
+    from ..progress import Progress
+
+    bars: dict[str, Progress] = {}
+
+    def update(spec: str, done: int, total: int) -> None:
+        bar = bars.get(spec)
+        if bar is None or done < bar.done:  # a new pass (another head of a zero-shot model)
+            if bar is not None:
+                bar.__exit__(None, None, None)
+            bar = bars[spec] = Progress(spec, total, 0, noun="images").__enter__()
+        bar.update(done, total=total)
+        if done >= total:
+            bar.__exit__(None, None, None)
+            del bars[spec]
+
+    return update
+
+
+def run_board(folder: str | Path, *, log: Callable[[str], None] = print, progress: bool = True) -> BoardTable:
     """Measure what is missing on the board in ``folder`` and rebuild its README.
+
+    Each task's line ends in ``[k/N]``; ``progress`` shows each run's progress
+    (:class:`fmr_bench.progress.Progress`: a bar, or plain lines in a log).
 
     Raises:
         BoardError: a board without tasks or measurable entries, or an invalid definition.
@@ -70,13 +94,15 @@ def run_board(folder: str | Path, *, log: Callable[[str], None] = print) -> Boar
         commands = sorted({e.measured_by for e in todo})
         raise BoardError(f"board {board.name} is measured by `{'`, `'.join(commands)}`; run that, put its records "
                          f"in {runs}, then `fmr leaderboard build {board.name}`")
+    n, k = len(todo) * len(board.tasks), 0
     for entry in todo:
         for task in board.tasks:
+            k += 1
             if (entry.model, task.evaluator, entry.method) in measured_records(board, entries, runs):
-                log(f"skip  {entry.name} / {task.evaluator}: finished run in {runs}")
+                log(f"skip  {entry.name} / {task.evaluator}: finished run in {runs} [{k}/{n}]")
                 continue
-            log(f"run   {entry.name} / {task.evaluator} ({entry.model} on {task.data})")
-            _run_task(board, entry, task, runs)
+            log(f"run   {entry.name} / {task.evaluator} ({entry.model} on {task.data}) [{k}/{n}]")
+            _run_task(board, entry, task, runs, progress=progress)
     sizes_path = runs / SIZES
     sizes: dict[str, Any] = json.loads(sizes_path.read_text()) if sizes_path.is_file() else {}
     for entry in todo:

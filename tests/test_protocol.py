@@ -249,3 +249,42 @@ def test_an_interrupt_still_hands_out_the_samples_already_finished():
                     on_sample=lambda o, *_: out.append(o), on_iteration=on_iteration)
     # sample 0 finished in iteration 2, sample 1 in iteration 3: both reach on_sample
     assert sorted((o.index, o.validated, o.steps) for o in out) == [(0, False, 0), (1, True, 1)]
+
+
+def test_fit_slots_halves_on_out_of_memory_like_timm_retry():
+    from fmr_bench.protocol.loop import fit_slots
+
+    tried = []
+
+    def probe(n):  # an injected out-of-memory error above 5 images
+        tried.append(n)
+        if n > 5:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    assert fit_slots(probe, 32) == 4 and tried == [32, 16, 8, 4]
+    assert fit_slots(lambda n: None, 7) == 7
+
+    def never(n):
+        raise torch.OutOfMemoryError("injected")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        fit_slots(never, 4)
+
+
+def test_fixed_slots_pad_every_decode_to_one_shape_and_keep_the_outcomes():
+    data, model, oracle = brightness_world(10)
+    samples = _samples(data)
+    gen = tiny_vqgan()
+    shapes = set()
+    decode = gen.decode
+    gen.decode = lambda z: (shapes.add(tuple(z.shape)), decode(z))[1]
+    ref = run_reference(samples, model=model, oracle=oracle, generator=gen, target_of=torch.arange(3), budget=6,
+                        step_size=0.3, optimizer="adam")
+    shapes.clear()
+    out = []
+    slots = run_batched(iter(samples), model=model, oracle=oracle, generator=gen, target_of=torch.arange(3),
+                        cfg=LoopConfig(6, 0.3, "adam", 4, fixed_slots=True), device=torch.device("cpu"),
+                        on_sample=lambda o, *_: out.append(o))
+    assert slots == 4
+    assert {s[0] for s in shapes} == {4}  # the loop's decodes (the code search sees other shapes only via encode)
+    assert [o.key() for o in sorted(out, key=lambda o: o.index)] == [o.key() for o in ref]

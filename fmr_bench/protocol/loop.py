@@ -14,6 +14,7 @@ frozen; gradients flow only to the latent.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -56,6 +57,12 @@ class LoopConfig:
     cpu_batch_pixels: int | None = CPU_BATCH_PIXELS
     #: When the oracle accepts an image (fmr_bench.oracles.acceptance); the paper's rule by default.
     accept: str = DEFAULT_RULE
+    #: Pad every decode to the slot count (padding rows are zero latents, cut off before the loss),
+    #: so that early stops and refills never change a shape: torch.compile compiles once and
+    #: cudnn.benchmark picks its kernels once (set for the run on a GPU).
+    fixed_slots: bool = False
+    #: On a GPU, fit the slot count to memory: at most ``batch_size``, halved on out-of-memory (fit_slots).
+    fit_memory: bool = True
 
     def capacity(self, device: torch.device, height: int, width: int) -> int:
         """Slots in flight for images of this size on ``device``."""
@@ -63,6 +70,24 @@ class LoopConfig:
             return self.batch_size
         return max(1, min(self.batch_size, self.cpu_batch_pixels // (height * width)))
 
+
+
+def fit_slots(probe: Callable[[int], None], start: int) -> int:
+    """The largest slot count, ``start`` halved until ``probe(n)`` (one step of n images) runs out of memory no more.
+
+    As timm's ``validate --retry`` does; raises the out-of-memory error when even one image fails.
+    """
+    n = start
+    while True:
+        try:
+            probe(n)
+            return n
+        except torch.OutOfMemoryError:
+            if n == 1:
+                raise
+            n = max(1, n // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
 
 def autocast(device: torch.device, precision: str):
@@ -145,8 +170,8 @@ class _Slots:
 
 def run_batched(samples: Iterator[Sample], *, model: ImageClassifier, oracle: Oracle, generator: Generator,
                 target_of: torch.Tensor, cfg: LoopConfig, device: torch.device,
-                on_sample: OnSample, on_iteration: Callable[[int], None] | None = None) -> None:
-    """Run the protocol over ``samples``, calling ``on_sample`` as each one finishes.
+                on_sample: OnSample, on_iteration: Callable[[int], None] | None = None) -> int:
+    """Run the protocol over ``samples``, calling ``on_sample`` as each one finishes; returns the slot count used.
 
     Args:
         samples: iterator of (id, index, image, label).
@@ -156,7 +181,7 @@ def run_batched(samples: Iterator[Sample], *, model: ImageClassifier, oracle: Or
     """
     # Everything runs exact (fp32, no TF32); only the decoder and the model run reduced, inside it.
     with get_precision(cfg.precision).exact(), flush_denormals():
-        _Loop(samples, model, oracle, generator, target_of, cfg, device, on_sample, on_iteration).run()
+        return _Loop(samples, model, oracle, generator, target_of, cfg, device, on_sample, on_iteration).run()
 
 
 class _Loop:
@@ -183,10 +208,14 @@ class _Loop:
         self.capacity = cfg.batch_size  # set from the first image's size
         self.pending: list[tuple[list[dict], list[int], _ToHost]] = []
         self.preds: torch.Tensor | None = None
+        self.sized = False
 
-    def run(self) -> None:
+    def run(self) -> int:
+        """Run every sample; returns the slot count used."""
         if self.cfg.channels_last:
             self.gen.to(memory_format=torch.channels_last)
+        benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = benchmark or (self.cfg.fixed_slots and self.device.type == "cuda")
         try:
             self.refill()
             while len(self.slots):
@@ -195,7 +224,27 @@ class _Loop:
                 if self.on_iteration is not None:
                     self.on_iteration(len(self.slots))
         finally:  # on an interrupt too: samples already finished are handed out
+            torch.backends.cudnn.benchmark = benchmark
             self.deliver()
+        return self.capacity
+
+    def fit_to_memory(self) -> None:
+        """On a GPU, before the first step: the most slots (up to the batch size) whose step fits in memory."""
+        self.sized = True
+        if self.device.type != "cuda" or not self.cfg.fit_memory or not len(self.slots):
+            return
+        z1 = self.slots.z[:1].detach()
+
+        def probe(n: int) -> None:
+            z = z1.expand(n, *z1.shape[1:]).clone().requires_grad_(not self.gen.steers)
+            with torch.set_grad_enabled(not self.gen.steers), self.prec.reduced(self.device):
+                loss = F.cross_entropy(self.model(self.gen.decode(z)).float(), self.slots.rows["target"][:1].expand(n),
+                                       reduction="sum")
+                if not self.gen.steers:
+                    torch.autograd.grad(loss, z)
+            torch.cuda.synchronize(self.device)
+
+        self.capacity = fit_slots(probe, self.capacity)
 
     def iterate(self) -> None:
         """One iteration: decode once, check the previous step's image, step the latents on."""
@@ -219,9 +268,12 @@ class _Loop:
     # -- phases ----------------------------------------------------------------------
     def step_forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode every slot and take the evaluated model's per-sample loss (reduced precision)."""
+        n, pad = len(z), self.capacity - len(z) if self.cfg.fixed_slots else 0
         with torch.set_grad_enabled(not self.gen.steers), self.prec.reduced(self.device):
-            img = self.gen.decode(z)
+            zin = torch.cat([z, z.new_zeros((pad, *z.shape[1:]))]) if pad > 0 else z
+            img = self.gen.decode(zin)
             logits = self.model(img)
+            img, logits = img[:n], logits[:n]
         self.preds = logits.detach().argmax(-1)
         return img, F.cross_entropy(logits.float(), self.slots.rows["target"], reduction="none")
 
@@ -326,6 +378,13 @@ class _Loop:
         meta = [{"id": s[0], "index": s[1], "label": s[3], "target": int(self.target_host[s[3]]), "x": s[2].cpu()}
                 for s in new]
         self.slots.add(z, self.opt.init_state(z), rows, meta)
+        if not self.sized:  # the first refill only: shrink the slot count to what fits, then top up
+            self.fit_to_memory()
+            if len(self.slots) > self.capacity:  # the samples that do not fit go back to the queue
+                back = [(m["id"], m["index"], m["x"], m["label"]) for m in self.slots.meta[self.capacity:]]
+                self.samples = itertools.chain(back, self.samples)
+                self.exhausted = False
+                self.slots.keep(list(range(self.capacity)), dev)
 
     def take(self) -> list[Sample]:
         """The next samples, as many as there are free slots."""

@@ -203,7 +203,7 @@ def test_only_the_reduced_block_runs_reduced_and_decisions_stay_exact(name, tf32
     from fmr_bench.runtime import exact_fp32, precision
 
     prec = precision(name)
-    flags = lambda: (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)  # noqa: E731
+    flags = lambda: (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     with prec.exact():
         assert flags() == (False, False)
         with prec.reduced(torch.device("cpu")):

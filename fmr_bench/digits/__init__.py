@@ -45,12 +45,14 @@ class DigitsModelCard:
         arch: constructor of the untrained network.
         weights: file name of its weights in :data:`WEIGHTS_DIR`.
         description: one line on how it was trained.
+        script: the script that writes its weights.
     """
 
     name: str
     arch: Callable[[], nn.Module]
     weights: str
     description: str
+    script: str = TRAINING_SCRIPT
 
     @property
     def weights_path(self) -> Path:
@@ -74,6 +76,12 @@ MODEL_CARDS: dict[str, DigitsModelCard] = {
             "digits-cnn-aug", DigitsCNN, "digits-cnn-aug.safetensors",
             "same CNN trained with heavy augmentation and VQGAN reconstructions / decodes of "
             "perturbed VQGAN latents; expected to be the most robust",
+        ),
+        DigitsModelCard(
+            "digits-cnn-gray", DigitsCNN, "digits-cnn-gray.safetensors",
+            "same CNN and recipe as digits-cnn, trained on the BT.601 luminance of its inputs "
+            "(seed 002 App. H); builtin:digits-cnn-gray feeds it luminance",
+            script="scripts/train_digits_gray.py",
         ),
     )
 }
@@ -102,7 +110,7 @@ def load_digits_model(name: str, pretrained: bool = True) -> nn.Module:
         path = card.weights_path
         if not path.is_file():
             raise WeightsError(
-                f"weights of {name} not found at {path}; create them with: python {TRAINING_SCRIPT}"
+                f"weights of {name} not found at {path}; create them with: python {card.script}"
             )
         from safetensors.torch import load_file
 
@@ -112,7 +120,7 @@ def load_digits_model(name: str, pretrained: bool = True) -> nn.Module:
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
             raise WeightsError(
-                f"{path} does not fit {name} ({first}); re-create it with: python {TRAINING_SCRIPT}"
+                f"{path} does not fit {name} ({first}); re-create it with: python {card.script}"
             ) from None
     return model.eval()
 

@@ -12,6 +12,14 @@ images so that samples survive the first step, as with a trained oracle. ``digit
 the shipped digits world. Prints seconds per image-iteration (one gradient step of one
 image) for both loops, their ratio, peak RSS / CUDA memory, and the share of samples
 whose outcome (validated, steps survived, final prediction) agrees with the reference.
+
+Modes: ``reference`` and the batched loop in each precision (``fp32`` exact, ``tf32``,
+``bf16``). Each batched mode is also compared with batched exact fp32: the share of
+identical per-sample outcomes and ΔFMR with a paired bootstrap 95 % interval. With
+``--oracle-head accept`` every sample runs its whole budget (steady state); the run then
+prints a projected ImageNet-val time, 50,000 × (mean image-iterations per image) × ms per
+image-iteration, for mean steps 10, 25 and 50 — a projection: real-weight trajectories
+(how long samples survive with the trained models) cannot be run here.
 """
 
 from __future__ import annotations
@@ -118,6 +126,7 @@ def run_mode(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     lr = args.step_size or lr
     start = time.perf_counter()
+    slots = 1
     if args.mode == "reference":
         samples = [(s[0], s[1], s[2].to(device), s[3]) for s in samples]
         outs = run_reference(samples, model=model, oracle=oracle, generator=gen, target_of=target_of,
@@ -127,19 +136,49 @@ def run_mode(args) -> dict:
 
         keep_freed_memory()  # as `fmr evaluate` does
         outs = []
-        cfg = LoopConfig(args.budget, lr, "adam", args.batch_size, args.precision)
-        run_batched(iter(samples), model=model, oracle=oracle, generator=gen, target_of=target_of, cfg=cfg,
-                    device=device, on_sample=lambda o, *_: outs.append(o))
+        if args.levers:
+            from fmr_bench.generators.fastpath import apply_levers
+
+            apply_levers(gen, args.levers.split(","))
+        cfg = LoopConfig(args.budget, lr, "adam", args.batch_size, args.precision, fixed_slots=args.fixed_slots)
+        slots = run_batched(iter(samples), model=model, oracle=oracle, generator=gen, target_of=target_of, cfg=cfg,
+                            device=device, on_sample=lambda o, *_: outs.append(o))
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     # Gradient steps taken: a sample that stopped at its first rejection took steps + 1.
     iters = sum(min(o.steps + 1, args.budget) for o in outs)
-    return {"mode": args.mode, "precision": args.precision, "seconds": seconds, "image_iterations": iters,
+    return {"mode": args.mode, "precision": args.precision, "slots": slots, "levers": args.levers,
+            "seconds": seconds, "image_iterations": iters,
             "s_per_image_iteration": seconds / max(iters, 1), "images_per_s": len(outs) / seconds,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "peak_cuda_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
-            "outcomes": {o.id: [o.validated, o.steps, o.final_pred] for o in outs}}
+            "outcomes": {o.id: [o.validated, o.steps, o.final_pred] for o in outs},
+            "correct": {o.id: [o.clean_correct, o.validated and o.final_correct, o.validated] for o in outs}}
+
+
+def fmr_of(correct: list[list[bool]]) -> float:
+    """FMR (%) of (clean correct, validated and still correct, validated) rows: PA / SA."""
+    import numpy as np
+
+    c = np.asarray(correct, dtype=float)
+    sa, val = c[:, 0].mean(), c[:, 2].sum()
+    return float(100 * (c[:, 1].sum() / val) / sa) if sa and val else float("nan")
+
+
+def delta_fmr(a: dict, b: dict, rounds: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """FMR(a) - FMR(b) over the same samples, with a paired bootstrap 95 % interval."""
+    import numpy as np
+
+    ids = sorted(set(a) & set(b))
+    ra, rb = [a[i] for i in ids], [b[i] for i in ids]
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(rounds):
+        pick = rng.integers(0, len(ids), len(ids))
+        draws.append(fmr_of([ra[k] for k in pick]) - fmr_of([rb[k] for k in pick]))
+    lo, hi = np.nanpercentile(draws, [2.5, 97.5])
+    return fmr_of(ra) - fmr_of(rb), float(lo), float(hi)
 
 
 def main() -> None:
@@ -154,7 +193,10 @@ def main() -> None:
     p.add_argument("--step-size", type=float, default=None)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cpu")
-    p.add_argument("--modes", default="reference,fp32,bf16", help="comma list of reference, fp32, bf16")
+    p.add_argument("--modes", default="reference,fp32,tf32,bf16", help="comma list of reference, fp32, tf32, bf16")
+    p.add_argument("--levers", default="", help="decoder levers for the batched modes, comma list of "
+                                                "subpixel, groupnorm, compile (fmr_bench.generators.fastpath)")
+    p.add_argument("--fixed-slots", action="store_true", help="pad every decode to the slot count (one shape)")
     p.add_argument("--mode", default=None, help=argparse.SUPPRESS)
     p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     p.add_argument("--json", default=None, help="also write the results here")
@@ -169,6 +211,10 @@ def main() -> None:
                  "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--device", args.device,
                  "--mode", "reference" if mode == "reference" else "batched",
                  "--precision", "fp32" if mode == "reference" else mode]
+        if args.levers and mode != "reference":
+            child += ["--levers", args.levers]
+        if args.fixed_slots:
+            child += ["--fixed-slots"]
         if args.step_size:
             child += ["--step-size", str(args.step_size)]
         out = subprocess.run(child, capture_output=True, text=True, check=False)
@@ -176,7 +222,8 @@ def main() -> None:
             sys.exit(f"{mode} failed:\n{out.stderr[-2000:]}")
         results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
         r = results[mode]
-        print(f"{mode:>9}: {r['s_per_image_iteration']:.4f} s/image-iteration, {r['images_per_s']:.2f} images/s, "
+        print(f"{mode:>9}: {1000 * r['s_per_image_iteration']:.2f} ms/image-iteration, {r['images_per_s']:.2f} "
+              f"images/s, {r['slots']} slots, "
               f"{r['image_iterations']} image-iterations in {r['seconds']:.1f} s, peak RSS {r['peak_rss_gb']:.2f} GB"
               + (f", peak CUDA {r['peak_cuda_gb']:.2f} GB" if r["peak_cuda_gb"] else ""), flush=True)
     if "reference" in results:
@@ -193,6 +240,24 @@ def main() -> None:
                   f"outcomes agree for {100 * agree:.1f} % of {n} samples "
                   f"(validation and steps survived alone: {100 * decided:.1f} %)")
             r["speedup"], r["agreement"], r["decisions_agreement"] = speed, agree, decided
+    if "fp32" in results:
+        exact = results["fp32"]
+        for mode, r in results.items():
+            if mode in ("fp32", "reference"):
+                continue
+            n = len(exact["outcomes"])
+            same = sum(r["outcomes"].get(k) == v for k, v in exact["outcomes"].items()) / n
+            d, lo, hi = delta_fmr(r["correct"], exact["correct"])
+            print(f"{mode:>9}: vs exact fp32: {100 * same:.1f} % of {n} outcomes identical; "
+                  f"ΔFMR {d:+.2f} points (95 % bootstrap interval {lo:+.2f} to {hi:+.2f})")
+            r["identical_to_fp32"], r["delta_fmr"] = same, {"value": d, "ci95": [lo, hi]}
+    if args.oracle_head == "accept" or args.setup == "full":
+        print("projected ImageNet-val (50,000 images; real-weight trajectories cannot be run here):")
+        for mode, r in results.items():
+            ms = 1000 * r["s_per_image_iteration"]
+            proj = {steps: 50_000 * steps * ms / 1000 for steps in (10, 25, 50)}
+            r["projected_imagenet_val_s"] = proj
+            print(f"{mode:>9}: " + ", ".join(f"mean {k} steps: {v:,.0f} s" for k, v in proj.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

@@ -30,7 +30,9 @@ def merge(base: S, overrides: dict[str, Any], *, what: str = "setting") -> S:
 
 OPTIMIZERS = ("adam", "sgd", "sign")
 INITS = ("none", "fgsm")
-PRECISIONS = ("fp32", "bf16")
+#: fp32 is exact (no TF32 on a GPU); tf32 and bf16 run only the decoder and the evaluated model
+#: reduced; the oracle and the codebook search decide in fp32 (fmr_bench.runtime.Precision).
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,9 @@ class FmrSettings:
     batch_size: int = field(default=32, metadata={"help": "images perturbed at once (slots refilled as samples finish)"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only this many images (a seeded random subset)"})
     seed: int = field(default=0, metadata={"help": "seed for the subset and for stochastic generators"})
-    precision: str = field(default="fp32", metadata={"help": f"autocast precision, one of {PRECISIONS}"})
+    precision: str = field(default="fp32", metadata={"help": f"one of {PRECISIONS}: fp32 is exact (no TF32); tf32 and "
+                                                                "bf16 run only the decoder and the model reduced, the "
+                                                                "oracle and the code search stay fp32"})
     device: str = field(default="auto", metadata={"help": "torch device ('auto' picks cuda when available)"})
     init: str = field(default="none", metadata={"help": f"starting image, one of {INITS}: fgsm starts from an "
                                                        "FGSM adversarial image of the evaluated model (paper App. E)"})

@@ -6,20 +6,28 @@ the same folder, flushed to disk (fsync), then renamed over the target with
 ``os.replace``. A reader therefore sees either the old file or the complete new one, and
 a file that exists with size 0 can only be one that was written empty on purpose.
 
-An ``OSError`` while writing becomes an :class:`~fmr_bench.errors.OutputError` whose one
-line says what to do: free space (``ENOSPC``, ``EDQUOT``) or pick a writable folder.
+An ``OSError`` while writing (or a safetensors error that wraps one) becomes an
+:class:`~fmr_bench.errors.OutputError` whose one line says what to do: free space
+(``ENOSPC``, ``EDQUOT``) or pick a writable folder. Written files get the permissions the
+umask implies, as a plain ``open()`` gives them (0644 under umask 022), whatever the
+library that wrote the temporary file chose.
+
+Ctrl-C in a long run goes through :func:`keep_on_interrupt`: one line saying how much is
+saved where, and that the same command resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import OutputError
+from .errors import InterruptedRun, OutputError
 
 #: errno values that mean "the disk (or the user's quota) is full".
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -39,6 +47,32 @@ def output_error(e: OSError, path: str | Path, *, resume: bool = True,
         err = OutputError(f"cannot write {path} ({e.strerror or e}); {fix}")
     err.disk_full = e.errno in DISK_FULL  # callers that may go on without the file (caches) ask this
     return err
+
+
+def as_os_error(e: BaseException) -> OSError | None:
+    """``e`` if it is an ``OSError``; the ``OSError`` a writer library wrapped in its own error
+    (safetensors: "I/O error: No space left on device (os error 28)"); else None."""
+    if isinstance(e, OSError):
+        return e
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    if m is None:
+        return None
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code))
+
+
+def file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file: 0666 without the umask's bits."""
+    try:  # Linux: read it without changing it (os.umask would, for every thread, for a moment)
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def require_writable(folder: str | Path, fix: str = "pick a writable --out") -> Path:
@@ -111,23 +145,53 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None] | bytes | 
 
 def atomic_write_file(path: str | Path, write_to: Callable[[Path], None], **kw: Any) -> Path:
     """Like :func:`atomic_write` for writers that need a file name (e.g. safetensors):
-    ``write_to(tmp_path)`` writes the temporary file, which is then fsynced and renamed."""
+    ``write_to(tmp_path)`` writes the temporary file, which then gets the umask's mode (see
+    :func:`file_mode`; safetensors writes 0600), is fsynced and renamed.
+
+    Raises:
+        OutputError: as :func:`atomic_write`, also for a writer's error that wraps an ``OSError``.
+    """
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.w{PART}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_to(tmp)
+        os.chmod(tmp, file_mode())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except Exception as e:
         _discard(tmp)
-        raise output_error(e, path, resume=kw.get("resume", True),
+        os_error = as_os_error(e)
+        if os_error is None:
+            raise
+        raise output_error(os_error, path, resume=kw.get("resume", True),
                            fix=kw.get("fix", "pass --out to a writable folder")) from None
     except BaseException:
         _discard(tmp)
         raise
     return path
+
+
+@contextlib.contextmanager
+def keep_on_interrupt(saved: Callable[[], str], folder: Callable[[], str | Path | None] | str | Path | None
+                      ) -> Iterator[None]:
+    """Turn Ctrl-C inside the block into one :class:`~fmr_bench.errors.InterruptedRun` line:
+    ``interrupted; 3/10 samples are saved in FOLDER; re-run the same command to resume``.
+
+    Args:
+        saved: what is on disk when Ctrl-C comes (``"3/10 samples"``), asked only then.
+        folder: where it is (or a callable giving it then); None: the run keeps nothing on disk.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        where = folder() if callable(folder) else folder
+        if where is None:
+            raise InterruptedRun(f"interrupted after {saved()}; nothing is saved (no output folder), so running "
+                                 "again starts over") from None
+        raise InterruptedRun(f"interrupted; {saved()} are saved in {where}; re-run the same command to "
+                             "resume") from None
 
 
 def _discard(tmp: Path) -> None:

@@ -6,10 +6,13 @@ imports another for these helpers (see tests/test_imports.py).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import platform
 import random
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -84,3 +87,78 @@ def command_line() -> str | None:
     if head.endswith("__main__.py") and "fmr_bench" in head:
         return " ".join(["python -m fmr_bench", *sys.argv[1:]])
     return None
+
+
+# -- precision -------------------------------------------------------------------------
+@contextlib.contextmanager
+def tf32_allowed(allowed: bool) -> Iterator[None]:
+    """Set cuDNN's and cuBLAS's TF32 flags for the block, restoring the previous ones on exit.
+
+    PyTorch lets cuDNN use TF32 (10-bit mantissa) for fp32 convolutions by default; the
+    result then depends on the kernel cuDNN picks for each batch size, so the oracle's
+    accept/reject decisions drift between batch sizes (a GPU run measured 59-77 % of
+    outcomes agreeing with the one-image loop). The flags are read when a kernel is
+    launched (a convolution's backward keeps the flag of its forward).
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def exact_fp32() -> contextlib.AbstractContextManager:
+    """fp32 that is fp32 on a GPU too: no TF32 in cuDNN convolutions and cuBLAS matmuls."""
+    return tf32_allowed(False)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A named precision of the FMR loop (``--precision``), recorded in the run's settings.
+
+    Only the decoder's and the evaluated model's forward and backward run reduced (inside
+    :meth:`reduced`); everything else — encoding, clean predictions, the codebook search and
+    every oracle decision — runs under :meth:`exact`, in fp32 without TF32.
+
+    Attributes:
+        name: ``fp32`` (exact), ``tf32`` (fp32 tensors, TF32 tensor-core maths on a GPU) or
+            ``bf16`` (bf16 autocast).
+        autocast_dtype: the autocast dtype of the reduced part (``None``: no autocast).
+        tf32: whether the reduced part may use TF32 (only GPUs have it; a CPU runs fp32).
+    """
+
+    name: str
+    autocast_dtype: torch.dtype | None = None
+    tf32: bool = False
+
+    def exact(self) -> contextlib.AbstractContextManager:
+        return exact_fp32()
+
+    @contextlib.contextmanager
+    def reduced(self, device: torch.device) -> Iterator[None]:
+        """The block in which the decoder and the evaluated model run (forward and backward)."""
+        with contextlib.ExitStack() as stack:
+            if self.tf32:
+                stack.enter_context(tf32_allowed(True))
+            if self.autocast_dtype is not None:
+                stack.enter_context(torch.autocast(device_type=device.type, dtype=self.autocast_dtype))
+            yield
+
+
+#: The precisions by name; config.PRECISIONS lists the same names for the settings' check
+#: (tests/test_protocol.py checks that they agree).
+PRECISION_MODES = {p.name: p for p in (Precision("fp32"), Precision("tf32", tf32=True),
+                                       Precision("bf16", autocast_dtype=torch.bfloat16))}
+
+
+def precision(name: str) -> Precision:
+    """The :class:`Precision` called ``name``.
+
+    Raises:
+        SettingsError: an unknown name.
+    """
+    try:
+        return PRECISION_MODES[name]
+    except KeyError:
+        raise SettingsError(f"unknown precision {name!r}; use one of {', '.join(PRECISION_MODES)}") from None

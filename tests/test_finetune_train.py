@@ -14,7 +14,7 @@ import torch
 from fmr_bench import load_model, save_model
 from fmr_bench.cli import main
 from fmr_bench.datasets import TensorImages, WorldDefaults
-from fmr_bench.errors import FmrBenchError, OutputError
+from fmr_bench.errors import FmrBenchError, InterruptedRun, OutputError
 from fmr_bench.finetune import Callback, EvalCallback, finetune, load_train_data
 from fmr_bench.results.record import load_record
 
@@ -87,7 +87,8 @@ def test_kill_and_resume_reaches_the_same_weights(tiny_clip, tmp_path, method, c
     kw = dict(method=method, epochs=2, lp_epochs=1, batch_size=8, pretrained=False,
               **{**FAST, "checkpoint_every": 2, "star_decay": True}, fill="multi", mask_threshold=0.5)
     full = finetune(tiny_clip, world(), out=tmp_path / "full", **kw)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(InterruptedRun, match=r"^interrupted; \d+/\d+ steps are saved in .*cut; re-run the same "
+                                             "command to resume$"):
         finetune(tiny_clip, world(), out=tmp_path / "cut", callbacks=[Crash(crash_at)], **kw)
     assert not (tmp_path / "cut" / "model.safetensors").exists()
     assert (tmp_path / "cut" / "checkpoints" / "latest.json").is_file()

@@ -270,7 +270,7 @@ def test_run_board_runs_what_is_missing_then_skips(tmp_path, monkeypatch):
     folder = make_board(tmp_path, board, entries, records=[])
     calls = []
 
-    def fake_task(board, entry, task, runs):  # stands in for fmr_bench.evaluate: writes the record it would
+    def fake_task(board, entry, task, runs, progress=True):  # stands in for fmr_bench.evaluate: writes the record it would
         calls.append((entry.name, task.evaluator))
         write(runs / "r" / "record.json", fmr_record(entry.model, 98.0, 30.0))
 

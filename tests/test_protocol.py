@@ -180,3 +180,111 @@ def test_exact_fp32_turns_tf32_off_and_restores_the_flags():
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_precision_names_agree_and_an_unknown_one_is_a_clear_error():
+    from fmr_bench.config import PRECISIONS, FmrSettings
+    from fmr_bench.errors import SettingsError
+    from fmr_bench.runtime import PRECISION_MODES, precision
+
+    assert tuple(PRECISION_MODES) == PRECISIONS == ("fp32", "tf32", "bf16")
+    assert FmrSettings().precision == "fp32"
+    for name in PRECISIONS:
+        assert FmrSettings(precision=name).validated().precision == name
+    with pytest.raises(SettingsError, match="use one of fp32, tf32, bf16"):
+        FmrSettings(precision="fp16").validated()
+    with pytest.raises(SettingsError, match="use one of"):
+        precision("fp16")
+
+
+@pytest.mark.parametrize("name,tf32,dtype", [("fp32", False, None), ("tf32", True, None),
+                                             ("bf16", False, torch.bfloat16)])
+def test_only_the_reduced_block_runs_reduced_and_decisions_stay_exact(name, tf32, dtype):
+    from fmr_bench.runtime import exact_fp32, precision
+
+    prec = precision(name)
+    flags = lambda: (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    with prec.exact():
+        assert flags() == (False, False)
+        with prec.reduced(torch.device("cpu")):
+            assert flags() == (tf32, tf32)
+            assert torch.is_autocast_enabled("cpu") == (dtype is not None)
+            if dtype is not None:
+                assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == dtype
+            with exact_fp32():  # what the oracle and the code search run under
+                assert flags() == (False, False)
+            assert flags() == (tf32, tf32)
+        assert flags() == (False, False) and not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize("precision", ["tf32", "fp32"])
+def test_tf32_on_a_cpu_is_exact_fp32(precision):
+    # A CPU has no TF32: the tf32 mode gives the reference's outcomes exactly.
+    data, model, oracle = brightness_world(10)
+    gen = tiny_vqgan()
+    samples = _samples(data)
+    ref = run_reference(samples, model=model, oracle=oracle, generator=gen, target_of=torch.arange(3), budget=6,
+                        step_size=0.3, optimizer="adam")
+    out = []
+    run_batched(iter(samples), model=model, oracle=oracle, generator=gen, target_of=torch.arange(3),
+                cfg=LoopConfig(6, 0.3, "adam", 4, precision), device=torch.device("cpu"),
+                on_sample=lambda o, *_: out.append(o))
+    assert [o.key() for o in sorted(out, key=lambda o: o.index)] == [o.key() for o in ref]
+    assert {o.oracle_accept for o in out} <= {True, False}
+
+
+def test_an_interrupt_still_hands_out_the_samples_already_finished():
+    reject_at = [1, 2, 100, 100]
+    data, model, gen, oracle = scripted_world(reject_at)
+    out, calls = [], []
+
+    def on_iteration(n):
+        calls.append(n)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_batched(iter(_samples(data)), model=model, oracle=oracle, generator=gen, target_of=torch.arange(2),
+                    cfg=LoopConfig(10, LR, "sign", 4), device=torch.device("cpu"),
+                    on_sample=lambda o, *_: out.append(o), on_iteration=on_iteration)
+    # sample 0 finished in iteration 2, sample 1 in iteration 3: both reach on_sample
+    assert sorted((o.index, o.validated, o.steps) for o in out) == [(0, False, 0), (1, True, 1)]
+
+
+def test_fit_slots_halves_on_out_of_memory_like_timm_retry():
+    from fmr_bench.protocol.loop import fit_slots
+
+    tried = []
+
+    def probe(n):  # an injected out-of-memory error above 5 images
+        tried.append(n)
+        if n > 5:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    assert fit_slots(probe, 32) == 4 and tried == [32, 16, 8, 4]
+    assert fit_slots(lambda n: None, 7) == 7
+
+    def never(n):
+        raise torch.OutOfMemoryError("injected")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        fit_slots(never, 4)
+
+
+def test_fixed_slots_pad_every_decode_to_one_shape_and_keep_the_outcomes():
+    data, model, oracle = brightness_world(10)
+    samples = _samples(data)
+    gen = tiny_vqgan()
+    shapes = set()
+    decode = gen.decode
+    gen.decode = lambda z: (shapes.add(tuple(z.shape)), decode(z))[1]
+    ref = run_reference(samples, model=model, oracle=oracle, generator=gen, target_of=torch.arange(3), budget=6,
+                        step_size=0.3, optimizer="adam")
+    shapes.clear()
+    out = []
+    slots = run_batched(iter(samples), model=model, oracle=oracle, generator=gen, target_of=torch.arange(3),
+                        cfg=LoopConfig(6, 0.3, "adam", 4, fixed_slots=True), device=torch.device("cpu"),
+                        on_sample=lambda o, *_: out.append(o))
+    assert slots == 4
+    assert {s[0] for s in shapes} == {4}  # the loop's decodes (the code search sees other shapes only via encode)
+    assert [o.key() for o in sorted(out, key=lambda o: o.index)] == [o.key() for o in ref]

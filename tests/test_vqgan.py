@@ -113,3 +113,67 @@ def test_lightning_callback_classes_in_the_checkpoint_do_not_block_loading(tmp_p
     z = torch.randn(1, g.embed_dim, 4, 4)
     with torch.no_grad():
         torch.testing.assert_close(loaded.decode(z), g.decode(z))
+
+
+# -- decoder levers (fmr_bench.generators.fastpath): each the same function as the plain module --
+def test_subpixel_upsample_equals_nearest_upsample_then_conv():
+    from taming.modules.diffusionmodules.model import Upsample
+
+    from fmr_bench.generators.fastpath import SubpixelUpsample
+
+    torch.manual_seed(0)
+    up = Upsample(6, True)
+    fast = SubpixelUpsample(up.conv)
+    for shape in [(2, 6, 5, 7), (1, 6, 1, 1), (3, 6, 4, 4)]:
+        x = torch.randn(shape, requires_grad=True)
+        y_plain, y_fast = up(x), fast(x)
+        assert y_fast.shape == y_plain.shape
+        torch.testing.assert_close(y_fast, y_plain, rtol=1e-5, atol=1e-5)  # fp32, sums of taps reordered
+        (g_plain,) = torch.autograd.grad(y_plain.square().sum(), x)
+        (g_fast,) = torch.autograd.grad(y_fast.square().sum(), x)
+        torch.testing.assert_close(g_fast, g_plain, rtol=1e-4, atol=1e-4)
+    x = torch.randn(2, 6, 5, 7).to(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast(x), up(x), rtol=1e-5, atol=1e-5)
+
+
+def test_group_norm_silu_equals_the_plain_pair_and_keeps_dtype_and_layout():
+    from fmr_bench.generators.fastpath import group_norm_silu
+
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(4, 16, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(3, 16, 6, 5) * 3 + 1
+    torch.testing.assert_close(group_norm_silu(x, norm), torch.nn.functional.silu(norm(x)), rtol=1e-5, atol=1e-5)
+    xc = x.to(memory_format=torch.channels_last)
+    y = group_norm_silu(xc, norm)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, torch.nn.functional.silu(norm(x)), rtol=1e-5, atol=1e-5)
+    xb = x.bfloat16()
+    yb = group_norm_silu(xb, norm)
+    assert yb.dtype == torch.bfloat16  # plain GroupNorm under autocast returns fp32
+    torch.testing.assert_close(yb.float(), torch.nn.functional.silu(norm(xb.float())), rtol=2e-2, atol=2e-2)
+
+
+def test_decoder_levers_keep_the_decoder_function_and_its_weights():
+    import copy
+
+    from fmr_bench.errors import SettingsError
+    from fmr_bench.generators.fastpath import apply_levers
+
+    g = tiny_vqgan(seed=2)
+    fast = copy.deepcopy(g)
+    changed = apply_levers(fast, ["subpixel", "groupnorm"])
+    assert changed["subpixel"] >= 1 and changed["groupnorm"] >= 1
+    x = torch.rand(2, 3, 16, 16)
+    z = g.encode(x).detach()
+    za, zb = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    ya, yb = g.decode(za), fast.decode(zb)
+    torch.testing.assert_close(yb, ya, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(yb.sum(), zb)[0], torch.autograd.grad(ya.sum(), za)[0],
+                               rtol=1e-4, atol=1e-5)
+    assert set(dict(fast.named_parameters())) != set()  # weights are the plain modules' own
+    assert sum(p.numel() for p in fast.parameters()) == sum(p.numel() for p in g.parameters())
+    with pytest.raises(SettingsError, match="unknown decoder lever"):
+        apply_levers(fast, ["warp"])

@@ -42,3 +42,5 @@ COMMANDS.register("finetune", "fmr_bench.cli.finetune:COMMAND",
                   help="fine-tune a model robustly (ft, lp, lp-ft, flyp, maskcf, starft); WiSE-FT and soups")
 COMMANDS.register("data", "fmr_bench.cli.data:COMMAND",
                   help="fetch, list and verify the evaluation sets under a data root (FMR_DATA)")
+COMMANDS.register("attack-oracle", "fmr_bench.cli.attack_oracle:COMMAND",
+                  help="targeted PGD/FGSM on the oracle and on classifiers, per-step target loss, p[true], p[target] (App. L)")

@@ -167,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
                                       unit=args.eval_unit, limit=args.eval_limit, budget=args.eval_budget,
                                       log=Path(args.out) / "evaluations.jsonl"))
     res = finetune(args.model, data, out=args.out, preset=args.preset, callbacks=callbacks,
-                   pretrained=not args.random_weights, templates=args.templates, **_overrides(args))
+                   pretrained=not args.random_weights, templates=args.templates, progress=not args.quiet,
+                   **_overrides(args))
     last = res.log[-1] if res.log else {}
     console.print(f"fine-tuned ({res.settings.method}, {res.steps} steps, final loss {last.get('loss', float('nan')):.4f}): "
                   f"{res.path}")

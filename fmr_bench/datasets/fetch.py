@@ -140,7 +140,7 @@ def get_source(name: str, sources: dict[str, DataSource] | None = None) -> DataS
 
 def data_root(root: str | Path | None = None) -> Path:
     """``root``, else ``$FMR_DATA``, else ``<cache dir>/data``."""
-    from ..weights import cache_dir
+    from ..files import cache_dir
 
     if root is not None:
         return Path(root).expanduser()

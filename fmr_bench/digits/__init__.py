@@ -46,12 +46,14 @@ class DigitsModelCard:
         arch: constructor of the untrained network.
         weights: file name of its weights in :data:`WEIGHTS_DIR`.
         description: one line on how it was trained.
+        script: the script that writes its weights.
     """
 
     name: str
     arch: Callable[[], nn.Module]
     weights: str
     description: str
+    script: str = TRAINING_SCRIPT
 
     @property
     def weights_path(self) -> Path:
@@ -75,6 +77,12 @@ MODEL_CARDS: dict[str, DigitsModelCard] = {
             "digits-cnn-aug", DigitsCNN, "digits-cnn-aug.safetensors",
             "same CNN trained with heavy augmentation and VQGAN reconstructions / decodes of "
             "perturbed VQGAN latents; expected to be the most robust",
+        ),
+        DigitsModelCard(
+            "digits-cnn-gray", DigitsCNN, "digits-cnn-gray.safetensors",
+            "same CNN and recipe as digits-cnn, trained on the BT.601 luminance of its inputs "
+            "(seed 002 App. H); builtin:digits-cnn-gray feeds it luminance",
+            script="scripts/train_digits_gray.py",
         ),
     )
 }
@@ -103,13 +111,13 @@ def load_digits_model(name: str, pretrained: bool = True) -> nn.Module:
         path = card.weights_path
         if not path.is_file():
             raise WeightsError(
-                f"weights of {name} not found at {path}; create them with: python {TRAINING_SCRIPT}"
+                f"weights of {name} not found at {path}; create them with: python {card.script}"
             )
         from safetensors.torch import load_file
 
         state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
         load_state_strict(model, state, what=f"{path} does not fit {name}",
-                          fix=f"re-create it with: python {TRAINING_SCRIPT}")
+                          fix=f"re-create it with: python {card.script}")
     return model.eval()
 
 

@@ -16,7 +16,6 @@ import contextlib
 import datetime as _dt
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -137,26 +136,20 @@ class RankProgress:
     def __init__(self, world: World, stream=None) -> None:
         self.world = world
         self.stream = stream or sys.stderr
-        self._next = 0.0
-        self._start = 0.0
-        self._first: int | None = None  # samples done before the first report (resumed), and when
+        self._bar = None  # a plain-line fmr_bench.progress.Progress, made at the first report
         self._store = _progress_store()
 
     def __call__(self, done: int, total: int) -> None:
-        if self._first is None:  # the clock starts at the first finished sample: loading is not work
-            self._first, self._start = done, time.monotonic()
+        from .progress import Progress
+
         if self._store is not None:
             with contextlib.suppress(Exception):
                 self._store.set(f"done/{self.world.rank}", f"{done}/{total}")
-        if total and done < total and done / total < self._next:
-            return
-        self._next = (done / total if total else 1.0) + PROGRESS_STEP
-        elapsed = time.monotonic() - self._start
-        rate = f", {(done - self._first) / elapsed:.2f} img/s" if done > self._first and elapsed > 0 else ""
-        line = f"rank {self.world.rank}/{self.world.size}: {done}/{total} samples{rate}"
-        if self.world.is_root:
-            line += self._total()
-        print(line, file=self.stream, flush=True)
+        if self._bar is None:  # the clock starts at the first finished sample: loading is not work
+            self._bar = Progress(f"rank {self.world.rank}/{self.world.size}", total, done, stream=self.stream,
+                                 plain=True, step=PROGRESS_STEP, suffix=self._total if self.world.is_root else None)
+            self._bar.__enter__()
+        self._bar.update(done, total=total)
 
     def _total(self) -> str:
         if self._store is None:

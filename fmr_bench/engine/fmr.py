@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -14,7 +15,8 @@ from .judge import Audit
 from ..config import FmrSettings, check_given, merge
 from .defaults import resolve_defaults
 from ..datasets import ImageDataset, load_dataset
-from ..errors import FmrBenchError, InterruptedRun, OutputError, SettingsError, from_worker
+from ..errors import FmrBenchError, OutputError, SettingsError, from_worker
+from ..files import keep_on_interrupt
 from ..generators import Generator, generator_weight_refs, load_generator
 from ..models import ImageClassifier, load_model, map_classes, model_weight_refs, wrap_module
 from ..oracles import Oracle, load_oracle, oracle_weight_refs
@@ -32,6 +34,7 @@ from ..results.rundir import (
     run_dir,
     select,
     set_aside,
+    settings_hash,
     write_json,
 )
 from ..runtime import command_line, describe_device, now, resolve_device, seed_everything, versions
@@ -106,7 +109,41 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
         raise SettingsError("--audit does not run per shard; merge the shards (fmr merge), then audit the whole run "
                             "with fmr audit RUN_FOLDER --judge JUDGE")
     settings = settings.validated()
+    state = {"done": 0, "total": None, "where": out}  # what a Ctrl-C line reports
 
+    def saved() -> str:
+        return f"{state['done']}/{state['total']} samples" if state["total"] is not None else "0 samples"
+
+    with command_lock(out, model, data, generator, oracle, settings, shard), \
+            keep_on_interrupt(saved, lambda: state["where"]):
+        return _evaluate(model, data, generator, oracle, out, settings, preprocess, progress, pretrained, write_grid,
+                         sample_hook, fresh, audit, expect_run, shard, state)
+
+
+def command_lock(out: str | Path | None, model: Any, data: Any, generator: Any, oracle: Any, settings: FmrSettings,
+                 shard: Shard | None) -> RunLock | contextlib.nullcontext:
+    """A lock on this command's run, taken before anything loads: a second process started with
+    the same specs, settings and ``out`` stops at once instead of after loading the models.
+
+    The run folder is named by the loaded weights, so it is known only after loading; this lock
+    is named by what the command says (kept under the cache folder, ``locks/``), and the run
+    folder's own :class:`~fmr_bench.results.rundir.RunLock` still guards the folder. Only for runs
+    whose model, data, generator and oracle are all specs (objects were loaded by the caller).
+    """
+    specs = (model, data, generator, oracle)
+    if out is None or not all(s is None or isinstance(s, str) for s in specs) or not isinstance(model, str):
+        return contextlib.nullcontext()
+    from ..files import cache_dir
+
+    key = {"out": str(Path(out).resolve()), "specs": list(specs), "settings": asdict(settings),
+           "shard": str(shard) if shard is not None else None}
+    path = cache_dir() / "locks" / f"{settings_hash(key)}.lock"
+    return RunLock(Path(out), path=path, what=f"the run of the same command into {out}", optional=True)
+
+
+def _evaluate(model, data, generator, oracle, out, settings, preprocess, progress, pretrained, write_grid, sample_hook,
+              fresh, audit, expect_run, shard, state) -> FmrResult:
+    """The body of :func:`evaluate`, with the arguments checked and the command's lock held."""
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data)
     world = dataset.world
     defaults = resolve_defaults(settings, dataset, generator, oracle)  # step size from the generator's card
@@ -175,6 +212,7 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
     run_name = folder.name if folder is not None else None
     if folder is not None and shard is not None:
         folder = folder / shard.folder_name
+    state.update(total=len(indices), where=folder)
     if expect_run is not None and (folder is None or folder.resolve() != Path(expect_run).resolve()):
         raise OutputError(f"the settings recorded in {expect_run} now name another run ({folder}): a model, "
                           "weights, dataset or generator file changed since; re-run the evaluation instead")
@@ -207,9 +245,11 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
         elif reused_run and progress is True:
             _say(f"reused finished run ({folder}): all {total} samples were done; pass --fresh to redo it")
         bar = _Progress(progress if pending else False, total, finished)
+        state["done"] = finished
 
         def save(o: SampleOutcome, clean: torch.Tensor, final: torch.Tensor) -> None:
             done[o.id] = o
+            state["done"] = sum(1 for i in ids if i in done)
             if writer is not None:  # a later line for the same id supersedes an earlier one (an audit's)
                 writer.write(o, fp_of.get(o.id))
             if o.id in grid_ids:
@@ -226,7 +266,7 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
         loop_cfg = LoopConfig(settings.budget, settings.step_size, settings.optimizer, settings.batch_size,
                               settings.precision, init=settings.init, fgsm_eps=settings.fgsm_eps,
                               accept=settings.accept)
-        try:
+        try:  # Ctrl-C: evaluate's keep_on_interrupt reports what is saved
             with bar:
                 run_batched(_samples(dataset, pending, settings.workers), model=clf, oracle=ora, generator=gen,
                             target_of=cmap.tensor(), cfg=loop_cfg, device=device, on_sample=on_sample,
@@ -235,9 +275,6 @@ def evaluate(model: str | nn.Module, data: str | ImageDataset = "digits", *, gen
                 regenerate = _regenerator(dataset, clf, ora, gen, cmap.tensor(), loop_cfg, device, progress,
                                           settings.workers)
                 auditor.complete(select(done, ids), regenerate, save)
-        except KeyboardInterrupt:
-            raise InterruptedRun(f"interrupted; {sum(1 for i in ids if i in done)}/{total} samples are saved in "
-                                f"{folder}; re-run the same command to resume") from None
         finally:
             if writer is not None:
                 writer.close()
@@ -370,23 +407,21 @@ def _samples(dataset: ImageDataset, indices: Sequence[int], workers: int | None 
 
 
 class _Progress:
-    """A rich progress bar with images/s and ETA, a callback, or nothing."""
+    """The FMR loop's progress: :class:`fmr_bench.progress.Progress` (a bar, or plain lines in a
+    log), a callback ``(done, total)``, or nothing."""
 
     def __init__(self, progress: bool | Callable[[int, int], None], total: int, done: int) -> None:
         self.total, self.done = total, done
         self.callback = progress if callable(progress) else None
-        self.rich = progress is True
         self._bar = None
+        if progress is True:
+            from ..progress import Progress
+
+            self._bar = Progress("FMR", total, done, fields=("in flight",))
 
     def __enter__(self) -> "_Progress":
-        if self.rich:
-            from ..progress import rate_bar
-
-            self._bar = rate_bar("FMR", "in flight {task.fields[flight]}")
+        if self._bar is not None:
             self._bar.__enter__()
-            self._task = self._bar.add_task("fmr", total=self.total, completed=self.done, rate="-", flight=0)
-            self._start = self._bar.get_time()
-            self._start_done = self.done
         return self
 
     def __exit__(self, *exc) -> None:
@@ -398,10 +433,8 @@ class _Progress:
         if self.callback:
             self.callback(self.done, self.total)
         if self._bar is not None:
-            elapsed = max(self._bar.get_time() - self._start, 1e-9)
-            rate = (self.done - self._start_done) / elapsed
-            self._bar.update(self._task, completed=self.done, rate=f"{rate:.2f}")
+            self._bar.update(self.done)
 
     def iteration(self, in_flight: int) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, flight=in_flight)
+            self._bar.update(**{"in flight": in_flight})

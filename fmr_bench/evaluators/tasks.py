@@ -38,16 +38,19 @@ class Task:
         return self.kind == KIND_FMR
 
     def run(self, model: Any, data: Any, ood: Sequence[Any] | None = None, *, out: Any = "runs",
-            options: dict[str, Any] | None = None, grid: bool = True, **settings: Any) -> Any:
+            options: dict[str, Any] | None = None, grid: bool = True, progress: bool = False, **settings: Any) -> Any:
         """Run on ``model`` (a spec or module) into ``out``; returns the result object. ``grid``: whether
-        a task that draws images (the FMR protocol's ``grid.png``) draws them."""
+        a task that draws images (the FMR protocol's ``grid.png``) draws them; ``progress``: show the
+        run's progress (:mod:`fmr_bench.progress`: a bar, or plain lines in a log)."""
         if self.takes_subset:
             from ..engine.fmr import evaluate
 
-            return evaluate(model, data, out=out, write_grid=grid, **settings)
+            return evaluate(model, data, out=out, write_grid=grid, progress=progress, **settings)
+        from ..progress import dataset_passes
         from .base import run_evaluator
 
-        return run_evaluator(model, self.name, data, list(ood or []) or None, out=out, **settings, **(options or {}))
+        return run_evaluator(model, self.name, data, list(ood or []) or None, out=out,
+                             progress=dataset_passes() if progress else None, **settings, **(options or {}))
 
     def score(self, clf: Any, data: Any, ood: Sequence[Any] = (), *, limit: int | None = None,
               budget: int | None = None, seed: int = 0, device: str = "auto", **options: Any) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import OutputError
-from ..files import DISK_FULL, write_json
+from ..files import DISK_FULL, atomic_write_file, write_json
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -57,17 +57,19 @@ def save_checkpoint(root: Path, step: int, *, net: torch.nn.Module, optimizer: t
     """
     from safetensors.torch import save_file, save_model
 
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
     folder = root / name
     tmp = root / (name + ".part")
     try:
+        root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_model(net, str(tmp / "model.safetensors"))
+        # through files.atomic_write_file: the umask's mode, and safetensors' I/O errors as OutputError
+        atomic_write_file(tmp / "model.safetensors", lambda p: save_model(net, str(p)))
         opt_tensors, opt_meta = _flatten_optimizer(optimizer)
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
+        atomic_write_file(tmp / "optimizer.safetensors", lambda p: save_file(opt_tensors, str(p)))
+        rng_tensors = {k: v.contiguous() for k, v in rng.items()}
+        atomic_write_file(tmp / "rng.safetensors", lambda p: save_file(rng_tensors, str(p)))
         write_json(tmp / "state.json", {**state, "optimizer": opt_meta})
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
@@ -85,6 +87,17 @@ def save_checkpoint(root: Path, step: int, *, net: torch.nn.Module, optimizer: t
     for p in old[:max(0, len(old) - (keep - 1))]:
         shutil.rmtree(p, ignore_errors=True)
     return folder
+
+
+def saved_steps(root: Path) -> int:
+    """The step of the checkpoint ``latest.json`` names (0 when there is none): what a resume starts from."""
+    folder = latest_checkpoint(root)
+    if folder is None:
+        return 0
+    try:
+        return int(json.loads((folder / "state.json").read_text())["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def latest_checkpoint(root: Path) -> Path | None:

@@ -33,14 +33,16 @@ import torch
 
 from ..datasets import ImageDataset
 from ..errors import FmrBenchError, OutputError, SettingsError, from_worker
-from ..files import append_jsonl, require_writable, truncate_jsonl, write_json
+from ..files import append_jsonl, keep_on_interrupt, require_writable, truncate_jsonl, write_json
 from ..models import ImageClassifier, load_model, map_classes
 from ..models.file import save_model
+from ..progress import Progress
 from ..results.record import Provenance, finetune_record
+from ..results.rundir import RunLock
 from ..runtime import command_line
 from .adapters import Parts, parts_of
 from .callbacks import Callback
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, saved_steps
 from .settings import FinetuneSettings, make_settings
 from .train_data import load_train_data
 from .methods import Method, Stage, build_method
@@ -252,7 +254,33 @@ class Trainer:
             self.teachers[name] = parts_of(t)
 
     # ------------------------------------------------------------------ run
+    #: the run folder's lock when the caller (:func:`finetune`) took it before loading the model
+    lock: RunLock | None = None
+
+    def total_steps(self) -> int:
+        """Optimiser steps of the whole run, over every stage."""
+        s, n = self.settings, len(self.data)
+        return sum(len(epoch_batches(n, s.batch_size, s.seed, si, 0)) * st.epochs
+                   for si, st in enumerate(self.method.stages))
+
     def fit(self) -> FinetuneResult:
+        """Train (resuming from ``out``'s last checkpoint); Ctrl-C ends in one line saying what is saved.
+
+        Raises:
+            InterruptedRun: Ctrl-C; the last checkpoint is on disk and the same call resumes.
+            OutputError: ``out`` is held by another run, unwritable or full.
+        """
+        held = self.lock is None and self.out is not None
+        with keep_on_interrupt(self._saved, self.out), \
+                (RunLock(self.out) if held else nullcontext()):
+            return self._fit()
+
+    def _saved(self) -> str:
+        """What a Ctrl-C leaves: the steps of the last complete checkpoint (in memory: the steps done)."""
+        step = saved_steps(self.out / "checkpoints") if self.out is not None else self.global_step
+        return f"{step}/{self.total_steps()} steps"
+
+    def _fit(self) -> FinetuneResult:
         s = self.settings
         model = self.model.to(self.device)
         torch.manual_seed(s.seed)
@@ -267,6 +295,22 @@ class Trainer:
             self._make_teachers(theta0)
         for cb in self.callbacks:
             cb.on_train_start(self)
+        bar = Progress("train", self.total_steps(), self.global_step, noun="steps", unit="step",
+                       fields=("loss",)) if self.progress else nullcontext()
+        with bar:
+            self._stages(position, bar if self.progress else None)
+        self.prepare_eval()
+        model.eval()
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        path = self._finish() if self.out is not None else None
+        evals = [r for cb in self.callbacks for r in getattr(cb, "records", [])]
+        return FinetuneResult(model, s, path, self.global_step, self.log, evals)
+
+    def _stages(self, position: tuple[int, int, int], bar: Progress | None) -> None:
+        """Every stage from ``position`` (stage, epoch, batch) on, checkpointing as it goes."""
+        s, model = self.settings, self.model
+        ckpt_root = self.out / "checkpoints" if self.out is not None else None
         feats = None
         for si in range(position[0], len(self.method.stages)):
             stage = self.method.stages[si]
@@ -299,6 +343,8 @@ class Trainer:
                     logs.update(step=self.global_step, stage=stage.name, epoch=epoch)
                     self.log.append(logs)
                     self._append_log(logs)
+                    if bar is not None:
+                        bar.update(self.global_step, loss=f"{logs['loss']:.4f}")
                     for cb in self.callbacks:
                         cb.on_step_end(self, logs)
                     if ckpt_root is not None and self.global_step % s.checkpoint_every == 0 and b + 1 < len(batches):
@@ -310,13 +356,6 @@ class Trainer:
                     self._save(ckpt_root, opt, sched, nxt)
                 for cb in self.callbacks:
                     cb.on_epoch_end(self)
-        self.prepare_eval()
-        model.eval()
-        for cb in self.callbacks:
-            cb.on_train_end(self)
-        path = self._finish() if self.out is not None else None
-        evals = [r for cb in self.callbacks for r in getattr(cb, "records", [])]
-        return FinetuneResult(model, s, path, self.global_step, self.log, evals)
 
     def _step(self, stage, weights, x, y, opt, sched, scaler, params) -> dict[str, Any]:
         ctx = StepContext(x=x, y=y, clf=self.model, parts=self.parts, settings=self.settings,
@@ -551,13 +590,24 @@ def finetune(model: str | ImageClassifier, data: str | ImageDataset, *, out: str
         settings = replace(settings, **overrides).validated() if overrides else settings.validated()
     else:
         settings = make_settings(preset, **overrides)
-    dataset = load_train_data(data)
-    if isinstance(model, str):
-        kw = {"templates": templates} if templates else {}
-        torch.manual_seed(settings.seed)  # random-weight models are reproducible
-        clf = load_model(model, class_names=dataset.class_names, pretrained=pretrained, **kw)
-        info = {"model": model}
-    else:
-        clf, info = model, {"model": model.spec}
-    info["data"] = data if isinstance(data, str) else dataset.spec
-    return Trainer(clf, dataset, settings, out=out, callbacks=callbacks, run_info=info, progress=progress).fit()
+    build_method(settings)  # the method's own checks (descriptor pools...) before the folder is touched
+    out = Path(out) if out is not None else None
+    # the run folder's lock before anything loads: a second process stops at once, not after the model
+    lock = RunLock(out) if out is not None else nullcontext()
+
+    def saved() -> str:  # until the trainer knows the total
+        return f"{saved_steps(out / 'checkpoints') if out is not None else 0} steps"
+
+    with keep_on_interrupt(saved, out), lock:
+        dataset = load_train_data(data)
+        if isinstance(model, str):
+            kw = {"templates": templates} if templates else {}
+            torch.manual_seed(settings.seed)  # random-weight models are reproducible
+            clf = load_model(model, class_names=dataset.class_names, pretrained=pretrained, **kw)
+            info = {"model": model}
+        else:
+            clf, info = model, {"model": model.spec}
+        info["data"] = data if isinstance(data, str) else dataset.spec
+        trainer = Trainer(clf, dataset, settings, out=out, callbacks=callbacks, run_info=info, progress=progress)
+        trainer.lock = lock if out is not None else None
+        return trainer.fit()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import MissingDependencyError, WeightsError
+from ..runtime import exact_fp32
 from ..weights import load_state_strict, safe_torch_load
 from .base import Generator
 
@@ -77,7 +78,7 @@ class VQGAN(Generator):
         flat = z.float().permute(0, 2, 3, 1).reshape(-1, self.embed_dim)
         # Always in fp32, also under bf16 autocast: the choice among 16384 codes is
         # discrete, and bf16 distances pick other codes than the fp32 loop would.
-        with torch.autocast(z.device.type, enabled=False):
+        with torch.autocast(z.device.type, enabled=False), exact_fp32():
             # ||z||^2 is constant per row, so argmin over ||e||^2 - 2 z.e is enough.
             dist = (codebook * codebook).sum(1) - 2 * flat @ codebook.t()
         return dist.argmin(1).view(z.shape[0], z.shape[2], z.shape[3])
@@ -100,7 +101,7 @@ class VQGAN(Generator):
                 "embed_dim": self.embed_dim, "resolution": self.resolution}
 
     # -- weights -------------------------------------------------------------------
-    def load_weights(self, path: str | Path) -> "VQGAN":
+    def load_weights(self, path: str | Path) -> VQGAN:
         """Load an official Lightning checkpoint or a safetensors file of model keys."""
         state = read_vqgan_state(path)
         load_state_strict(self, state, what=f"VQGAN weights {path} do not fit the card's architecture",

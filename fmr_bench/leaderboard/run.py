@@ -37,17 +37,21 @@ def count_size(model: str) -> dict[str, float]:
     return {"params_m": float(f"{params / 1e6:.6g}"), "gflops": float(f"{counter.get_total_flops() / 1e9:.6g}")}
 
 
-def _run_task(board: Board, entry: Entry, task, runs: Path) -> None:
+def _run_task(board: Board, entry: Entry, task, runs: Path, progress: bool = True) -> None:
     where = f"{board.folder}/board.json task {task.evaluator}"
     data = expand(task.data, where)
     from ..evaluators import TASKS
 
     TASKS.get(task.evaluator).run(entry.model, data, [expand(o, where) for o in task.ood], out=runs, grid=False,
-                                  options=task.options, **task.settings)
+                                  progress=progress, options=task.options, **task.settings)
 
 
-def run_board(folder: str | Path, *, log: Callable[[str], None] = print) -> BoardTable:
+
+def run_board(folder: str | Path, *, log: Callable[[str], None] = print, progress: bool = True) -> BoardTable:
     """Measure what is missing on the board in ``folder`` and rebuild its README.
+
+    Each task's line ends in ``[k/N]``; ``progress`` shows each run's progress
+    (:class:`fmr_bench.progress.Progress`: a bar, or plain lines in a log).
 
     Raises:
         BoardError: a board without tasks or measurable entries, or an invalid definition.
@@ -65,13 +69,15 @@ def run_board(folder: str | Path, *, log: Callable[[str], None] = print) -> Boar
         commands = sorted({e.measured_by for e in todo})
         raise BoardError(f"board {board.name} is measured by `{'`, `'.join(commands)}`; run that, put its records "
                          f"in {runs}, then `fmr leaderboard build {board.name}`")
+    n, k = len(todo) * len(board.tasks), 0
     for entry in todo:
         for task in board.tasks:
+            k += 1
             if (entry.model, task.evaluator, entry.method) in measured_records(board, entries, runs):
-                log(f"skip  {entry.name} / {task.evaluator}: finished run in {runs}")
+                log(f"skip  {entry.name} / {task.evaluator}: finished run in {runs} [{k}/{n}]")
                 continue
-            log(f"run   {entry.name} / {task.evaluator} ({entry.model} on {task.data})")
-            _run_task(board, entry, task, runs)
+            log(f"run   {entry.name} / {task.evaluator} ({entry.model} on {task.data}) [{k}/{n}]")
+            _run_task(board, entry, task, runs, progress=progress)
     sizes_path = runs / SIZES
     sizes: dict[str, Any] = json.loads(sizes_path.read_text()) if sizes_path.is_file() else {}
     for entry in todo:

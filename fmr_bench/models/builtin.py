@@ -35,7 +35,7 @@ def _digits_net(name: str, pretrained: bool) -> ImageClassifier:
     if pretrained:
         path = digits.WEIGHTS_DIR / card.weights
         if not path.is_file():
-            raise WeightsError(f"{path} is missing; run: python scripts/train_digits_world.py")
+            raise WeightsError(f"{path} is missing; run: python {card.script}")
         net.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
     pre = _native(digits.MEAN, digits.STD)
     return ImageClassifier(net, pre, class_names=digits.CLASS_NAMES, spec=f"builtin:{name}", arch=f"builtin:{name}",
@@ -80,6 +80,16 @@ for _name, _help in (("digits-cnn", "small CNN trained on the digits world"),
                      ("digits-mlp", "MLP trained on the digits world"),
                      ("digits-cnn-aug", "CNN trained on the digits world with heavy augmentation")):
     BUILTIN_MODELS.register(_name, (lambda n: lambda pretrained, **_: _digits_net(n, pretrained))(_name), help=_help)
+
+
+def _digits_gray(pretrained: bool) -> ImageClassifier:
+    from .gray import GrayClassifier
+
+    return GrayClassifier(_digits_net("digits-cnn-gray", pretrained), spec="builtin:digits-cnn-gray")
+
+
+BUILTIN_MODELS.register("digits-cnn-gray", lambda pretrained, **_: _digits_gray(pretrained),
+                        help="the digits CNN trained on luminance, fed luminance (seed 002 App. H)")
 BUILTIN_MODELS.register(
     "digits-clip",
     lambda pretrained, class_names=None, templates="single": _digits_clip(pretrained, class_names, templates),

@@ -5,4 +5,4 @@ from .optim import LatentOptimizer
 from .outcome import SampleOutcome
 from .reference import reference_one, run_reference
 
-__all__ = ["LoopConfig", "run_batched", "LatentOptimizer", "SampleOutcome", "reference_one", "run_reference"]
+__all__ = ["LatentOptimizer", "LoopConfig", "SampleOutcome", "reference_one", "run_batched", "run_reference"]

@@ -62,7 +62,7 @@ class SampleOutcome:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SampleOutcome":
+    def from_dict(cls, d: dict[str, Any]) -> SampleOutcome:
         """The outcome of a JSONL line; a missing optional field keeps its default (older lines)."""
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d or f.default is MISSING})
 
@@ -70,7 +70,7 @@ class SampleOutcome:
         """The verdict of ``judge`` (an oracle spec) on x-hat, if it has audited this sample."""
         return (self.audit or {}).get(judge)
 
-    def with_verdict(self, judge: str, verdict: dict[str, Any]) -> "SampleOutcome":
+    def with_verdict(self, judge: str, verdict: dict[str, Any]) -> SampleOutcome:
         """A copy that also holds ``judge``'s verdict (the other judges' stay)."""
         return replace(self, audit={**(self.audit or {}), judge: verdict})
 

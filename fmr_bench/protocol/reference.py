@@ -8,7 +8,7 @@ per-sample outcomes) and as the baseline of ``benchmarks/``.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +17,8 @@ from ..generators.base import Generator
 from ..models.base import ImageClassifier
 from ..oracles import Oracle
 from ..oracles.acceptance import DEFAULT_RULE, decide
+from ..runtime import exact_fp32
 from .cpu import flush_denormals
-from .loop import exact_fp32
 from .outcome import SampleOutcome
 
 Sample = tuple[str, int, torch.Tensor, int]

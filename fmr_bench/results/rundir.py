@@ -17,6 +17,7 @@ version 2; docs/results_schema.md); version-1 records are upgraded when read.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -72,17 +73,31 @@ LOCK_FILE = ".lock"
 
 
 class RunLock:
-    """An exclusive ``flock`` on ``FOLDER/.lock`` that holds the owner's PID.
+    """An exclusive ``flock`` on ``FOLDER/.lock`` (or on ``path``) that holds the owner's PID.
 
     A second process that asks for the folder while the first holds it stops at once
     (it does not wait) with one line naming the holder's PID. The kernel drops the lock
     when its holder exits, even after ``kill -9``, so a stale lock file blocks nothing.
+    Neither taking nor releasing it raises for a full disk: the PID is written unbuffered
+    and only as a courtesy, and a folder the lock created is removed again when nothing
+    else was written into it (bad input leaves no empty run folder behind).
+
+    Args:
+        folder: the folder the lock guards (named in the message).
+        path: the lock file (default ``folder/.lock``).
+        what: how the message names what the holder writes (default: ``folder``).
+        optional: a lock file that cannot be created is no error (the lock is then not held);
+            for early locks that only spare a second process the wait.
     """
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.path = folder / LOCK_FILE
-        self._f = None
+    def __init__(self, folder: Path, *, path: Path | None = None, what: str | None = None,
+                 optional: bool = False) -> None:
+        self.folder = Path(folder)
+        self.path = Path(path) if path is not None else self.folder / LOCK_FILE
+        self.what = what or str(self.folder)
+        self.optional = optional
+        self._fd: int | None = None
+        self._created: list[Path] = []
 
     def acquire(self) -> RunLock:
         try:
@@ -90,38 +105,67 @@ class RunLock:
         except ImportError:  # pragma: no cover  (not POSIX: no lock, as before)
             return self
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            f = open(self.path, "a+", encoding="utf-8")
+            self._created = _missing_parents(self.path.parent)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
+            if self.optional:
+                return self
             raise output_error(e, self.folder) from None
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            f.close()
-            raise OutputError(f"another run (PID {holder}) is writing {self.folder}; wait for it to finish, "
+            try:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            os.close(fd)
+            raise OutputError(f"another run (PID {holder}) is writing {self.what}; wait for it to finish, "
                               "or pass another --out") from None
         try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"{os.getpid()}\n")
-            f.flush()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except OSError:
             pass  # the PID is a courtesy for the message; the flock is what counts
-        self._f = f
+        self._fd = fd
         return self
 
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
     def release(self) -> None:
-        if self._f is not None:
-            self._f.close()  # closing the descriptor releases the flock
-            self._f = None
+        """Drop the lock; never raises (it runs while another error may be on its way out)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        created, self._created = self._created, []
+        if created:  # bad input before any work: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                if [p.name for p in self.path.parent.iterdir()] == [self.path.name]:
+                    self.path.unlink()
+            for folder in created:  # innermost first; stops at the first that holds anything
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        with contextlib.suppress(OSError):
+            os.close(fd)  # closing the descriptor releases the flock
 
     def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def _missing_parents(folder: Path) -> list[Path]:
+    """The folders ``folder.mkdir(parents=True)`` would create, innermost first."""
+    out = []
+    while not folder.exists() and folder.parent != folder:
+        out.append(folder)
+        folder = folder.parent
+    return out
 
 
 # --- the run folder: one protocol for every task ---------------------------------------------

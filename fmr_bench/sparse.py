@@ -53,11 +53,13 @@ PAPER_LAMBDA = 36.36
 PAPER_C = 1.0 / PAPER_LAMBDA
 ORIGINALS = ("encoder", "quantised")
 #: The C values tried on the validation split: a log grid around the paper's C, plus it.
-C_GRID = tuple(sorted({float(f"{c:.6g}") for c in np.logspace(-3, 1, 9)} | {PAPER_C}))
-#: Selection: the most regularised C whose validation accuracy is within C_TOLERANCE
-#: percentage points of the best one and that keeps at least MIN_DIMS dims.
+C_GRID = tuple(sorted({float(f"{c:.4g}") for c in np.logspace(-3, 1, 17)} | {PAPER_C}))
+#: Selection: among the Cs that keep between MIN_DIMS and MAX_SHARE of the latent dims
+#: (a mask of most dims is the dense generator again; the paper's keep 0.7-2 %), the most
+#: regularised whose validation accuracy is within C_TOLERANCE points of their best.
 C_TOLERANCE = 1.0
 MIN_DIMS = 4
+MAX_SHARE = 0.1
 VAL_SIZE = 0.2
 #: Inside ``--out``: one folder per collection, named by the hash of its settings.
 WORK_DIR = "work"
@@ -296,26 +298,33 @@ def _logistic_l1(C: float, max_iter: int, tol: float, seed: int):
     return LogisticRegression(penalty="l1", solver="saga", C=C, max_iter=max_iter, tol=tol, random_state=seed)
 
 
-def choose_c(grid: list[dict[str, Any]], tolerance: float = C_TOLERANCE, min_dims: int = MIN_DIMS
-             ) -> tuple[float, bool]:
-    """The most regularised (smallest) C whose validation accuracy is within ``tolerance``
-    points of the best and that keeps at least ``min_dims`` dims; returns (C, rule met).
+def choose_c(grid: list[dict[str, Any]], tolerance: float = C_TOLERANCE, min_dims: int = MIN_DIMS,
+             max_dims: int | None = None) -> tuple[float, bool]:
+    """Among the Cs keeping ``min_dims`` to ``max_dims`` dims, the most regularised
+    (smallest) whose validation accuracy is within ``tolerance`` points of their best;
+    returns (C, rule met).
 
-    When no C keeps ``min_dims`` dims, the C keeping the most dims (then: the best accuracy)
-    is taken and the rule is reported as not met; when every C keeps none, the largest C.
+    When no C keeps a number of dims in that range, the rule is reported as not met and
+    the C keeping the most dims below ``max_dims`` is taken (then: the best accuracy), or
+    else the smallest C that keeps any; when every C keeps none, the largest C.
     """
-    best = max(r["val_accuracy"] for r in grid)
-    ok = [r for r in grid if r["val_accuracy"] >= best - tolerance and r["dims"] >= min_dims]
+    top = max_dims if max_dims is not None else max(r["dims"] for r in grid)
+    ok = [r for r in grid if min_dims <= r["dims"] <= top]
     if ok:
-        return min(r["C"] for r in ok), True
+        best = max(r["val_accuracy"] for r in ok)
+        return min(r["C"] for r in ok if r["val_accuracy"] >= best - tolerance), True
+    below = [r for r in grid if 0 < r["dims"] <= top]
+    if below:
+        return max(below, key=lambda r: (r["dims"], r["val_accuracy"], -r["C"]))["C"], False
     kept = [r for r in grid if r["dims"] > 0]
     if kept:
-        return max(kept, key=lambda r: (r["dims"], r["val_accuracy"], -r["C"]))["C"], False
+        return min(r["C"] for r in kept), False
     return max(r["C"] for r in grid), False
 
 
 def fit_mask(latents: LatentSet, *, seed: int = 0, lam: float | None = None, c_grid: tuple[float, ...] = C_GRID,
-             c_tolerance: float = C_TOLERANCE, min_dims: int = MIN_DIMS, val_size: float = VAL_SIZE,
+             c_tolerance: float = C_TOLERANCE, min_dims: int = MIN_DIMS, max_dims: int | None = None,
+             val_size: float = VAL_SIZE,
              test_size: float = 0.2, original: str = "encoder", standardize: bool = False, max_iter: int = 1000,
              tol: float = 1e-4, say: Callable[[str], None] | None = None) -> MaskFit:
     """Fit the L1 logistic regression and return the dims with non-zero weight.
@@ -325,7 +334,8 @@ def fit_mask(latents: LatentSet, *, seed: int = 0, lam: float | None = None, c_g
         seed: seed of the image splits (and of saga's shuffling).
         lam: a fixed regularisation strength, ``C = 1 / lam`` (the paper's: 36.36); ``None``
             (default) chooses C over ``c_grid`` on a validation split with :func:`choose_c`
-            (``c_tolerance`` points, ``min_dims`` dims), then refits on train + validation.
+            (``c_tolerance`` points, ``min_dims`` to ``max_dims`` dims; default ``max_dims``:
+            ``MAX_SHARE`` of the latent), then refits on train + validation.
         val_size: share of the non-test images that validate C.
         test_size: share of images held out from the fit and from the choice of C (paper: 0.2).
         original: ``encoder`` (continuous encoder latent, SPEC §1) or ``quantised``
@@ -384,10 +394,12 @@ def fit_mask(latents: LatentSet, *, seed: int = 0, lam: float | None = None, c_g
                          "converged": conv})
             say(f"C = {C:.4g}: validation accuracy {acc:.2f} %, {grid[-1]['dims']} dims"
                 + ("" if conv else " (saga not converged)"))
-        C, met = choose_c(grid, c_tolerance, min(min_dims, e0.shape[1]))
-        selection = {"rule": f"the smallest C whose validation accuracy is within {c_tolerance:g} points of the "
-                             f"best and that keeps at least {min_dims} dims; then refit on train + validation",
+        top = max_dims if max_dims is not None else max(1, int(MAX_SHARE * e0.shape[1]))
+        C, met = choose_c(grid, c_tolerance, min(min_dims, top), top)
+        selection = {"rule": f"among the Cs keeping {min_dims} to {top} dims, the smallest whose validation accuracy "
+                             f"is within {c_tolerance:g} points of their best; then refit on train + validation",
                      "grid": grid, "chosen_C": C, "rule_met": met, "tolerance": c_tolerance, "min_dims": min_dims,
+                     "max_dims": top,
                      "best_val_accuracy": max(r["val_accuracy"] for r in grid), "val_size": val_size,
                      "n_fit_images": len(fit_part), "n_val_images": len(val), "paper_C": PAPER_C}
     else:

@@ -38,7 +38,7 @@ def _c_grid(text: str) -> tuple[float, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..sparse import C_GRID, C_TOLERANCE, MIN_DIMS, PAPER_LAMBDA, VAL_SIZE
+    from ..sparse import C_GRID, C_TOLERANCE, MAX_SHARE, MIN_DIMS, PAPER_LAMBDA, VAL_SIZE
 
     p.add_argument("--model", required=True, help="the evaluated model whose loss the dense loop follows "
                                                   "(timm:NAME, builtin:NAME, ...)")
@@ -65,7 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--c-tolerance", type=float, default=C_TOLERANCE,
                    help=f"take the smallest C within this many accuracy points of the best (default: {C_TOLERANCE:g})")
     p.add_argument("--min-dims", type=int, default=MIN_DIMS,
-                   help=f"... that keeps at least this many dims (default: {MIN_DIMS})")
+                   help=f"... among the Cs that keep at least this many dims (default: {MIN_DIMS})")
+    p.add_argument("--max-dims", type=int, default=None,
+                   help=f"... and at most this many (default: {MAX_SHARE:.0%} of the latent dims)")
     p.add_argument("--val-size", type=float, default=VAL_SIZE,
                    help=f"share of the non-test images that choose C (default: {VAL_SIZE:g})")
     p.add_argument("--test-size", type=float, default=0.2, help="share of images held out (paper: 0.2)")
@@ -117,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
                                                 f" for {len(args.c_grid)} values of C on a validation split"))
     try:
         fit = fit_mask(latents, seed=overrides.get("seed", 0), lam=args.lam, c_grid=args.c_grid,
-                       c_tolerance=args.c_tolerance, min_dims=args.min_dims, val_size=args.val_size,
+                       c_tolerance=args.c_tolerance, min_dims=args.min_dims, max_dims=args.max_dims,
+                       val_size=args.val_size,
                        test_size=args.test_size, original=args.original, standardize=args.standardize,
                        max_iter=args.max_iter, say=say)
     except KeyboardInterrupt:
@@ -138,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
                   f"{fit.test_score:.2f} % on {fit.n_test_images} images, train {fit.train_score:.2f} %; "
                   f"sparsity {fit.sparsity:.2f} %")
     if fit.selection and not fit.selection["rule_met"]:
-        console.print(f"[yellow]note:[/] no C of the grid kept {args.min_dims} dims within {args.c_tolerance:g} "
-                      "points of the best validation accuracy; took the C that kept the most")
+        console.print(f"[yellow]note:[/] no C of the grid kept {args.min_dims} to {fit.selection['max_dims']} dims; "
+                      "took the C nearest that range (pass --c-grid, --min-dims or --max-dims to widen it)")
     if not fit.converged:
         console.print(f"[yellow]note:[/] saga did not converge in {args.max_iter} iterations; refit with more: "
                       f"{refit_command(args, saved, args.lam, max_iter=args.max_iter * 4)}")
@@ -160,6 +163,7 @@ def refit_command(args: argparse.Namespace, latents: str | Path, lam: float | No
         opts["--lam"] = f"{lam:g}"
     else:
         opts.update({"--c-grid": grid, "--c-tolerance": f"{args.c_tolerance:g}", "--min-dims": str(args.min_dims),
+                     "--max-dims": None if args.max_dims is None else str(args.max_dims),
                      "--val-size": f"{args.val_size:g}"})
     argv = ["fmr", "fit-sparse"]
     for flag, value in opts.items():

@@ -279,7 +279,9 @@ def test_leaderboard_run_passes_progress_to_each_run(tmp_path, monkeypatch):
 
     run_mod._run_task(Board(), Entry(), Task(), tmp_path)
     assert seen == [True]
-    updates = run_mod._passes()
+    from fmr_bench.progress import dataset_passes
+
+    updates = dataset_passes()
     log = io.StringIO()
     monkeypatch.setattr("sys.stderr", log)
     for d in range(1, 11):

@@ -95,8 +95,8 @@ def test_content_hashes_are_cached_by_path_size_and_mtime(tmp_path, monkeypatch)
     from fmr_bench import files
 
     calls = []
-    real = files._sha256
-    monkeypatch.setattr(files, "_sha256", lambda p: calls.append(p) or real(p))
+    real = files.sha256_file
+    monkeypatch.setattr(files, "sha256_file", lambda p: calls.append(p) or real(p))
     f = tmp_path / "w.bin"
     f.write_bytes(b"x" * 1000)
     digest = files.file_sha256(f)

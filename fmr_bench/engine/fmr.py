@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -13,7 +13,7 @@ from torch import nn
 
 from .judge import Audit
 from ..config import FmrSettings, check_given, merge
-from .defaults import resolve_defaults
+from .defaults import RunDefaults, resolve_defaults
 from ..datasets import ImageDataset, load_dataset
 from ..errors import FmrBenchError, OutputError, SettingsError, from_worker
 from ..files import keep_on_interrupt
@@ -28,12 +28,11 @@ from ..results.rundir import (
     SAMPLES_FILE,
     FmrResult,
     OutcomeWriter,
+    RunFolder,
     RunLock,
-    prepare_run_dir,
     reconcile_outcomes,
     run_dir,
     select,
-    set_aside,
     settings_hash,
     write_json,
 )
@@ -41,7 +40,6 @@ from ..runtime import command_line, describe_device, now, resolve_device, seed_e
 from ..results.shards import SHARD_FILE, Shard, parse_shard, shard_manifest
 from ..plots import save_grid
 from ..weights import module_sha256, preflight, weights_identity
-from ..results.scan import RECORD_FILE
 
 GRID_SIZE = 16
 DEFAULT_FILE_RESOLUTION = 224
@@ -143,191 +141,268 @@ def command_lock(out: str | Path | None, model: Any, data: Any, generator: Any, 
 
 def _evaluate(model, data, generator, oracle, out, settings, preprocess, progress, pretrained, write_grid, sample_hook,
               fresh, audit, expect_run, shard, state) -> FmrResult:
-    """The body of :func:`evaluate`, with the arguments checked and the command's lock held."""
+    """The body of :func:`evaluate`, with the arguments checked and the command's lock held: its phases
+    in order (settings and defaults, preflight, parts, identity, run folder, loop, grid, record)."""
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data)
-    world = dataset.world
     defaults = resolve_defaults(settings, dataset, generator, oracle)  # step size from the generator's card
-    settings, gen_spec, ora_spec = defaults.settings, defaults.generator, defaults.oracle
-    settings = replace(settings, accept=parse_rule(settings.accept).spec)  # range-checked, one canonical name
+    settings = replace(defaults.settings, accept=parse_rule(defaults.settings.accept).spec)  # one canonical name
+    refs = _preflight(model, defaults, dataset.world, audit)
+    parts = _Parts.build(model, generator, oracle, audit, dataset, defaults, settings, preprocess, pretrained)
+    try:
+        ident = _Identity.of(parts, dataset, settings, shard, refs, generator, oracle, out)
+        state.update(total=len(ident.indices), where=ident.folder)
+        if expect_run is not None and (ident.folder is None or ident.folder.resolve() != Path(expect_run).resolve()):
+            raise OutputError(f"the settings recorded in {expect_run} now name another run ({ident.folder}): a model, "
+                              "weights, dataset or generator file changed since; re-run the evaluation instead")
+        folder = RunFolder(ident.folder, ident.run_settings, fresh=fresh) if ident.folder is not None else None
+        with folder or contextlib.nullcontext():
+            run = _Loop(parts, dataset, settings, ident, folder, progress, sample_hook, state)
+            run.perturb()
+            outcomes = run.outcomes()
+            files = run.draw_grid(write_grid) if folder is not None else {}
+            record = _record(parts, dataset, settings, ident, defaults, outcomes, run.fps, files, run.started)
+            if folder is not None:
+                folder.write_record(record)  # last: a record means every listed file is complete
+    finally:
+        parts.restore()
+    return FmrResult(record, outcomes, ident.folder, reused=run.reused)
 
-    refs = []
-    if isinstance(model, str):
-        refs += model_weight_refs(model)
-    if gen_spec is not None:
-        refs += generator_weight_refs(gen_spec, world.generator)
-    if ora_spec is not None:
-        refs += oracle_weight_refs(ora_spec)
+
+def _preflight(model: Any, defaults: RunDefaults, world: Any, audit: Any) -> list:
+    """Every weight file the run will load, checked before anything loads (the judge's too)."""
+    refs = model_weight_refs(model) if isinstance(model, str) else []
+    if defaults.generator is not None:
+        refs += generator_weight_refs(defaults.generator, world.generator)
+    if defaults.oracle is not None:
+        refs += oracle_weight_refs(defaults.oracle)
     preflight(refs + (Audit.weight_refs(audit) if isinstance(audit, str) else []))  # the judge: not in the identity
+    return refs
 
-    device = resolve_device(settings.device)
-    seed_everything(settings.seed)
+
+@dataclass
+class _Parts:
+    """The run's model, generator, oracle and judge on the device, and how to hand a caller's model back."""
+
+    clf: ImageClassifier
+    gen: Generator
+    ora: Oracle
+    auditor: Audit | None
+    device: torch.device
+    cmap: Any
+    resolution: int
+    gen_spec: str | None
+    restore: Callable[[], None]
+
+    @classmethod
+    def build(cls, model, generator, oracle, audit, dataset: ImageDataset, defaults: RunDefaults,
+              settings: FmrSettings, preprocess, pretrained: bool) -> _Parts:
+        device = resolve_device(settings.device)
+        seed_everything(settings.seed)
+        clf = _classifier(model, dataset, preprocess, pretrained)
+        was_training, grad_flags = clf.training, [p.requires_grad for p in clf.parameters()]
+
+        def restore() -> None:  # hand an in-memory model back as we found it
+            clf.train(was_training)
+            for p, flag in zip(clf.parameters(), grad_flags):
+                p.requires_grad_(flag)
+
+        clf = clf.to(device).freeze()
+        world = dataset.world
+        gen = generator if isinstance(generator, Generator) else load_generator(
+            defaults.generator, default=world.generator, seed=settings.seed)
+        gen = gen.to(device).freeze()
+        ora = oracle if isinstance(oracle, Oracle) else load_oracle(defaults.oracle, dataset.class_names,
+                                                                    pretrained=pretrained)
+        ora = ora.to(device).eval()
+        auditor = None
+        if audit is not None:
+            auditor = (Audit.load(audit, dataset.class_names, pretrained=pretrained) if isinstance(audit, str)
+                       else Audit(audit.eval(), audit.spec)).to(device)
+        resolution = gen.resolution or dataset.resolution or DEFAULT_FILE_RESOLUTION
+        dataset.set_resolution(resolution)
+        num_outputs = clf.num_classes or _infer_outputs(clf, resolution, device)
+        cmap = map_classes(clf.class_names, num_outputs, dataset.class_names, label_space=dataset.label_space,
+                           model_label_space=clf.label_space, model=clf.spec or "the model")
+        return cls(clf, gen, ora, auditor, device, cmap, resolution, defaults.generator, restore)
+
+
+def _classifier(model: Any, dataset: ImageDataset, preprocess, pretrained: bool) -> ImageClassifier:
     if isinstance(model, str):
         clf = load_model(model, class_names=dataset.class_names, pretrained=pretrained)
         clf.to(memory_format=torch.channels_last)  # ours to lay out; a caller's module is left as is
-    elif isinstance(model, ImageClassifier):
-        clf = model
-    else:
-        if not preprocess:
-            raise SettingsError("an nn.Module needs preprocess=dict(input_size=..., mean=..., std=...) "
-                                "or wrap it with fmr_bench.wrap_module")
-        clf = wrap_module(model, **preprocess)
-    was_training = clf.training
-    grad_flags = [p.requires_grad for p in clf.parameters()]
-    clf = clf.to(device).freeze()
-    gen = generator if isinstance(generator, Generator) else load_generator(gen_spec, default=world.generator,
-                                                                             seed=settings.seed)
-    gen = gen.to(device).freeze()
-    ora = oracle if isinstance(oracle, Oracle) else load_oracle(ora_spec, dataset.class_names, pretrained=pretrained)
-    ora = ora.to(device).eval()
-    auditor = None
-    if audit is not None:
-        auditor = (Audit.load(audit, dataset.class_names, pretrained=pretrained) if isinstance(audit, str)
-                   else Audit(audit.eval(), audit.spec)).to(device)
+        return clf
+    if isinstance(model, ImageClassifier):
+        return model
+    if not preprocess:
+        raise SettingsError("an nn.Module needs preprocess=dict(input_size=..., mean=..., std=...) "
+                            "or wrap it with fmr_bench.wrap_module")
+    return wrap_module(model, **preprocess)
 
-    resolution = gen.resolution or dataset.resolution or DEFAULT_FILE_RESOLUTION
-    dataset.set_resolution(resolution)
-    num_outputs = clf.num_classes or _infer_outputs(clf, resolution, device)
-    cmap = map_classes(clf.class_names, num_outputs, dataset.class_names, label_space=dataset.label_space,
-                       model_label_space=clf.label_space, model=clf.spec or "the model")
 
-    indices = select_indices(len(dataset), settings.limit, settings.seed)
-    manifest = None
-    if shard is not None:  # the whole selection first: a shard is a slice of it, not another selection
-        manifest = shard_manifest(shard, [dataset.ids[i] for i in indices], [dataset.labels[i] for i in indices])
-        indices = shard.take(indices)
-    ids = [dataset.ids[i] for i in indices]
-    run_settings = {
-        "model": clf.spec, "model_weights": clf.weights_hash(), "dataset": dataset.spec,
-        "generator": gen.settings(), "oracle": ora.settings(), "budget": settings.budget,
-        "step_size": settings.step_size, "optimizer": settings.optimizer, "seed": settings.seed,
-        "limit": settings.limit, "precision": settings.precision, "resolution": resolution,
-        # what the weights are, not only where they come from (a spec may point at other files)
-        "weights": _weights_identity(refs, generator, oracle, gen, ora, in_memory=out is not None),
-    }
-    if settings.init != "none":  # only then, so that earlier run folders keep their names
-        run_settings.update(init=settings.init, fgsm_eps=settings.fgsm_eps)
-    if settings.accept != DEFAULT_RULE:  # likewise: an argmax run is named as before rules existed
-        run_settings.update(accept=settings.accept)
-    folder = run_dir(out, clf.spec, dataset.spec, run_settings) if out is not None else None
-    run_name = folder.name if folder is not None else None
-    if folder is not None and shard is not None:
-        folder = folder / shard.folder_name
-    state.update(total=len(indices), where=folder)
-    if expect_run is not None and (folder is None or folder.resolve() != Path(expect_run).resolve()):
-        raise OutputError(f"the settings recorded in {expect_run} now name another run ({folder}): a model, "
-                          "weights, dataset or generator file changed since; re-run the evaluation instead")
-    done: dict[str, SampleOutcome] = {}
-    writer = lock = None
-    fps: list[str | None] = [None] * len(indices)
-    reused_run = False
-    try:
+@dataclass
+class _Identity:
+    """Which samples the run covers and what names its folder (the settings that determine the outcomes)."""
+
+    indices: list[int]
+    ids: list[str]
+    manifest: dict[str, Any] | None
+    run_settings: dict[str, Any]
+    run_name: str | None
+    folder: Path | None
+
+    @classmethod
+    def of(cls, parts: _Parts, dataset: ImageDataset, settings: FmrSettings, shard: Shard | None, refs: list,
+           generator: Any, oracle: Any, out: str | Path | None) -> _Identity:
+        indices = select_indices(len(dataset), settings.limit, settings.seed)
+        manifest = None
+        if shard is not None:  # the whole selection first: a shard is a slice of it, not another selection
+            manifest = shard_manifest(shard, [dataset.ids[i] for i in indices], [dataset.labels[i] for i in indices])
+            indices = shard.take(indices)
+        clf, gen, ora = parts.clf, parts.gen, parts.ora
+        run_settings = {
+            "model": clf.spec, "model_weights": clf.weights_hash(), "dataset": dataset.spec,
+            "generator": gen.settings(), "oracle": ora.settings(), "budget": settings.budget,
+            "step_size": settings.step_size, "optimizer": settings.optimizer, "seed": settings.seed,
+            "limit": settings.limit, "precision": settings.precision, "resolution": parts.resolution,
+            # what the weights are, not only where they come from (a spec may point at other files)
+            "weights": _weights_identity(refs, generator, oracle, gen, ora, in_memory=out is not None),
+        }
+        if settings.init != "none":  # only then, so that earlier run folders keep their names
+            run_settings.update(init=settings.init, fgsm_eps=settings.fgsm_eps)
+        if settings.accept != DEFAULT_RULE:  # likewise: an argmax run is named as before rules existed
+            run_settings.update(accept=settings.accept)
+        folder = run_dir(out, clf.spec, dataset.spec, run_settings) if out is not None else None
+        run_name = folder.name if folder is not None else None
+        if folder is not None and shard is not None:
+            folder = folder / shard.folder_name
+        return cls(indices, [dataset.ids[i] for i in indices], manifest, run_settings, run_name, folder)
+
+
+class _Loop:
+    """The run's outcomes: finished ones reused from the folder, pending ones perturbed and written at once."""
+
+    def __init__(self, parts: _Parts, dataset: ImageDataset, settings: FmrSettings, ident: _Identity,
+                 folder: RunFolder | None, progress, sample_hook: OnSample | None, state: dict) -> None:
+        self.parts, self.dataset, self.settings, self.ident, self.folder = parts, dataset, settings, ident, folder
+        self.progress, self.sample_hook, self.state = progress, sample_hook, state
+        self.cfg = LoopConfig.from_settings(settings)
+        self.done: dict[str, SampleOutcome] = {}
+        self.fps: list[str | None] = [None] * len(ident.indices)
+        self.grid: dict[str, tuple[SampleOutcome, torch.Tensor, torch.Tensor]] = {}
+        self.grid_ids = set(ident.ids[:GRID_SIZE])  # the grid shows the first samples in dataset order
+        self.writer: OutcomeWriter | None = None
+        was_finished = folder is not None and folder.finished
         if folder is not None:
-            lock = RunLock(folder).acquire()  # before reading: a second process stops here, naming this one
-            if fresh:
-                set_aside(folder)
-            prepare_run_dir(folder, run_settings)
-            if manifest is not None:
-                write_json(folder / SHARD_FILE, manifest)
-            fps = dataset.fingerprints(indices)
-            reused_run = (folder / RECORD_FILE).is_file()
-            done = reconcile_outcomes(folder, ids, indices, fps)
-            writer = OutcomeWriter(folder / SAMPLES_FILE)
-        fp_of = dict(zip(ids, fps))
-        pending = [i for i in indices if dataset.ids[i] not in done]
-        reused_run = reused_run and not pending
+            if ident.manifest is not None:
+                write_json(folder.path / SHARD_FILE, ident.manifest)
+            self.fps = dataset.fingerprints(ident.indices)
+            self.done = reconcile_outcomes(folder.path, ident.ids, ident.indices, self.fps)
+            self.writer = OutcomeWriter(folder.path / SAMPLES_FILE)
+        self.fp_of = dict(zip(ident.ids, self.fps))
+        self.pending = [i for i in ident.indices if dataset.ids[i] not in self.done]
+        self.reused = was_finished and not self.pending
+        self.started = now()
 
-        grid: dict[str, tuple[SampleOutcome, torch.Tensor, torch.Tensor]] = {}
-        grid_ids = set(ids[:GRID_SIZE])  # the grid shows the first samples in dataset order
-        started = now()
-        total, finished = len(indices), sum(1 for i in ids if i in done)
-        if progress is True and auditor is not None and finished:
-            _say(audit_line(auditor, select(done, ids), folder))
-        elif reused_run and progress is True:
-            _say(f"reused finished run ({folder}): all {total} samples were done; pass --fresh to redo it")
-        bar = _Progress(progress if pending else False, total, finished)
-        state["done"] = finished
+    def _count(self) -> int:
+        return sum(1 for i in self.ident.ids if i in self.done)
 
-        def save(o: SampleOutcome, clean: torch.Tensor, final: torch.Tensor) -> None:
-            done[o.id] = o
-            state["done"] = sum(1 for i in ids if i in done)
-            if writer is not None:  # a later line for the same id supersedes an earlier one (an audit's)
-                writer.write(o, fp_of.get(o.id))
-            if o.id in grid_ids:
-                grid[o.id] = (o, clean, final.cpu())
+    def save(self, o: SampleOutcome, clean: torch.Tensor, final: torch.Tensor) -> None:
+        self.done[o.id] = o
+        self.state["done"] = self._count()
+        if self.writer is not None:  # a later line for the same id supersedes an earlier one (an audit's)
+            self.writer.write(o, self.fp_of.get(o.id))
+        if o.id in self.grid_ids:
+            self.grid[o.id] = (o, clean, final.cpu())
+
+    def perturb(self) -> None:
+        """Run the loop over the pending samples (and regenerate the x-hat an audit still needs)."""
+        parts, ident, progress = self.parts, self.ident, self.progress
+        total, finished = len(ident.indices), self._count()
+        where = self.folder.path if self.folder is not None else None
+        if progress is True and parts.auditor is not None and finished:
+            _say(audit_line(parts.auditor, select(self.done, ident.ids), where))
+        elif self.reused and progress is True:
+            _say(f"reused finished run ({where}): all {total} samples were done; pass --fresh to redo it")
+        bar = _Progress(progress if self.pending else False, total, finished)
+        self.state["done"] = finished
 
         def on_sample(o: SampleOutcome, clean: torch.Tensor, final: torch.Tensor, latent: torch.Tensor) -> None:
-            if auditor is not None:
-                o = auditor.annotate(o, final)
-            if sample_hook is not None:  # before the outcome is written: a resumed run redoes what the hook missed
-                sample_hook(o, clean, final, latent)
-            save(o, clean, final)
+            if parts.auditor is not None:
+                o = parts.auditor.annotate(o, final)
+            if self.sample_hook is not None:  # before the outcome is written: a resumed run redoes what it missed
+                self.sample_hook(o, clean, final, latent)
+            self.save(o, clean, final)
             bar.advance()
 
-        loop_cfg = LoopConfig(settings.budget, settings.step_size, settings.optimizer, settings.batch_size,
-                              settings.precision, init=settings.init, fgsm_eps=settings.fgsm_eps,
-                              accept=settings.accept)
         try:  # Ctrl-C: evaluate's keep_on_interrupt reports what is saved
             with bar:
-                run_batched(_samples(dataset, pending, settings.workers), model=clf, oracle=ora, generator=gen,
-                            target_of=cmap.tensor(), cfg=loop_cfg, device=device, on_sample=on_sample,
-                            on_iteration=bar.iteration)
-            if auditor is not None:  # samples finished before this call: their x-hat is generated again
-                regenerate = _regenerator(dataset, clf, ora, gen, cmap.tensor(), loop_cfg, device, progress,
-                                          settings.workers)
-                auditor.complete(select(done, ids), regenerate, save)
+                self._run(self.pending, on_sample, bar.iteration)
+            if parts.auditor is not None:  # samples finished before this call: their x-hat is generated again
+                regenerate = _regenerator(self.dataset, parts.clf, parts.ora, parts.gen, parts.cmap.tensor(),
+                                          self.cfg, parts.device, progress, self.settings.workers)
+                parts.auditor.complete(select(self.done, ident.ids), regenerate, self.save)
         finally:
-            if writer is not None:
-                writer.close()
+            if self.writer is not None:
+                self.writer.close()
 
-        outcomes = select(done, ids)
-        display = clf.class_names or (dataset.class_names if cmap.how.startswith("label space") else None)
-        files = {}
-        if folder is not None:
-            files["samples"] = SAMPLES_FILE
-            grid_path = folder / GRID_FILE
-            audited_now = auditor is not None and auditor.n_regenerated > 0
-            if write_grid and ids and (pending or audited_now or not _nonempty(grid_path)):
-                # a resumed run redraws the same first samples: those finished earlier are re-run for their images
-                missing = [i for i in indices[:GRID_SIZE] if dataset.ids[i] not in grid]
-                if missing:
-                    def keep(o, clean, final, latent):
-                        grid[o.id] = (done[o.id], clean, final.cpu())
+    def _run(self, indices: list[int], on_sample, on_iteration=None) -> None:
+        p = self.parts
+        run_batched(_samples(self.dataset, indices, self.settings.workers), model=p.clf, oracle=p.ora,
+                    generator=p.gen, target_of=p.cmap.tensor(), cfg=self.cfg, device=p.device, on_sample=on_sample,
+                    on_iteration=on_iteration)
 
-                    run_batched(_samples(dataset, missing, settings.workers), model=clf, oracle=ora, generator=gen,
-                                target_of=cmap.tensor(), cfg=loop_cfg, device=device, on_sample=keep)
-                items = [grid[i] for i in ids[:GRID_SIZE] if i in grid]
-                save_grid(items, grid_path, class_names=dataset.class_names, model_classes=display,
-                          title=f"{clf.spec} on {dataset.spec} — top: clean, bottom: perturbed (B={settings.budget}, "
-                                f"accept {settings.accept}" + (f", judge {auditor.spec})" if auditor else ")"),
-                          judge=auditor.spec if auditor else None)
-            if _nonempty(grid_path):
-                files["grid"] = GRID_FILE
-        descriptions = {
-            "model": {**clf.describe(), "weights_sha256_16": run_settings["model_weights"], "class_map": cmap.how},
-            "dataset": dataset.describe() | {"n_selected": total, "fingerprint": sample_set_fingerprint(
-                ids, [dataset.labels[i] for i in indices], fps), "content_fingerprinted": folder is not None,
-                                             "class_names": list(dataset.class_names)},
-            "generator": {"spec": str(gen_spec) if gen_spec else gen.name, **gen.settings()},
-            "oracle": {**ora.settings(), "accept": settings.accept},
-            "weights": run_settings["weights"], "defaults": defaults.taken, "notes": defaults.notes,
-        }
-        record = fmr_record({**asdict(settings), "resolution": resolution}, descriptions, outcomes,
-                            provenance=Provenance.collect(device=describe_device(device),
-                                                          timestamp=started.isoformat(timespec="seconds"),
-                                                          command=command_line()),
-                            run=run_name, judge=auditor.spec if auditor else None,
-                            audit=auditor.describe(outcomes) if auditor else None, files=files).to_dict()
-        if shard is not None:  # which slice of the run this is (fmr merge reads it)
-            record["shard"] = {"index": shard.index, "count": shard.count, "n_selected": manifest["n_selected"]}
-        if folder is not None:
-            write_json(folder / RECORD_FILE, record)  # last: a record means every listed file is complete
-    finally:
-        if lock is not None:
-            lock.release()
-        clf.train(was_training)  # hand an in-memory model back as we found it
-        for p, flag in zip(clf.parameters(), grad_flags):
-            p.requires_grad_(flag)
-    return FmrResult(record, outcomes, folder, reused=reused_run)
+    def outcomes(self) -> list[SampleOutcome]:
+        return select(self.done, self.ident.ids)
+
+    def draw_grid(self, write_grid: bool) -> dict[str, str]:
+        """``grid.png`` of the first samples (those finished earlier are run again for their images)."""
+        parts, ident, dataset = self.parts, self.ident, self.dataset
+        files = {"samples": SAMPLES_FILE}
+        grid_path = self.folder.path / GRID_FILE
+        audited_now = parts.auditor is not None and parts.auditor.n_regenerated > 0
+        if write_grid and ident.ids and (self.pending or audited_now or not _nonempty(grid_path)):
+            missing = [i for i in ident.indices[:GRID_SIZE] if dataset.ids[i] not in self.grid]
+            if missing:
+                def keep(o, clean, final, latent):
+                    self.grid[o.id] = (self.done[o.id], clean, final.cpu())
+
+                self._run(missing, keep)
+            clf, auditor = parts.clf, parts.auditor
+            display = clf.class_names or (dataset.class_names if parts.cmap.how.startswith("label space") else None)
+            items = [self.grid[i] for i in ident.ids[:GRID_SIZE] if i in self.grid]
+            save_grid(items, grid_path, class_names=dataset.class_names, model_classes=display,
+                      title=f"{clf.spec} on {dataset.spec} — top: clean, bottom: perturbed (B={self.settings.budget}, "
+                            f"accept {self.settings.accept}" + (f", judge {auditor.spec})" if auditor else ")"),
+                      judge=auditor.spec if auditor else None)
+        if _nonempty(grid_path):
+            files["grid"] = GRID_FILE
+        return files
+
+
+def _record(parts: _Parts, dataset: ImageDataset, settings: FmrSettings, ident: _Identity, defaults: RunDefaults,
+            outcomes: list[SampleOutcome], fps: list[str | None], files: dict[str, str], started: Any) -> dict[str, Any]:
+    """The run's record, built by the one record builder (:func:`fmr_bench.results.record.fmr_record`)."""
+    clf, gen, ora, auditor = parts.clf, parts.gen, parts.ora, parts.auditor
+    descriptions = {
+        "model": {**clf.describe(), "weights_sha256_16": ident.run_settings["model_weights"],
+                  "class_map": parts.cmap.how},
+        "dataset": dataset.describe() | {"n_selected": len(ident.indices), "fingerprint": sample_set_fingerprint(
+            ident.ids, [dataset.labels[i] for i in ident.indices], fps),
+            "content_fingerprinted": ident.folder is not None, "class_names": list(dataset.class_names)},
+        "generator": {"spec": str(parts.gen_spec) if parts.gen_spec else gen.name, **gen.settings()},
+        "oracle": {**ora.settings(), "accept": settings.accept},
+        "weights": ident.run_settings["weights"], "defaults": defaults.taken, "notes": defaults.notes,
+    }
+    record = fmr_record({**asdict(settings), "resolution": parts.resolution}, descriptions, outcomes,
+                        provenance=Provenance.collect(device=describe_device(parts.device),
+                                                      timestamp=started.isoformat(timespec="seconds"),
+                                                      command=command_line()),
+                        run=ident.run_name, judge=auditor.spec if auditor else None,
+                        audit=auditor.describe(outcomes) if auditor else None, files=files).to_dict()
+    if ident.manifest is not None:  # which slice of the run this is (fmr merge reads it)
+        shard = ident.manifest
+        record["shard"] = {"index": shard["index"], "count": shard["count"], "n_selected": shard["n_selected"]}
+    return record
 
 
 def audit_line(auditor: Audit, finished: list[SampleOutcome], folder: Path | None) -> str:

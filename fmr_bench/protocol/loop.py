@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..config import CPU_BATCH_PIXELS
+from ..config import CPU_BATCH_PIXELS, FmrSettings
 from ..generators.base import Generator
 from ..models.base import ImageClassifier
 from ..oracles import Oracle
@@ -46,7 +47,7 @@ class LoopConfig:
     budget: int
     step_size: float
     optimizer: str = "adam"
-    batch_size: int = 16
+    batch_size: int = FmrSettings.batch_size  # one default: the run's
     precision: str = "fp32"
     #: Run the generator's convolutions in channels-last layout (faster with oneDNN and cuDNN).
     channels_last: bool = True
@@ -63,6 +64,12 @@ class LoopConfig:
     fixed_slots: bool = False
     #: On a GPU, fit the slot count to memory: at most ``batch_size``, halved on out-of-memory (fit_slots).
     fit_memory: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Any, **extra: Any) -> LoopConfig:
+        """The loop's part of a run's settings (:class:`~fmr_bench.config.FmrSettings`), field by field by name."""
+        own = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in asdict(settings).items() if k in own}, **extra)
 
     def capacity(self, device: torch.device, height: int, width: int) -> int:
         """Slots in flight for images of this size on ``device``."""

@@ -79,3 +79,28 @@ def test_a_static_evaluator_takes_the_lock_and_writes_settings_first(tmp_path, m
         "calibration", spy, "", None))
     run_evaluator("builtin:digits-mlp", "calibration", "digits-shift:mixed", out=tmp_path / "second")
     assert seen == {"settings": True}
+
+
+def test_a_record_seals_its_samples_and_fmr_results_flags_a_broken_seal(tmp_path, capsys):
+    from fmr_bench import evaluate, load_results
+    from fmr_bench.cli import main
+    from fmr_bench.results.rundir import read_outcome_rows, samples_seal, seal_problem
+
+    res = evaluate("builtin:digits-mlp", "digits", limit=6, budget=2, out=tmp_path, write_grid=False)
+    rec = res.to_dict()
+    samples = res.path / "samples.jsonl"
+    assert rec["seal"]["samples_sha256"] == samples_seal(read_outcome_rows(samples))
+    assert seal_problem(res.path, rec) is None and list(load_results(tmp_path)["seal"]) == ["ok"]
+    lines = samples.read_text().splitlines()
+    first = json.loads(lines[0])
+    first["validated"] = not first["validated"]  # one decision flipped after the run
+    samples.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    assert "does not match the seal" in seal_problem(res.path, rec)
+    assert main(["results", str(tmp_path), "--format", "csv"]) == 0
+    out, err = capsys.readouterr()
+    assert "seal=broken" in err and ",broken," in out
+    samples.write_text("\n".join(lines) + "\n")  # put back: the seal holds again, whatever the line order
+    samples.write_text("\n".join(reversed(lines)) + "\n")
+    assert seal_problem(res.path, rec) is None
+    samples.unlink()
+    assert "missing" in seal_problem(res.path, rec)

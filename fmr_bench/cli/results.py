@@ -46,6 +46,8 @@ def rich_table(frame):
 
     settings = ID_COLUMNS[ID_COLUMNS.index("n") + 1:]
     shown = frame.drop(columns=["path", "timestamp", "weights", "schema", "kind"]).dropna(axis=1, how="all")
+    if (shown["seal"] != "broken").all():
+        shown = shown.drop(columns=["seal"])  # only a broken seal is worth a column on the terminal
     if shown["run"].nunique(dropna=False) == 1:
         shown = shown.drop(columns=["run"])  # one run: its folder is in the title
     else:  # model and data have their columns: the folder's settings hash tells the runs apart
@@ -94,8 +96,11 @@ def run(args: argparse.Namespace) -> int:
     def report(skip) -> None:
         print(f"fmr: skipped {skip.path}: {skip.reason}", file=sys.stderr, flush=True)
 
+    def broken(path, why: str) -> None:
+        print(f"fmr: warning: {path}: {why}; its row is marked seal=broken", file=sys.stderr, flush=True)
+
     frame = load_results(*args.paths, model=args.model, evaluator=args.evaluator, data=args.data, on_skip=report,
-                         shards=args.shards)
+                         shards=args.shards, on_broken_seal=broken)
     if frame.empty:
         filters = [f"--{k} {' '.join(v)}" for k, v in (("model", args.model), ("evaluator", args.evaluator),
                                                        ("data", args.data)) if v]

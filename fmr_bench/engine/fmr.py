@@ -31,6 +31,7 @@ from ..results.rundir import (
     RunFolder,
     RunLock,
     reconcile_outcomes,
+    samples_seal,
     run_dir,
     select,
     settings_hash,
@@ -383,6 +384,7 @@ def _record(parts: _Parts, dataset: ImageDataset, settings: FmrSettings, ident: 
             outcomes: list[SampleOutcome], fps: list[str | None], files: dict[str, str], started: Any) -> dict[str, Any]:
     """The run's record, built by the one record builder (:func:`fmr_bench.results.record.fmr_record`)."""
     clf, gen, ora, auditor = parts.clf, parts.gen, parts.ora, parts.auditor
+    fp_of = dict(zip(ident.ids, fps))
     descriptions = {
         "model": {**clf.describe(), "weights_sha256_16": ident.run_settings["model_weights"],
                   "class_map": parts.cmap.how},
@@ -398,7 +400,9 @@ def _record(parts: _Parts, dataset: ImageDataset, settings: FmrSettings, ident: 
                                                       timestamp=started.isoformat(timespec="seconds"),
                                                       command=command_line()),
                         run=ident.run_name, judge=auditor.spec if auditor else None,
-                        audit=auditor.describe(outcomes) if auditor else None, files=files).to_dict()
+                        audit=auditor.describe(outcomes) if auditor else None, files=files,
+                        seal=samples_seal(zip(outcomes, (fp_of[o.id] for o in outcomes))) if ident.folder else None
+                        ).to_dict()
     if ident.manifest is not None:  # which slice of the run this is (fmr merge reads it)
         shard = ident.manifest
         record["shard"] = {"index": shard["index"], "count": shard["count"], "n_selected": shard["n_selected"]}

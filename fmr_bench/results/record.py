@@ -265,13 +265,17 @@ def build_record(kind: str, evaluator: str, *, model: Mapping[str, Any], dataset
                   seed=seed, sections=sections)
 
 
+#: What a record's ``seal`` digests (docs/results_schema.md).
+SEAL_OF = ("sha256 of the finished outcomes samples.jsonl holds (the last line of an id wins), one JSON object "
+           "per line with sorted keys and the sample's fingerprint as 'fp', in id order")
 #: What :func:`fmr_record` needs besides settings and outcomes (all JSON-ready).
 FMR_DESCRIPTIONS = ("model", "dataset", "generator", "oracle", "weights", "defaults", "notes")
 
 
 def fmr_record(settings: Mapping[str, Any], descriptions: Mapping[str, Any], outcomes: Iterable[SampleOutcome], *,
                provenance: Provenance, run: str | None = None, judge: str | None = None,
-               audit: Mapping[str, Any] | None = None, files: Mapping[str, str] | None = None) -> Record:
+               audit: Mapping[str, Any] | None = None, files: Mapping[str, str] | None = None,
+               seal: str | None = None) -> Record:
     """The record of an FMR run from its finished per-sample outcomes.
 
     Args:
@@ -284,6 +288,8 @@ def fmr_record(settings: Mapping[str, Any], descriptions: Mapping[str, Any], out
         judge: the audit judge's spec when the run was audited (its verdicts enter the metrics).
         audit: the record's ``audit`` section (judge, counts), when audited.
         files: files of the run folder by role (``samples``, ``grid``).
+        seal: the digest of the outcomes as ``samples.jsonl`` holds them
+            (:func:`fmr_bench.results.rundir.samples_seal`), so that an edit of either file shows.
     """
     missing = [k for k in FMR_DESCRIPTIONS if k not in descriptions]
     if missing:
@@ -300,6 +306,8 @@ def fmr_record(settings: Mapping[str, Any], descriptions: Mapping[str, Any], out
     }
     if audit is not None:
         sections["audit"] = dict(audit)
+    if seal is not None:
+        sections["seal"] = {"samples_sha256": seal, "of": SEAL_OF}
     return build_record(KIND_FMR, "fmr", model=descriptions["model"], dataset=descriptions["dataset"], settings=settings,
                         metrics=metrics, provenance=provenance, run=run, n=len(rows), seed=settings.get("seed"),
                         sections=sections)

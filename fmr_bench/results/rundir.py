@@ -288,6 +288,35 @@ def outcome_line(outcome: SampleOutcome, fp: str | None) -> str:
     return json.dumps({**outcome.to_dict(), "fp": fp}) + "\n"
 
 
+def samples_seal(rows: Iterable[tuple[SampleOutcome, str | None]]) -> str:
+    """The digest a record seals its samples with: the outcomes by id (a later row of an id wins),
+    each as one JSON object with sorted keys and its fingerprint, in id order (see ``SEAL_OF``)."""
+    last = {o.id: (o, fp) for o, fp in rows}
+    h = hashlib.sha256()
+    for sid in sorted(last):
+        o, fp = last[sid]
+        h.update((json.dumps({**o.to_dict(), "fp": fp}, sort_keys=True) + "\n").encode())
+    return h.hexdigest()
+
+
+def seal_problem(folder: Path, record: dict[str, Any] | Record) -> str | None:
+    """Why ``folder``'s samples do not match the seal of its ``record`` (None: they match, or it has none).
+
+    A record written before seals existed has none; that is not a problem.
+    """
+    rec = record.to_dict() if isinstance(record, Record) else record
+    seal = (rec.get("seal") or {}).get("samples_sha256")
+    if seal is None:
+        return None
+    samples = Path(folder) / SAMPLES_FILE
+    if not samples.is_file():
+        return f"{samples} is missing; the record seals {rec.get('n')} outcomes"
+    if samples_seal(read_outcome_rows(samples)) != seal:
+        return f"{samples} does not match the seal of its record (an outcome was added, removed or edited since)"
+    return None
+
+
+
 def reconcile_outcomes(folder: Path, ids: list[str], indices: list[int], fps: list[str | None]
                        ) -> dict[str, SampleOutcome]:
     """The finished outcomes of the current sample set, and a samples file that holds just them.

@@ -30,6 +30,7 @@ from .rundir import (
     RunLock,
     outcome_line,
     read_json_or_none,
+    samples_seal,
     atomic_write,
     prepare_run_dir,
     read_outcome_rows,
@@ -287,7 +288,7 @@ def merge_parts(parts: Sequence[ShardPart]) -> Merged:
     prov = replace(records[0].provenance, timestamp=min(stamps) if stamps else None,
                    device=", ".join(dict.fromkeys(str(r.provenance.device) for r in records)))
     record = fmr_record(records[0].settings, descriptions, outcomes, provenance=prov, run=records[0].run,
-                        files={"samples": SAMPLES_FILE}).to_dict()
+                        files={"samples": SAMPLES_FILE}, seal=samples_seal(rows)).to_dict()
     record["merged_from"] = [{"shard": str(p.shard), "source": p.source, "n": len(p.manifest["ids"]),
                               **{k: v for k, v in r.provenance.to_dict().items() if k != "versions"}}
                              for p, r in ordered]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .record import KIND_FMR, Record, RecordError, load_record
+from .rundir import seal_problem
 from .scan import RECORD_NAMES, iter_record_files
 
 MAIN_SET = "main"
@@ -32,7 +33,7 @@ ID_COLUMNS = ("model", "evaluator", "kind", "dataset", "metric_set", "n", "seed"
 RUNTIME_SETTINGS = ("device", "batch_size", "workers", "num_workers", "checkpoint_every", "cache")
 #: Prefix of the columns of the other identity settings (fine-tuning's method, lr, epochs...).
 SETTING_PREFIX = "setting."
-TAIL_COLUMNS = ("weights", "schema", "timestamp", "run", "path")
+TAIL_COLUMNS = ("seal", "weights", "schema", "timestamp", "run", "path")
 #: Characters that make a filter a glob (``?`` is not one: model specs use it for options).
 GLOB_CHARS = ("*", "[")
 
@@ -87,7 +88,8 @@ def record_rows(rec: Record, path: Path | None = None) -> list[dict[str, Any]]:
 
 def load_results(*paths: str | Path, model: str | Sequence[str] | None = None,
                  evaluator: str | Sequence[str] | None = None, data: str | Sequence[str] | None = None,
-                 on_skip: Callable[[Skipped], None] | None = None, shards: bool = False):
+                 on_skip: Callable[[Skipped], None] | None = None, shards: bool = False,
+                 on_broken_seal: Callable[[Path, str], None] | None = None):
     """Every run record under ``paths`` as one DataFrame, one row per (run, metric set).
 
     Args:
@@ -99,6 +101,9 @@ def load_results(*paths: str | Path, model: str | Sequence[str] | None = None,
             the list is also in ``frame.attrs["skipped"]`` as (path, reason) pairs).
         shards: also the records of a sharded run's parts (:mod:`fmr_bench.results.scan`);
             by default a merged run is one row and unmerged parts are left out.
+        on_broken_seal: called as ``(record path, why)`` for a record whose ``samples.jsonl`` no
+            longer matches its seal; the row stays, with ``seal`` = ``"broken"`` (else ``"ok"``,
+            or ``"none"`` for records without a seal: static, fine-tuning, or written before seals).
 
     Raises:
         DataError: a path that does not exist.
@@ -118,7 +123,11 @@ def load_results(*paths: str | Path, model: str | Sequence[str] | None = None,
             continue
         if matches(rec.model_spec, _as_list(model)) and matches(rec.evaluator, _as_list(evaluator)) and \
                 matches(rec.dataset_spec, _as_list(data)):
-            rows.extend(record_rows(rec, path))
+            problem = seal_problem(path.parent, rec)
+            if problem and on_broken_seal is not None:
+                on_broken_seal(path, problem)
+            seal = "broken" if problem else ("ok" if rec.sections.get("seal") else "none")
+            rows.extend({**row, "seal": seal} for row in record_rows(rec, path))
     frame = pd.DataFrame(rows)
     if not frame.empty:
         extra = ("option.", SETTING_PREFIX)

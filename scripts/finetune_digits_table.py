@@ -45,7 +45,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +55,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(ROOT))
 
-import fmr_bench  # noqa: E402
-from fmr_bench.datasets import TensorImages, load_dataset  # noqa: E402
-from fmr_bench.datasets.digits_shifts import SHIFTS  # noqa: E402
-from fmr_bench.errors import FmrBenchError, SettingsError  # noqa: E402
-from fmr_bench.evaluators.group_robustness import group_accuracies  # noqa: E402
+import fmr_bench
+from fmr_bench.datasets import TensorImages, load_dataset
+from fmr_bench.datasets.digits_shifts import SHIFTS
+from fmr_bench.errors import FmrBenchError, SettingsError
+from fmr_bench.evaluators.group_robustness import group_accuracies
 from fmr_bench.files import require_writable
 
 POOLS = ROOT / "fmr_bench" / "digits" / "descriptors.json"
@@ -407,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cfg.validated()
         table = Table(cfg, out)
         print(f"fine-tuning {cfg.model} on {cfg.train}: seeds {list(cfg.seeds)}, preset {cfg.preset}, "
-              f"{cfg.epochs} epochs, batch {cfg.batch_size}; FMR on digits:test, {cfg.fmr_limit} images, "
+              f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr or 'of the preset'}"
+              f"{'' if cfg.beta is None else f', maskcf beta {cfg.beta:g}'}; FMR on digits:test, {cfg.fmr_limit} images, "
               f"budget {cfg.fmr_budget}", flush=True)
         table.run()
         text = markdown(summarise(table.rows, cfg.methods))

@@ -65,7 +65,7 @@ def noisy_labels(labels: np.ndarray, noise: float, rng: np.random.Generator, n_c
         return out
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        flip = np.sort(rng.permutation(idx)[:int(round(noise * len(idx)))])
+        flip = np.sort(rng.permutation(idx)[:round(noise * len(idx))])
         others = [k for k in range(n_classes) if k != c]
         start = int(rng.integers(len(others)))
         for k, i in enumerate(flip):
@@ -93,7 +93,7 @@ def assign_backgrounds(labels: np.ndarray, correlation: float, rng: np.random.Ge
     out = labels.copy()
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        n_minor = len(idx) - int(round(correlation * len(idx)))
+        n_minor = len(idx) - round(correlation * len(idx))
         minor = rng.permutation(idx)[:n_minor]
         others = [b for b in range(n_backgrounds) if b != c]
         start = int(rng.integers(len(others)))

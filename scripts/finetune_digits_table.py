@@ -207,8 +207,10 @@ class Table:
 
     def _key(self) -> dict[str, Any]:
         d = asdict(self.cfg)
-        for k in ("seeds", "methods", "threads"):
+        for k in ("seeds", "methods"):
             d.pop(k)
+        if d["threads"] == 1:  # the default, left out as in rows written before threads counted
+            d.pop("threads")  # (the thread count changes the float sums of training: other weights)
         for k in ("lr", "beta"):  # None: the preset's value, as in rows written before these fields
             if d[k] is None:
                 d.pop(k)
@@ -325,7 +327,7 @@ def write_records(out: Path, cfg: TableSettings, rows: list[dict[str, Any]], com
     from fmr_bench.runtime import now
 
     prov = Provenance.collect(device="cpu", timestamp=now().isoformat(timespec="seconds"), command=command)
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("threads", "methods")}
+    settings = {k: v for k, v in asdict(cfg).items() if k != "methods"}
     written = []
     for m in cfg.methods:
         runs = [r for r in rows if r["method"] == m]

@@ -90,8 +90,12 @@ def test_testbed_preset_and_flags():
     table = mod.Table.__new__(mod.Table)
     table.cfg = mod.TableSettings()
     assert "lr" not in table._key() and "beta" not in table._key()
+    assert "threads" not in table._key()
     table.cfg = cfg
     assert table._key()["lr"] == 3e-4
+    # another thread count gives other float sums, so other weights: its rows do not mix
+    table.cfg = mod.TableSettings(threads=2)
+    assert table._key()["threads"] == 2
 
 
 def test_table_refuses_a_bad_train_spec(tmp_path, capsys):

@@ -81,7 +81,8 @@ def test_bad_options_are_one_line(spec, match):
 def test_testbed_preset_and_flags():
     mod = _table_script()
     cfg, _ = mod.parse_args(["--preset", "testbed"])
-    assert cfg.lr == mod.TABLE_PRESETS["testbed"]["lr"] and cfg.train == "digits-spurious:train"
+    assert (cfg.lr, cfg.fmr_limit, cfg.train) == (1e-3, 360, "digits-spurious:train")
+    assert mod.parse_args(["--preset", "testbed", "--fmr-limit", "8"])[0].fmr_limit == 8  # a flag wins
     cfg, _ = mod.parse_args(["--preset", "testbed", "--lr", "3e-4", "--beta", "1",
                              "--train", "digits-spurious:train?noise=0.1", "--seeds", "4", "5"])
     assert (cfg.lr, cfg.beta, cfg.seeds) == (3e-4, 1.0, (4, 5))

@@ -84,9 +84,9 @@ def require_writable(folder: str | Path, fix: str = "pick a writable --out") -> 
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
+        probe = folder / f".write-test-{os.getpid()}"  # per process: several may share one folder
         probe.write_text("")
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as e:
         raise OutputError(f"cannot write to {folder} ({e.strerror or type(e).__name__}); {fix}") from None
     return folder

@@ -45,7 +45,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +55,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(ROOT))
 
-import fmr_bench  # noqa: E402
-from fmr_bench.datasets import TensorImages, load_dataset  # noqa: E402
-from fmr_bench.datasets.digits_shifts import SHIFTS  # noqa: E402
-from fmr_bench.errors import FmrBenchError, SettingsError  # noqa: E402
-from fmr_bench.evaluators.group_robustness import group_accuracies  # noqa: E402
+import fmr_bench
+from fmr_bench.datasets import TensorImages, load_dataset
+from fmr_bench.datasets.digits_shifts import SHIFTS
+from fmr_bench.errors import FmrBenchError, SettingsError
+from fmr_bench.evaluators.group_robustness import group_accuracies
 from fmr_bench.files import require_writable
 
 POOLS = ROOT / "fmr_bench" / "digits" / "descriptors.json"
@@ -72,10 +72,16 @@ SCRIPT = "scripts/finetune_digits_table.py"
 
 @dataclass(frozen=True)
 class TableSettings:
-    """Everything that determines the table (written into every row)."""
+    """Everything that determines the table (written into every row).
+
+    ``lr`` and ``beta`` of None keep the fine-tuning preset's values (and stay out of the
+    rows' key, so rows measured before these fields existed still match).
+    """
 
     model: str = "builtin:digits-clip-captions"
     train: str = "digits-spurious:train"
+    lr: float | None = None
+    beta: float | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     methods: tuple[str, ...] = ROWS
     preset: str = "digits"
@@ -90,6 +96,14 @@ class TableSettings:
     eval_limit: int | None = None
     threads: int = 1
 
+    @property
+    def id_data(self) -> str:
+        """The ID test set: the training set's rule on the test digits (``digits-spurious:id?...``)."""
+        head, _, opts = self.train.partition("?")
+        if head != "digits-spurious:train":
+            raise SettingsError(f"--train must be digits-spurious:train[?options] (got {self.train!r})")
+        return "digits-spurious:id" + (f"?{opts}" if opts else "")
+
     def validated(self) -> TableSettings:
         unknown = [m for m in self.methods if m not in ROWS]
         if unknown:
@@ -101,6 +115,16 @@ class TableSettings:
         for name in ("epochs", "batch_size", "fmr_limit", "fmr_budget", "threads"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        for name in ("lr", "beta"):
+            v = getattr(self, name)
+            if v is not None and (v < 0 or (name == "lr" and v == 0)):
+                raise SettingsError(f"--{name} must be {'> 0' if name == 'lr' else '>= 0'} (got {v})")
+        from fmr_bench.errors import SpecError
+
+        try:
+            load_dataset(self.id_data)  # a bad ?option is one line before any work
+        except SpecError as e:
+            raise SettingsError(f"--train {self.train}: {e}") from None
         for name in ("train_limit", "eval_limit"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -131,7 +155,7 @@ class Scorer:
     def __init__(self, cfg: TableSettings) -> None:
         self.cfg = cfg
         lim = cfg.eval_limit
-        self.id = subset(load_dataset("digits-spurious:id"), lim)
+        self.id = subset(load_dataset(cfg.id_data), lim)
         self.spurious = subset(load_dataset("digits-spurious:test"), lim)
         self.clean = subset(load_dataset("digits:test"), lim)
         self.shifts = [subset(load_dataset(f"digits-shift:{s}"), lim) for s in SHIFTS]
@@ -183,8 +207,13 @@ class Table:
 
     def _key(self) -> dict[str, Any]:
         d = asdict(self.cfg)
-        for k in ("seeds", "methods", "threads"):
+        for k in ("seeds", "methods"):
             d.pop(k)
+        if d["threads"] == 1:  # the default, left out as in rows written before threads counted
+            d.pop("threads")  # (the thread count changes the float sums of training: other weights)
+        for k in ("lr", "beta"):  # None: the preset's value, as in rows written before these fields
+            if d[k] is None:
+                d.pop(k)
         return d
 
     def _read_rows(self) -> list[dict[str, Any]]:
@@ -229,6 +258,7 @@ class Table:
 
         c = self.cfg
         extra = {"descriptors": str(POOLS), "concepts": c.concepts} if method == "starft" else {}
+        extra.update({k: v for k, v in (("lr", c.lr), ("beta", c.beta)) if v is not None})
         res = finetune(c.model, self.train_data(), preset=c.preset, method=method, seed=seed, epochs=c.epochs,
                        batch_size=c.batch_size, caption=c.prompt, templates=c.prompt, out=None, **extra)
         return res.model
@@ -297,7 +327,7 @@ def write_records(out: Path, cfg: TableSettings, rows: list[dict[str, Any]], com
     from fmr_bench.runtime import now
 
     prov = Provenance.collect(device="cpu", timestamp=now().isoformat(timespec="seconds"), command=command)
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("threads", "methods")}
+    settings = {k: v for k, v in asdict(cfg).items() if k != "methods"}
     written = []
     for m in cfg.methods:
         runs = [r for r in rows if r["method"] == m]
@@ -328,25 +358,50 @@ def markdown(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: Named tables (``--preset``): TableSettings fields that differ from the defaults.
+#: ``spurious`` is the first table (66 steps at the preset's lr 1e-4: FT keeps its
+#: robustness); ``testbed`` the setting where plain FT loses it (docs/digits-finetune.md),
+#: with FMR on 360 images (on 32, one image moves FMR by 3 points).
+TABLE_PRESETS: dict[str, dict[str, Any]] = {
+    "spurious": {},
+    "testbed": {"lr": 1e-3, "fmr_limit": 360},
+}
+#: CLI flag -> (TableSettings field, type, help).
+FLAGS: dict[str, tuple[str, Any, str]] = {
+    "--train": ("train", str, "training set: digits-spurious:train[?correlation=R&noise=P]"),
+    "--seeds": ("seeds", int, "fine-tuning seeds"),
+    "--methods": ("methods", str, f"rows to run (any of {', '.join(ROWS)})"),
+    "--epochs": ("epochs", int, "epochs of every trained method"),
+    "--batch-size": ("batch_size", int, "images per step"),
+    "--lr": ("lr", float, "peak lr of the FT stages (default: the digits fine-tuning preset's 1e-4)"),
+    "--beta": ("beta", float, "maskcf's feature-distillation weight (default: seed 000's 30)"),
+    "--wise-alpha": ("wise_alpha", float, "WiSE-FT mixing coefficient"),
+    "--fmr-limit": ("fmr_limit", int, "FMR: images of digits:test (seeded subset)"),
+    "--fmr-budget": ("fmr_budget", int, "FMR: perturbation steps per image"),
+    "--train-limit": ("train_limit", int, "train on about this many images (smoke runs)"),
+    "--eval-limit": ("eval_limit", int, "score on about this many images per set (smoke runs)"),
+    "--threads": ("threads", int, "torch threads of this process"),
+}
+
+
 def parse_args(argv: list[str] | None) -> tuple[TableSettings, Path]:
     d = TableSettings()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/digits-finetune"), help="folder for rows, models and table")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
-    p.add_argument("--methods", nargs="+", default=list(d.methods), help=f"rows to run (any of {', '.join(ROWS)})")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--wise-alpha", type=float, default=d.wise_alpha)
-    p.add_argument("--fmr-limit", type=int, default=d.fmr_limit, help="FMR: images of digits:test (seeded subset)")
-    p.add_argument("--fmr-budget", type=int, default=d.fmr_budget, help="FMR: perturbation steps per image")
-    p.add_argument("--train-limit", type=int, default=None, help="train on about this many images (smoke runs)")
-    p.add_argument("--eval-limit", type=int, default=None, help="score on about this many images per set (smoke runs)")
-    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--preset", choices=sorted(TABLE_PRESETS), default="spurious",
+                   help="named table: spurious (the first table) or testbed (FT loses robustness); "
+                        "the flags below override it")
+    for flag, (name, kind, text) in FLAGS.items():
+        many = name in ("seeds", "methods")
+        p.add_argument(flag, type=kind, nargs="+" if many else None, default=None,
+                       help=f"{text} (default {getattr(d, name)})")
     a = p.parse_args(argv)
-    cfg = TableSettings(seeds=tuple(a.seeds), methods=tuple(a.methods), epochs=a.epochs, batch_size=a.batch_size,
-                        wise_alpha=a.wise_alpha, fmr_limit=a.fmr_limit, fmr_budget=a.fmr_budget,
-                        train_limit=a.train_limit, eval_limit=a.eval_limit, threads=a.threads)
-    return cfg, a.out
+    values = dict(TABLE_PRESETS[a.preset])
+    for name, _, _ in FLAGS.values():
+        v = getattr(a, name)
+        if v is not None:
+            values[name] = tuple(v) if isinstance(v, list) else v
+    return TableSettings(**values), a.out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -355,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cfg.validated()
         table = Table(cfg, out)
         print(f"fine-tuning {cfg.model} on {cfg.train}: seeds {list(cfg.seeds)}, preset {cfg.preset}, "
-              f"{cfg.epochs} epochs, batch {cfg.batch_size}; FMR on digits:test, {cfg.fmr_limit} images, "
+              f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr or 'of the preset'}"
+              f"{'' if cfg.beta is None else f', maskcf beta {cfg.beta:g}'}; FMR on digits:test, {cfg.fmr_limit} images, "
               f"budget {cfg.fmr_budget}", flush=True)
         table.run()
         text = markdown(summarise(table.rows, cfg.methods))

@@ -350,3 +350,34 @@ def test_an_unreadable_file_read_by_a_worker_is_one_line(tiny_clip, tmp_path):
     with pytest.raises(DataError, match=r"^cannot read image .*im5.png") as err:
         finetune(tiny_clip, spec, workers=2, method="ft", epochs=1, batch_size=4, pretrained=False, **FAST)
     assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
+
+
+# --- a fine-tuning run is as safe as an FMR run -------------------------------------------------
+def test_two_identical_runs_write_byte_identical_models(tiny_clip, tmp_path):
+    kw = dict(method="ft", epochs=1, batch_size=8, pretrained=False, **FAST)
+    a = finetune(tiny_clip, world(), out=tmp_path / "a", **kw)
+    b = finetune(tiny_clip, world(), out=tmp_path / "b", **kw)
+    assert a.path.read_bytes() == b.path.read_bytes()  # no finish time in the header: a hash checks a result
+    rec = load_record(tmp_path / "a" / "finetune.json")
+    assert rec.provenance.timestamp and rec.dataset["fingerprint"]  # the time went to the record
+
+
+def test_training_images_changed_under_the_same_names_are_refused(tiny_clip, tmp_path):
+    kw = dict(method="ft", epochs=2, batch_size=8, pretrained=False, **{**FAST, "checkpoint_every": 1})
+    with pytest.raises(InterruptedRun):
+        finetune(tiny_clip, world(), out=tmp_path / "run", callbacks=[Crash(2)], **kw)
+    other = world(seed=1)  # same spec, ids, size and class names; other pixels
+    assert other.spec == world().spec and other.ids == world().ids
+    with pytest.raises(OutputError, match="other training data") as e:
+        finetune(tiny_clip, other, out=tmp_path / "run", **kw)
+    assert len(str(e.value).splitlines()) == 1
+    finetune(tiny_clip, world(), out=tmp_path / "run", **kw)  # the same images again: it resumes
+
+
+def test_a_kill_before_the_first_checkpoint_leaves_one_log_line_per_step(tiny_clip, tmp_path):
+    kw = dict(method="ft", epochs=2, batch_size=8, pretrained=False, **FAST)  # checkpoint_every=1000: none
+    with pytest.raises(InterruptedRun):
+        finetune(tiny_clip, world(), out=tmp_path / "run", callbacks=[Crash(2)], **kw)
+    res = finetune(tiny_clip, world(), out=tmp_path / "run", **kw)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, res.steps + 1))

@@ -37,7 +37,7 @@ from ..files import append_jsonl, keep_on_interrupt, require_writable, truncate_
 from ..models import ImageClassifier, load_model, map_classes
 from ..models.file import save_model
 from ..progress import Progress
-from ..results.record import Provenance, finetune_record
+from ..results.record import Provenance, finetune_record, sample_set_fingerprint
 from ..results.rundir import RunLock
 from ..runtime import command_line
 from .adapters import Parts, parts_of
@@ -134,6 +134,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.rng = random.Random(settings.seed)
         self.teachers: dict[str, Parts] = {}
+        self._data_sha256: str | None = None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -164,8 +165,22 @@ class Trainer:
         s.pop("device", None)  # resuming on another device is allowed
         s.pop("checkpoint_every", None)
         s.pop("workers", None)  # decoding in workers gives the same batches
+        if self._data_sha256 is None:  # the content, not only the names: a set changed in place is another run
+            data = self.data
+            self._data_sha256 = sample_set_fingerprint(data.ids, data.labels, data.fingerprints(range(len(data))))
         return {"settings": s, "model": self.run_info.get("model", self.model.spec),
-                "data": self.run_info.get("data", self.data.spec), "n_train": len(self.data)}
+                "data": self.run_info.get("data", self.data.spec), "n_train": len(self.data),
+                "data_sha256": self._data_sha256}
+
+    def _other_run(self, old: dict[str, Any], what: str) -> OutputError:
+        """The one-line refusal of a folder whose run differs from this one, saying what differs."""
+        fp = self._fingerprint()
+        differ = sorted(k for k in fp if old.get(k) != fp[k])
+        if differ == ["data_sha256"]:
+            return OutputError(f"{self.out} holds {what} of the same settings on other training data (the images "
+                               "changed since it started); pick another --out (its files are kept)")
+        return OutputError(f"{self.out} holds {what} of other settings ({', '.join(differ) or 'unknown'} differ); "
+                           "pick another --out (its files are kept)")
 
     def _set_trainable(self, stage: Stage) -> list[torch.nn.Parameter]:
         for p in self.model.parameters():
@@ -404,8 +419,7 @@ class Trainer:
                 old = None
             if old is not None and old.get("fingerprint") != fp:
                 if latest_checkpoint(ckpt_root) is not None or (out / "model.safetensors").exists():
-                    raise OutputError(f"{out} holds a fine-tuning run of other settings; pick another --out "
-                                      "(its checkpoints and model are kept)")
+                    raise self._other_run(old.get("fingerprint") or {}, "a fine-tuning run")
                 # A run that stopped before its first checkpoint left nothing to keep: start afresh.
                 for name in ("zeroshot.safetensors", "train_log.jsonl", "evaluations.jsonl"):
                     (out / name).unlink(missing_ok=True)
@@ -435,7 +449,8 @@ class Trainer:
         else:
             save_model(self.model, theta0_path,  # raises a one-line OutputError (files.atomic_write_file)
                        metadata={META_KEY: json.dumps({"role": "zero-shot (before fine-tuning)", **fp})})
-        if folder is None:
+        if folder is None:  # killed before its first checkpoint: every step is redone, so is its log
+            self.log = truncate_jsonl(out / "train_log.jsonl", 0)
             return (0, 0, 0), theta0
 
         try:
@@ -444,7 +459,7 @@ class Trainer:
             raise OutputError(f"checkpoint {folder} is unreadable ({type(e).__name__}); delete {ckpt_root / 'latest.json'} "
                               "to start over, or pick another --out") from None
         if {k: state.get(k) for k in fp} != fp:
-            raise OutputError(f"{out} holds checkpoints of other settings; pick another --out (they are kept)")
+            raise self._other_run(state, "checkpoints")
         st_load(self.model.net, str(folder / "model.safetensors"), strict=True)
         self._set_rng_state(rng)
         self.rng.setstate(_tuplify(state["py_rng"]))
@@ -470,27 +485,28 @@ class Trainer:
 
     def _finish(self) -> Path:
         meta = {"method": self.method.name, "stages": [s.name for s in self.method.stages], "steps": self.global_step,
-                "versions": _versions(), **self._fingerprint(),
-                "finished": _dt.datetime.now(_dt.timezone.utc).isoformat()}
+                "versions": _versions(), **self._fingerprint()}  # no time: the same run gives the same bytes
+        finished = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         path = self.out / "model.safetensors"
         try:
             save_model(self.model, path, metadata={META_KEY: json.dumps(meta)})
             evals = [r for cb in self.callbacks for r in getattr(cb, "records", [])]
-            write_json(self.out / FINETUNE_FILE, self._record(meta, evals, path).to_dict())
+            write_json(self.out / FINETUNE_FILE, self._record(meta, evals, path, finished).to_dict())
         except OutputError as e:  # files.py turns every OSError into this one-line error
             raise OutputError(f"{e} (re-running the same command resumes training from the last checkpoint)") from None
         return path
 
 
-    def _record(self, meta: dict[str, Any], evals: list[dict[str, Any]], path: Path):
+    def _record(self, meta: dict[str, Any], evals: list[dict[str, Any]], path: Path, finished: str):
         """The run's record: the trained model, its training data and settings, its last scores."""
         fp = self._fingerprint()
         return finetune_record(
             self.method.name, fp["settings"],
             model={"spec": fp["model"], "arch": self.model.arch, "weights_sha256_16": self.model.weights_hash(),
                    "file": path.name},
-            dataset={"spec": fp["data"], "n": fp["n_train"]}, metrics=last_scores(evals),
-            provenance=Provenance.collect(device=str(self.device), timestamp=meta["finished"],
+            dataset={"spec": fp["data"], "n": fp["n_train"], "fingerprint": fp["data_sha256"]},
+            metrics=last_scores(evals),
+            provenance=Provenance.collect(device=str(self.device), timestamp=finished,
                                           command=command_line()),
             run=self.out.name, seed=self.settings.seed,
             sections={"stages": meta["stages"], "steps": meta["steps"], "evaluations": evals,

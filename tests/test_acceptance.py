@@ -261,3 +261,37 @@ def test_old_sample_lines_without_oracle_fields_still_load(tmp_path):
     assert o.oracle_conf is None and o.audit is None and o.steps == 3
     with pytest.raises(KeyError):
         SampleOutcome.from_dict({k: v for k, v in old.items() if k != "steps"})
+
+
+def test_an_oracle_subclass_that_overrides_only_forward_works_under_every_rule():
+    """A user's oracle: forward returns probabilities; the rules decide on those (it is one member)."""
+    import torch
+
+    from fmr_bench.oracles import Oracle
+    from fmr_bench.oracles.acceptance import decide
+
+    class Fixed(Oracle):
+        def __init__(self):
+            super().__init__([], "mine", "single")
+
+        def forward(self, x):
+            p = torch.full((x.shape[0], 3), 0.05)
+            p[:, 1] = 0.9
+            return p
+
+    ora = Fixed()
+    x, y = torch.zeros(2, 3, 8, 8), torch.tensor([1, 0])
+    assert ora.member_probs(x).shape == (1, 2, 3)
+    for rule, want in (("argmax", [True, False]), ("margin:0.8", [True, False]), ("margin:0.9", [False, False]),
+                       ("all-agree", [True, False])):
+        assert decide(rule, ora.member_probs(x), y).accepted.tolist() == want, rule
+
+
+def test_an_oracle_without_members_or_forward_is_one_line():
+    import torch
+
+    from fmr_bench.errors import SettingsError
+    from fmr_bench.oracles import Oracle
+
+    with pytest.raises(SettingsError, match="has no members"):
+        Oracle([], "empty", "single").member_probs(torch.zeros(1, 3, 8, 8))

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..config import ORACLE_TEMPLATE
+from ..errors import SettingsError
 from ..models import BUILTIN_OPTIONS, OPENCLIP_OPTIONS
 from ..registry import ORACLE_SOURCES
 from ..specs import Spec, parse_spec
@@ -35,13 +36,26 @@ class Oracle(nn.Module):
 
     @torch.no_grad()
     def member_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities of each member, (M, N, C): what acceptance rules decide on."""
+        """Class probabilities of each member, (M, N, C): what acceptance rules decide on.
+
+        A subclass that overrides only :meth:`forward` (returning (N, C) probabilities) is one
+        member: its own probabilities are what the rules decide on.
+        """
+        if type(self).forward is not Oracle.forward:
+            return self(x).float().unsqueeze(0)
+        return self._members(x)
+
+    def _members(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.members) == 0:
+            raise SettingsError(f"oracle {self.spec or type(self).__name__} has no members: build it from member "
+                                "modules (Oracle([clip], spec, prompts)) or override forward(x) to return (N, C) "
+                                "class probabilities")
         return torch.stack([m(x).float().softmax(-1) for m in self.members])
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, C), averaged over members."""
-        return self.member_probs(x).mean(0)
+        return self._members(x).mean(0)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -177,3 +178,18 @@ def test_decoder_levers_keep_the_decoder_function_and_its_weights():
     assert sum(p.numel() for p in fast.parameters()) == sum(p.numel() for p in g.parameters())
     with pytest.raises(SettingsError, match="unknown decoder lever"):
         apply_levers(fast, ["warp"])
+
+
+def test_an_edited_copy_of_shipped_weights_is_refused_with_a_fix_that_works(tmp_path):
+    """vqgan:digits?weights=COPY with the copy changed: the message names the copy, not a reinstall."""
+    import fmr_bench
+    from fmr_bench.errors import WeightsError
+    from fmr_bench.generators import load_generator
+
+    shipped = Path(fmr_bench.__file__).parent / "digits" / "weights" / "vqgan-digits.safetensors"
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(shipped.read_bytes() + b" ")
+    with pytest.raises(WeightsError) as e:
+        load_generator(f"vqgan:digits?weights={copy}", default="vqgan:digits")
+    msg = str(e.value)
+    assert str(copy) in msg and "drop ?weights=" in msg and "reinstall" not in msg and len(msg.splitlines()) == 1

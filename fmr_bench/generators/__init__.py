@@ -52,6 +52,10 @@ def build_vqgan(spec: Spec, default: str, seed: int = 0) -> Generator:
         download(card["weights"]["url"], path, sha256=card["weights"].get("sha256"))
     expected = card["weights"].get("sha256")
     if expected and "package_file" in card["weights"] and path.is_file() and sha256_file(path) != expected:
+        if spec.opts.get("weights"):  # a copy the user named: the package is fine, the copy is not
+            raise WeightsError(f"{path} does not match the sha256 of card {card['name']} (the weights it describes); "
+                               "pass an unchanged copy, drop ?weights= to use the shipped file, or give weights of "
+                               "your own their own card (generators/*.json) and pass vqgan:CARD")
         raise WeightsError(f"{path} does not match the sha256 of card {card['name']}; reinstall fmr_bench")
     cfg = card["config"]
     g = VQGAN(cfg["ddconfig"], cfg["n_embed"], cfg["embed_dim"], card=card["name"])

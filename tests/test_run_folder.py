@@ -104,3 +104,13 @@ def test_a_record_seals_its_samples_and_fmr_results_flags_a_broken_seal(tmp_path
     assert seal_problem(res.path, rec) is None
     samples.unlink()
     assert "missing" in seal_problem(res.path, rec)
+
+
+def test_temporary_files_of_a_killed_writer_are_cleaned_on_the_next_start(tmp_path):
+    run = tmp_path / "run"
+    with RunFolder(run, {"a": 1}):
+        pass
+    for name in ("settings.json.4242.part", "samples.jsonl.4242.part", "record.json.99.w.part"):
+        (run / name).write_text("torn")
+    with RunFolder(run, {"a": 1}):
+        assert not list(run.glob("*.part"))

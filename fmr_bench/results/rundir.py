@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import OutputError
-from ..files import atomic_write, make_dir, output_error, write_json
+from ..files import PART, atomic_write, make_dir, output_error, write_json
 from ..protocol.outcome import SampleOutcome
 from .record import SCHEMA_VERSION, Record, RecordError, load_record  # noqa: F401  (SCHEMA_VERSION: re-exported)
 from .scan import RECORD_FILE
@@ -49,8 +49,15 @@ def run_dir(out: str | Path, model: str, data: str, settings: dict[str, Any]) ->
 
 
 def prepare_run_dir(path: Path, settings: dict[str, Any]) -> None:
-    """Create the run folder and its settings file, or check an existing one matches."""
+    """Create the run folder and its settings file, or check an existing one matches.
+
+    Call with the run lock held: temporary files that a killed writer left (``NAME.<pid>.part``)
+    are removed first, since no other process writes into a locked folder.
+    """
     make_dir(path)
+    for tmp in path.glob(f"*{PART}"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
     sfile = path / "settings.json"
     old = read_json_or_none(sfile)
     if old is None:  # absent, or torn by a crash before this writer was atomic

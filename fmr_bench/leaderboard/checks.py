@@ -30,7 +30,6 @@ from .schema import FINETUNE_EVALUATOR, Board, BoardError, Entry, Task, expand
 
 #: The settings of an FMR run's identity a board compares (besides the dataset, generator and oracle).
 FMR_SETTINGS = ("limit", "budget", "step_size", "accept", "precision", "seed", "optimizer", "init", "fgsm_eps")
-#: Record metrics that are counts or percentages recomputed from samples.jsonl.
 _CLOSE = 1e-9
 
 
@@ -133,7 +132,7 @@ def _static_identity(task: Task, where: str) -> dict[str, Any]:
     if defaults is not None and not ood and all(s.split("?")[0] in ("digits", "digits:test") for s in data):
         data, ood = defaults(data)
     return {"data": list(data), "ood": list(ood), "options": dict(task.options),
-            **{"seed": 0, "pretrained": True, **task.settings}}
+            "seed": 0, "pretrained": True, **task.settings}
 
 
 def task_identity(board: Board, task: Task) -> dict[str, Any]:
@@ -185,9 +184,9 @@ def identity_differences(board: Board, task: Task, rec: dict[str, Any]) -> list[
             if not same:
                 out.append(f"{k} {got[k]!r} (board: {v!r})")
         return out
-    got = {"data": rec.get("data"), "ood": rec.get("ood"), "options": rec["settings"].get("options", {}),
+    got = {"data": rec.get("data"), "ood": rec.get("ood"),
+           "options": {k[len("option."):]: v for k, v in rec["settings"].items() if k.startswith("option.")},
            **{k: rec["settings"].get(k) for k in want if k not in ("data", "ood", "options")}}
-    got["options"] = {k[len("option."):]: v for k, v in rec["settings"].items() if k.startswith("option.")}
     for k, v in want.items():
         if k in ("data", "ood"):
             g = list(got[k] or [])
@@ -236,7 +235,7 @@ def _samples_problems(folder: Path, raw: dict[str, Any]) -> list[str]:
     return out
 
 
-def _settings_problems(folder: Path, raw: dict[str, Any], rec: dict[str, Any]) -> list[str]:
+def _settings_problems(folder: Path, rec: dict[str, Any]) -> list[str]:
     """The record against the folder's settings.json, and settings.json against the folder's name."""
     from ..results.rundir import settings_hash
 
@@ -280,7 +279,7 @@ def record_problems(path: Path, rec: dict[str, Any], entry: Entry) -> list[str]:
     elif entry.weights and weights != entry.weights:
         out.append(f"{folder.name}: made with weights {weights}, the entry pins {entry.weights}")
     raw = _read_json(path) or {}
-    out += _settings_problems(folder, raw, rec)
+    out += _settings_problems(folder, rec)
     if rec["kind"] == "fmr":
         out += _samples_problems(folder, raw)
     return out

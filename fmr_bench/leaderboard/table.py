@@ -58,7 +58,7 @@ class Scan:
     """
 
     taken: dict[Key, tuple[Path, dict[str, Any]]] = field(default_factory=dict)
-    others: dict[tuple[str, "str | None"], list[str]] = field(default_factory=dict)
+    others: dict[tuple[str, str | None], list[str]] = field(default_factory=dict)
 
 
 def scan_records(board: Board, entries: list[Entry], runs: Path) -> Scan:

@@ -206,7 +206,7 @@ def test_leaderboard_run_does_not_count_a_run_of_other_settings_as_finished(tmp_
     shutil.rmtree(_cnn_run(folder))
     calls = []
 
-    def fake_task(board, entry, task, runs):  # stands in for the evaluation: restores the board's own run
+    def fake_task(board, entry, task, runs, **kw):  # stands in for the evaluation: restores the board's own run
         calls.append(entry.name)
         shutil.copytree(REPO / "leaderboards" / "digits-fmr" / "runs" / CNN_RUN, runs / CNN_RUN)
 

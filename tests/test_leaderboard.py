@@ -21,7 +21,7 @@ BOARD = {
     "name": "toy",
     "title": "Toy board",
     "description": "fixture",
-    "protocol_version": "1",
+    "protocol_version": "2",
     "tasks": [{"evaluator": "fmr", "data": "digits", "settings": {"limit": 8}},
               {"evaluator": "calibration", "data": "digits"}],
     "columns": [
@@ -47,30 +47,53 @@ def entry(name: str, status: str, model: str | None = None, reported: dict | Non
     if model:
         e["model"] = model
     if reported is not None:
-        e["reported"] = {"values": reported, "source": "Table 9", "protocol_version": "paper protocol"}
+        e["reported"] = {"values": reported, "source": SOURCE, "protocol_version": "paper protocol"}
     return e
 
 
-def fmr_record(model: str, sa: float, fmr: float, *, limit: int = 8, schema: int = 1) -> dict:
-    """A version-1 FMR record, in the shape fmr_bench.engine.fmr writes."""
-    return {"schema_version": schema, "evaluator": "fmr", "run": f"{model.replace(':', '-')}__digits-test__x",
-            "model": {"spec": model, "weights_sha256_16": "0" * 16}, "dataset": {"spec": "digits:test", "n": 360},
-            "generator": {"spec": "vqgan:digits"}, "oracle": {"spec": "builtin:digits-clip"},
-            "settings": {"budget": 50, "step_size": 0.05, "optimizer": "adam", "limit": limit, "seed": 0},
-            "metrics": {"n": limit, "n_validated": limit, "sa": sa, "vr": 100.0, "pa": sa * fmr / 100, "fmr": fmr,
-                        "pa_all": 0.0, "oracle_acc": 100.0, "mean_steps": 3.0},
-            "per_class": [], "versions": {}, "device": "cpu", "timestamp": "2026-01-01T00:00:00+00:00"}
+FMR_RUN = REPO / "leaderboards" / "digits-fmr" / "runs" / "builtin-digits-cnn__digits-test__a08cd37563"
+CALIBRATION_RUN = next((REPO / "leaderboards" / "digits-static" / "runs").glob("builtin-digits-cnn__calibration-*"))
+SOURCE = {"paper": "Someone et al., Venue 2024", "table": "Table 9", "row": "the row"}
+
+
+def fmr_record(model: str, clean: int, final: int, *, limit: int = 8) -> dict:
+    """An FMR run of ``limit`` images, all validated: ``clean`` right on the clean image, ``final`` on x-hat."""
+    return {"kind": "fmr", "model": model, "clean": clean, "final": final, "limit": limit}
 
 
 def calib_record(model: str, ece: float) -> dict:
-    """A version-1 static record (calibration), in the shape run_evaluator writes."""
-    bins = [{"lo": i / 15, "hi": (i + 1) / 15, "n": 4, "confidence": (i + 0.5) / 15, "accuracy": min(1.0, (i + 1) / 15)}
-            for i in range(15)]
-    return {"schema_version": 1, "evaluator": "calibration", "run": f"{model.replace(':', '-')}__calibration__y",
-            "model": {"spec": model, "weights_sha256_16": "1" * 16}, "dataset": {"spec": "digits:test"},
-            "settings": {"batch_size": 64, "seed": 0, "options": {}, "pretrained": True},
-            "metrics": {"id/n": 180, "id/acc": 99.0, "id/ece": ece, "temperature": None},
-            "reliability": {"before": bins, "after": bins}}
+    """A calibration run (the committed digits-cnn one) with another model spec and ECE."""
+    return {"kind": "calibration", "model": model, "ece": ece}
+
+
+def write_run(runs: Path, run: dict) -> Path:
+    """A consistent run folder, as the toolkit writes it: settings.json (its hash in the folder's name),
+    record.json and, for FMR, the samples.jsonl its metrics come from (made from a committed run)."""
+    from fmr_bench.metrics.fmr import fmr_metrics
+    from fmr_bench.protocol.outcome import SampleOutcome
+    from fmr_bench.results.rundir import outcome_line, run_dir
+
+    template = FMR_RUN if run["kind"] == "fmr" else CALIBRATION_RUN
+    settings = json.loads((template / "settings.json").read_text())
+    record = json.loads((template / "record.json").read_text())
+    settings["model"] = record["model"]["spec"] = run["model"]
+    samples = None
+    if run["kind"] == "fmr":
+        n = settings["limit"] = record["settings"]["limit"] = run["limit"]
+        outcomes = [SampleOutcome(f"test/{i:04d}", i, 0, 0, 0 if i < run["clean"] else 1, 0, True, 3,
+                                  0 if i < run["final"] else 1) for i in range(n)]
+        record["metrics"], record["n"] = fmr_metrics(outcomes), n
+        samples = "".join(outcome_line(o, None) for o in outcomes)
+        folder = run_dir(runs, run["model"], "digits:test", settings)
+    else:
+        record["metrics"]["id/ece"] = run["ece"]
+        folder = run_dir(runs, run["model"], "calibration-digits:test", settings)
+    record["run"] = folder.name
+    write(folder / "settings.json", settings)
+    write(folder / "record.json", record)
+    if samples is not None:
+        (folder / "samples.jsonl").write_text(samples)
+    return folder
 
 
 def write(path: Path, obj) -> None:
@@ -86,21 +109,21 @@ def make_board(root: Path, board: dict | None = None, entries: list[dict] | None
         entry("paper-only", "reported", reported={"sa": 90.0, "fmr": 50.0, "extra": 7.0}),
         entry("measured-a", "measured", "builtin:digits-cnn",
               size={"params_m": 1.5, "images_per_s": 1234.0, "speed_device": "an idle test machine"}),
-        entry("both-close", "both", "builtin:digits-mlp", reported={"sa": 95.5, "fmr": 40.4}),
+        entry("both-close", "both", "builtin:digits-mlp", reported={"sa": 88.0, "fmr": 42.4}),
         entry("both-far", "both", "builtin:digits-cnn-aug", reported={"sa": 99.0, "fmr": 80.0}, group="baseline"),
         entry("pending", "measured", "builtin:digits-clip"),
     ]
     for i, e in enumerate(entries):
         write(folder / "entries" / f"e{i}.json", e)
     records = records if records is not None else [
-        fmr_record("builtin:digits-cnn", 100.0, 62.5),
-        fmr_record("builtin:digits-mlp", 95.0, 40.0),
-        fmr_record("builtin:digits-cnn-aug", 99.0, 70.0),
-        fmr_record("builtin:digits-cnn", 100.0, 12.5, limit=99),  # another setting: not this board's run
+        fmr_record("builtin:digits-cnn", 8, 5),  # SA 100, FMR 62.5
+        fmr_record("builtin:digits-mlp", 7, 3),  # SA 87.5, PA 37.5, FMR 42.86
+        fmr_record("builtin:digits-cnn-aug", 8, 6),  # SA 100, FMR 75
+        fmr_record("builtin:digits-cnn", 8, 1, limit=9),  # another setting: not this board's run
         calib_record("builtin:digits-cnn", 4.0),
     ]
     for i, r in enumerate(records):
-        write(folder / "runs" / f"run{i}" / "record.json", r)
+        write_run(folder / "runs" / f"run{i}", r)
     return folder
 
 
@@ -112,11 +135,13 @@ def test_build_order_columns_flags_from_fixture(tmp_path):
     assert list(f["rank"]) == [1, 2, 3, 4, 5]
     row = f.set_index("name")
     # measured wins over reported, both are kept
-    assert row.loc["both-far", "fmr"] == 70.0 and row.loc["both-far", "fmr_reported"] == 80.0
-    assert row.loc["both-far", "flag"] == "unreliable: fmr"  # 10 points > tolerance 1
-    assert row.loc["both-close", "flag"] == ""  # 0.5 and 0.4 points: within tolerance
+    assert row.loc["both-far", "fmr"] == 75.0 and row.loc["both-far", "fmr_reported"] == 80.0
+    assert row.loc["both-far", "flag"] == "unreliable: fmr"  # 5 points > tolerance 1
+    assert row.loc["both-close", "flag"] == ""  # 0.5 and 0.46 points: within tolerance
+    # the limit-9 run of digits-cnn is named on its entry, and not taken
+    assert row.loc["measured-a", "fmr"] == 62.5 and "limit 9 (board: 8)" in row.loc["measured-a", "flag"]
     assert row.loc["measured-a", "ece"] == 4.0 and pd.isna(row.loc["paper-only", "ece"])
-    assert row.loc["paper-only", "extra"] == 7.0 and row.loc["paper-only", "source"] == "Table 9"
+    assert row.loc["paper-only", "extra"] == 7.0 and row.loc["paper-only", "source"] == "Someone et al., Venue 2024, Table 9, row 'the row'"
     assert row.loc["measured-a", "mean"] == pytest.approx((100.0 + 62.5) / 2)
     assert bool(row.loc["pending", "pending"]) and pd.isna(row.loc["pending", "fmr"])
     assert not bool(row.loc["measured-a", "pending"])
@@ -133,7 +158,7 @@ def test_build_order_columns_flags_from_fixture(tmp_path):
     md = (folder / "README.md").read_text()
     assert md.index("both-far") < md.index("measured-a") < md.index("paper-only")
     assert "| 1.5 | – | 1234 (an idle test machine) |" in md
-    assert "70.00 (reported 80.00)" in md and "unreliable: fmr" in md and "(not yet run)" in md
+    assert "75.00 (reported 80.00)" in md and "unreliable: fmr" in md and "(not yet run)" in md
     assert len(list(out.glob("toy-*.png"))) == 4  # scatter, effective robustness, bars, reliability
     html = (out / "toy.html").read_text()
     assert "toy.csv" in html and "both-far" in html
@@ -141,7 +166,7 @@ def test_build_order_columns_flags_from_fixture(tmp_path):
 
 def test_descending_false_and_missing_last(tmp_path):
     board = {**BOARD, "name": "asc", "sort": "ece", "descending": False}
-    records = [fmr_record("builtin:digits-cnn", 100, 60), calib_record("builtin:digits-cnn", 9.0),
+    records = [fmr_record("builtin:digits-cnn", 8, 5), calib_record("builtin:digits-cnn", 9.0),
                calib_record("builtin:digits-mlp", 2.0)]
     entries = [entry("a", "measured", "builtin:digits-cnn"), entry("b", "measured", "builtin:digits-mlp"),
                entry("c", "reported", reported={"sa": 1.0})]
@@ -201,7 +226,7 @@ def _bad_board(tmp_path, **change) -> Path:
     ({"tasks": [{"evaluator": "fmr"}, {"evaluator": "calibraton"}]}, "Did you mean 'calibration'"),
     ({"sort": "nope"}, "sort key 'nope' is not a column"),
     ({"plots": [{"kind": "pie"}]}, "unknown plot kind 'pie'"),
-    ({"protocol_version": "2"}, "protocol-version 1 record but board toy holds version 2"),
+    ({"protocol_version": "1"}, "protocol-version 2 record but board toy holds version 1"),
     ({"columns": BOARD["columns"] + [{"key": "sa", "label": "again"}]}, "appear twice"),
 ])
 def test_bad_board_definitions(tmp_path, capsys, change, expect):
@@ -242,11 +267,11 @@ def test_same_model_twice(tmp_path, capsys):
 
 
 def test_bad_records_and_names(tmp_path, capsys):
-    make_board(tmp_path, records=[fmr_record("builtin:digits-cnn", 100, 50), fmr_record("builtin:digits-cnn", 100, 40)])
+    make_board(tmp_path, records=[fmr_record("builtin:digits-cnn", 8, 4), fmr_record("builtin:digits-cnn", 8, 3)])
     assert "two runs of builtin:digits-cnn for fmr" in _cli_error(capsys, tmp_path)
     assert "no board 'tyo' in" in _cli_error(capsys, tmp_path, "tyo") and "Did you mean 'toy'" in _cli_error(
         capsys, tmp_path, "tyo")
-    (tmp_path / "toy" / "runs" / "run1" / "record.json").write_text("{not json")
+    next((tmp_path / "toy" / "runs" / "run1").glob("*/record.json")).write_text("{not json")
     assert "is not a readable run record" in _cli_error(capsys, tmp_path)
     (tmp_path / "toy" / "board.json").write_text("[1]")
     assert "must hold a JSON object" in _cli_error(capsys, tmp_path)
@@ -272,12 +297,12 @@ def test_run_board_runs_what_is_missing_then_skips(tmp_path, monkeypatch):
 
     def fake_task(board, entry, task, runs, progress=True):  # stands in for fmr_bench.evaluate: writes the record it would
         calls.append((entry.name, task.evaluator))
-        write(runs / "r" / "record.json", fmr_record(entry.model, 98.0, 30.0))
+        write_run(runs, fmr_record(entry.model, 8, 3))
 
     monkeypatch.setattr(run_mod, "_run_task", fake_task)
     logs: list[str] = []
     table = run_mod.run_board(folder, log=logs.append)
-    assert calls == [("mlp", "fmr")] and table.frame.set_index("name").loc["mlp", "fmr"] == 30.0
+    assert calls == [("mlp", "fmr")] and table.frame.set_index("name").loc["mlp", "fmr"] == 37.5
     run_mod.run_board(folder, log=logs.append)
     assert calls == [("mlp", "fmr")] and logs[-1].startswith("skip  mlp / fmr")
     assert "| mlp |" in (folder / "README.md").read_text()

@@ -15,6 +15,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--out", default="leaderboards/_site", help="folder of the HTML site (default: leaderboards/_site)")
     b.add_argument("--root", default="leaderboards", help="folder holding the boards (default: leaderboards)")
     b.add_argument("--no-readme", action="store_true", help="do not rewrite the boards' README.md")
+    b.add_argument("--strict", action="store_true",
+                   help="exit 2 when a check flags an entry (arithmetic of reported numbers, a run of other "
+                        "settings, a record that disagrees with its samples or settings), one line per problem "
+                        "on stderr; the boards are still written, flags shown")
     r = sub.add_parser("run", help="evaluate every measurable entry of a board (resuming), then rebuild its README",
                        description="Evaluate every measurable entry of a board (finished runs are skipped, "
                                    "interrupted ones resume), then rebuild the board's README.md.")
@@ -39,8 +43,15 @@ def run(args: argparse.Namespace) -> int:
     tables = build_boards(folders, args.out, readme=not args.no_readme)
     for t in tables:
         flagged = int((t.frame["flag"] != "").sum())
-        console.print(f"{t.board.name}: {len(t.frame)} entries" + (f", {flagged} flagged unreliable" if flagged else ""))
+        console.print(f"{t.board.name}: {len(t.frame)} entries" + (f", {flagged} flagged" if flagged else ""))
     console.print(f"site: {args.out}/index.html")
+    problems = [f"{t.board.name} / {name}: {p}" for t in tables for name, p in t.problems]
+    if args.strict and problems:
+        import sys
+
+        for line in problems:
+            print(f"fmr: error: {line}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -29,7 +29,9 @@ def record_metrics(record: dict[str, Any] | Record) -> dict[str, Any]:
         ``metrics`` (name -> number or None), ``n`` (samples), ``weights`` (hash), ``run``
         (folder name), ``reliability`` (calibration bins, when present), ``kind``,
         ``provenance`` (the record's, as a dict), ``method`` (fine-tuning records: the
-        method of ``finetune:<method>``, whose ``evaluator`` reads ``finetune``; else None).
+        method of ``finetune:<method>``, whose ``evaluator`` reads ``finetune``; else None),
+        ``generator`` and ``oracle`` (FMR records: their specs), ``data`` and ``ood`` (static
+        records: the specs of the evaluated and the shifted sets).
 
     Raises:
         BoardError: not a run record, or one of a schema this reader does not know.
@@ -56,7 +58,15 @@ def record_metrics(record: dict[str, Any] | Record) -> dict[str, Any]:
         "run": rec.run,
         "reliability": rec.sections.get("reliability"),
         "provenance": rec.provenance.to_dict(),
+        "generator": (rec.sections.get("generator") or {}).get("spec"),
+        "oracle": (rec.sections.get("oracle") or {}).get("spec"),
+        "data": _specs(rec.sections.get("datasets")) or [rec.dataset_spec],
+        "ood": _specs(rec.sections.get("ood")),
     }
+
+
+def _specs(section: Any) -> list[str]:
+    return [d.get("spec") for d in section if isinstance(d, dict)] if isinstance(section, list) else []
 
 
 def read_records(folder: str | Path) -> list[tuple[Path, dict[str, Any]]]:

@@ -51,7 +51,8 @@ def _rows(table: BoardTable) -> list[dict[str, Any]]:
 def _notes(table: BoardTable) -> list[tuple[str, str]]:
     out = []
     for e in table.entries:
-        parts = [p for p in (e.notes, e.reported.note if e.reported else "") if p]
+        kept = [f"{k} as printed: {why}." for k, why in (e.reported.as_printed.items() if e.reported else ())]
+        parts = [p for p in (e.notes, e.reported.note if e.reported else "", *kept) if p]
         if parts:
             out.append((e.name, " ".join(parts)))
     return out

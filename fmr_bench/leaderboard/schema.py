@@ -63,6 +63,10 @@ class Column:
         higher_is_better: direction, for the sort and the plots.
         mean_of: column keys this column is the mean of (computed by the build, for
             entries that have all of them; marked "computed" in headers).
+        average_of: column keys a paper's own average in this column is the mean of: not
+            computed, but checked at build time against the entry's reported values of them.
+        ratio_of: ``[numerator, denominator]``: the reported value must be 100 * num / den
+            (FMR = 100 * PA / SA), checked at build time.
     """
 
     key: str
@@ -72,6 +76,8 @@ class Column:
     fmt: str = ".2f"
     higher_is_better: bool = True
     mean_of: tuple[str, ...] = ()
+    average_of: tuple[str, ...] = ()
+    ratio_of: tuple[str, ...] = ()
 
     @property
     def metric_key(self) -> str:
@@ -119,14 +125,38 @@ class Paper:
     authors: str = ""
 
 
+#: A paper id names its year; a table id is "Table 2", "Tables 3 and 4", "Figure 5", "Fig. 3a".
+_YEAR = re.compile(r"\b(19|20)\d\d\b")
+_TABLE = re.compile(r"^(Table|Tables|Figure|Figures|Fig\.)\s*[A-Za-z]?\d")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where reported numbers stand: the paper (authors, venue and year), its table or figure, and the row."""
+
+    paper: str
+    table: str
+    row: str
+    note: str = ""
+
+    @property
+    def text(self) -> str:
+        return f"{self.paper}, {self.table}, row {self.row!r}" + (f" ({self.note})" if self.note else "")
+
+
 @dataclass(frozen=True)
 class Reported:
-    """Numbers copied from a paper: column key -> value, and where they stand."""
+    """Numbers copied from a paper: column key -> value, and where they stand.
+
+    ``as_printed``: column key -> why a number that fails the board's arithmetic check
+    (``ratio_of``, ``average_of``) is kept as the paper prints it.
+    """
 
     values: dict[str, float | None]
-    source: str
+    source: Source
     protocol_version: str
     note: str = ""
+    as_printed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -159,6 +189,8 @@ class Entry:
     method: str | None = None
     #: The command that measures this entry when ``fmr leaderboard run`` does not (fine-tuning tables).
     measured_by: str = ""
+    #: The model's weights hash (``weights_sha256_16`` of its records) every record of the entry must carry.
+    weights: str | None = None
 
     @property
     def measurable(self) -> bool:
@@ -223,10 +255,11 @@ def parse_board(obj: dict[str, Any], where: str, folder: Path | None = None) -> 
     columns = []
     for i, c in enumerate(f.req("columns", list)):
         cf = _Fields(c, f"{where}: columns[{i}]", {"key", "label", "evaluator", "metric", "format", "higher_is_better",
-                                                         "mean_of"})
+                                                         "mean_of", "average_of", "ratio_of"})
         columns.append(Column(cf.req("key"), cf.opt("label", cf.req("key")), cf.opt("evaluator", None),
                               cf.opt("metric", None), cf.opt("format", ".2f"), cf.opt("higher_is_better", True, bool),
-                              tuple(cf.opt("mean_of", [], list))))
+                              tuple(cf.opt("mean_of", [], list)), tuple(cf.opt("average_of", [], list)),
+                              tuple(cf.opt("ratio_of", [], list))))
     keys = [c.key for c in columns]
     dup = {k for k in keys if keys.count(k) > 1}
     if dup:
@@ -274,6 +307,12 @@ def check_board(board: Board, where: str) -> None:
                           or any(board.column(k).mean_of for k in c.mean_of if k in keys)):
             raise BoardError(f"{where}: column {c.key!r}: mean_of must list other, non-computed columns of the board "
                              "and the column must not read an evaluator")
+        for what, keys_of, size in (("average_of", c.average_of, None), ("ratio_of", c.ratio_of, 2)):
+            if keys_of and (set(keys_of) - keys or c.key in keys_of or (size and len(keys_of) != size) or c.mean_of
+                            or any(board.column(k).mean_of for k in keys_of if k in keys)):
+                raise BoardError(f"{where}: column {c.key!r}: {what} must list "
+                                 + ("[numerator, denominator]" if size else "other") + " reported columns of the board "
+                                 "(not computed ones)")
         try:
             format(1.0, c.fmt)
         except ValueError:
@@ -305,7 +344,7 @@ def check_model_spec(spec: str, where: str) -> None:
 
 def parse_entry(obj: dict[str, Any], where: str, board: Board, path: Path | None = None) -> Entry:
     f = _Fields(obj, where, {"name", "paper", "architecture", "pretraining_data", "extra_data", "status", "model",
-                             "reported", "size", "group", "notes", "method", "measured_by"})
+                             "reported", "size", "group", "notes", "method", "measured_by", "weights"})
     fix = "every entry needs provenance: name, paper {title, venue}, architecture, pretraining_data, extra_data, status"
     name = f.req("name", fix=fix)
     paper_obj = f.req("paper", dict, fix=fix)
@@ -334,8 +373,8 @@ def parse_entry(obj: dict[str, Any], where: str, board: Board, path: Path | None
     if status == "measured" and rep is not None:
         raise BoardError(f"{where}: a measured entry with reported numbers: set status to 'both'")
     if rep is not None:
-        rf = _Fields(rep, f"{where}: reported", {"values", "source", "protocol_version", "note"})
-        source = rf.req("source", fix="name the paper's table or figure the numbers come from, e.g. 'Table 1'")
+        rf = _Fields(rep, f"{where}: reported", {"values", "source", "protocol_version", "note", "as_printed"})
+        source = parse_source(rf.req("source", (dict, str), fix=_SOURCE_FIX), f"{where}: reported.source")
         values = {k: _number(v, f"{where}: reported.values.{k}") for k, v in rf.req("values", dict).items()}
         keys = {c.key for c in board.columns}
         stray = set(values) - keys
@@ -346,8 +385,13 @@ def parse_entry(obj: dict[str, Any], where: str, board: Board, path: Path | None
         if computed:
             raise BoardError(f"{where}: {', '.join(sorted(computed))} are computed by the build (mean_of); "
                              "report their inputs instead")
+        as_printed = rf.opt("as_printed", {}, dict)
+        bad = [k for k, why in as_printed.items() if k not in values or not isinstance(why, str) or not why.strip()]
+        if bad:
+            raise BoardError(f"{where}: reported.as_printed {', '.join(sorted(bad))}: each key must be a reported "
+                             "value and its text say why the paper's number is kept as printed")
         reported = Reported(values, source, rf.req("protocol_version", fix="name the protocol the numbers follow"),
-                            rf.opt("note", ""))
+                            rf.opt("note", ""), dict(as_printed))
     size_obj = f.opt("size", {}, dict)
     sf = _Fields(size_obj, f"{where}: size", {"params_m", "gflops", "images_per_s", "speed_device"})
     size = Size(_number(size_obj.get("params_m"), f"{where}: size.params_m"),
@@ -355,9 +399,33 @@ def parse_entry(obj: dict[str, Any], where: str, board: Board, path: Path | None
                 _number(size_obj.get("images_per_s"), f"{where}: size.images_per_s"), sf.opt("speed_device", ""))
     if size.images_per_s is not None and not size.speed_device:
         raise BoardError(f"{where}: size.images_per_s needs speed_device (the idle machine it was measured on)")
+    weights = f.opt("weights", None)
+    if weights is not None and not re.fullmatch(r"[0-9a-f]{16}", weights):
+        raise BoardError(f"{where}: 'weights' must be the 16 hex digits of the model's weights_sha256_16 "
+                         f"(got {weights!r}); copy it from the model's record")
     return Entry(name, paper, f.req("architecture", fix=fix), f.req("pretraining_data", fix=fix),
                  f.req("extra_data", fix=fix + " ('none' if none)"), status, model, reported, size,
-                 f.opt("group", ""), f.opt("notes", ""), path, method, measured_by)
+                 f.opt("group", ""), f.opt("notes", ""), path, method, measured_by, weights)
+
+
+_SOURCE_FIX = ("write the source as {\"paper\": \"Authors, Venue Year\", \"table\": \"Table 2\", \"row\": \"the row's "
+               "label\"} (see docs/leaderboards.md)")
+
+
+def parse_source(obj: dict[str, Any] | str, where: str) -> Source:
+    """A structured source: ``paper`` naming its year, ``table`` ("Table 2", "Figure 3"), ``row``, optional ``note``."""
+    if isinstance(obj, str):
+        raise BoardError(f"{where}: {obj!r} is free text; {_SOURCE_FIX}")
+    sf = _Fields(obj, where, {"paper", "table", "row", "note"})
+    paper, table, row = (sf.req(k, fix=_SOURCE_FIX) for k in ("paper", "table", "row"))
+    if not _YEAR.search(paper):
+        raise BoardError(f"{where}: paper {paper!r} does not name a paper: give its authors, venue and year, "
+                         "e.g. 'Zhang et al., ICLR 2024'")
+    if not row.strip():
+        raise BoardError(f"{where}: row {row!r} names no row: give the row's label as the table prints it")
+    if not _TABLE.match(table):
+        raise BoardError(f"{where}: table {table!r} names no table or figure: write e.g. 'Table 2' or 'Figure 3'")
+    return Source(paper.strip(), table.strip(), row.strip(), sf.opt("note", ""))
 
 
 def load_board(folder: str | Path) -> tuple[Board, list[Entry]]:

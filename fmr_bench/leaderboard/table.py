@@ -30,6 +30,9 @@ class BoardTable:
     entries: list[Entry]
     frame: pd.DataFrame
     reliability: dict[str, Any] = field(default_factory=dict)
+    #: (entry name, problem): what the build's checks found (:mod:`fmr_bench.leaderboard.checks`),
+    #: each also in the entry's ``flag``; ``fmr leaderboard build --strict`` fails on any.
+    problems: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def value_columns(self) -> list[str]:
@@ -40,40 +43,72 @@ def _task(board: Board, evaluator: str) -> Task:
     return next(t for t in board.tasks if t.evaluator == evaluator)
 
 
-def _matches(task: Task, settings: dict[str, Any]) -> bool:
-    """A record belongs to a task when every setting the task pins has that value in the record."""
-    pinned = {**task.settings, **{f"option.{k}": v for k, v in task.options.items()}}
-    return all(settings.get(k) == v for k, v in pinned.items())
+Key = tuple[str, str, "str | None"]
 
 
-def measured_records(board: Board, entries: list[Entry], runs: Path
-                     ) -> dict[tuple[str, str, str | None], dict[str, Any]]:
-    """(model spec, evaluator, fine-tuning method or None) -> record view, for the measurable entries.
+@dataclass
+class Scan:
+    """The records under a board's ``runs/`` for its measurable entries.
+
+    Attributes:
+        taken: (model spec, evaluator, method) -> (record path, record view): the run of each
+            entry and task, matched on every identity setting (:func:`~fmr_bench.leaderboard.checks.task_identity`).
+        others: (model spec, method) -> one line per run of that model that is not the task's
+            (other settings, or a task that cannot be resolved here); never taken.
+    """
+
+    taken: dict[Key, tuple[Path, dict[str, Any]]] = field(default_factory=dict)
+    others: dict[tuple[str, str | None], list[str]] = field(default_factory=dict)
+
+
+def scan_records(board: Board, entries: list[Entry], runs: Path) -> Scan:
+    """Sort the records under ``runs`` into the runs of the board's tasks and the others.
 
     Raises:
         BoardError: a record of another protocol version than the board's, or two
             records for the same entry and task.
     """
+    from .checks import identity_differences
+
+    scan = Scan()
     if not runs.is_dir():
-        return {}
+        return scan
     wanted = {e.model for e in entries if e.measurable}
-    found: dict[tuple[str, str, str | None], tuple[Path, dict[str, Any]]] = {}
     for path, rec in read_records(runs):
         if rec["model"] not in wanted or rec["evaluator"] not in {t.evaluator for t in board.tasks}:
-            continue
-        if not _matches(_task(board, rec["evaluator"]), rec["settings"]):
             continue
         if rec["protocol_version"] != board.protocol_version:
             raise BoardError(f"{path} is a protocol-version {rec['protocol_version']} record but board {board.name} "
                              f"holds version {board.protocol_version}; delete the old runs and re-run "
                              f"`fmr leaderboard run {board.name}`, or put them on a board of their own")
+        try:
+            diffs = identity_differences(board, _task(board, rec["evaluator"]), rec)
+        except BoardError as e:
+            diffs = [f"cannot be compared with the board's task ({e})"]
+        if diffs:
+            scan.others.setdefault((rec["model"], rec["method"]), []).append(
+                f"run {path.parent.name} is not this board's {rec['evaluator']} run, not counted: " + ", ".join(diffs))
+            continue
         key = (rec["model"], rec["evaluator"], rec["method"])
-        if key in found:
+        if key in scan.taken:
             what = key[1] + (f":{key[2]}" if key[2] else "")
-            raise BoardError(f"two runs of {key[0]} for {what} on board {board.name}: {found[key][0].parent} and "
+            raise BoardError(f"two runs of {key[0]} for {what} on board {board.name}: {scan.taken[key][0].parent} and "
                              f"{path.parent}; delete the one that should not count")
-        found[key] = (path, rec)
-    return {k: v[1] for k, v in found.items()}
+        scan.taken[key] = (path, rec)
+    return scan
+
+
+def measured_records(board: Board, entries: list[Entry], runs: Path
+                     ) -> dict[tuple[str, str, str | None], dict[str, Any]]:
+    """(model spec, evaluator, fine-tuning method or None) -> record view: the run of each
+    measurable entry and task, matched on every identity setting (runs of other settings are
+    left out; :func:`scan_records` names them).
+
+    Raises:
+        BoardError: a record of another protocol version than the board's, or two
+            records for the same entry and task.
+    """
+    return {k: v[1] for k, v in scan_records(board, entries, runs).taken.items()}
 
 
 def _sizes(runs: Path) -> dict[str, dict[str, Any]]:
@@ -87,17 +122,28 @@ def _sizes(runs: Path) -> dict[str, dict[str, Any]]:
 
 
 def build_table(board: Board, entries: list[Entry], runs: Path | None = None) -> BoardTable:
-    """Join entries with records under ``runs`` (default ``<board folder>/runs``), flag and rank."""
+    """Join entries with records under ``runs`` (default ``<board folder>/runs``), check, flag and rank.
+
+    A measured number is shown only from the run of the board's task whose folder passes
+    :func:`~fmr_bench.leaderboard.checks.record_problems`; every problem found is a flag on its entry.
+    """
+    from .checks import record_problems, reported_problems
+
     runs = runs if runs is not None else (board.folder / RUNS if board.folder else None)
-    records = measured_records(board, entries, runs) if runs is not None else {}
+    scan = scan_records(board, entries, runs) if runs is not None else Scan()
     sizes = _sizes(runs) if runs is not None else {}
-    rows, reliability = [], {}
+    rows, reliability, problems = [], {}, []
+    checked: dict[Path, list[str]] = {}
     for e in entries:
+        entry_problems = reported_problems(board, e)
+        if e.measurable:
+            entry_problems += scan.others.get((e.model, e.method), [])
+        touched: list[Path] = []
         row: dict[str, Any] = {"name": e.name, "group": e.group, "status": e.status, "model": e.model or "",
                                "paper": e.paper.title, "venue": e.paper.venue, "url": e.paper.url,
                                "architecture": e.architecture, "pretraining_data": e.pretraining_data,
                                "extra_data": e.extra_data,
-                               "source": e.reported.source if e.reported else
+                               "source": e.reported.source.text if e.reported else
                                (f"measured by `{e.measured_by}`" if e.measured_by else ""),
                                "reported_protocol": e.reported.protocol_version if e.reported else "",
                                "measured_by": e.measured_by}
@@ -117,8 +163,12 @@ def build_table(board: Board, entries: list[Entry], runs: Path | None = None) ->
             rep = e.reported.values.get(c.key) if e.reported else None
             mea = None
             if e.measurable and c.evaluator is not None:
-                rec = records.get((e.model, c.evaluator, e.method))
-                if rec is not None:
+                hit = scan.taken.get((e.model, c.evaluator, e.method))
+                if hit is not None and hit[0] not in touched:
+                    touched.append(hit[0])
+                    checked[hit[0]] = record_problems(hit[0], hit[1], e)
+                if hit is not None and not checked[hit[0]]:
+                    rec = hit[1]
                     mea = rec["metrics"].get(c.metric_key)
                     runs_used.add(rec["run"])
                     if rec.get("reliability") and e.name not in reliability:
@@ -132,14 +182,17 @@ def build_table(board: Board, entries: list[Entry], runs: Path | None = None) ->
             if c.mean_of:
                 rep, mea = row[f"{c.key}_reported"], row[f"{c.key}_measured"]
                 row[c.key] = mea if mea is not None else (rep if rep is not None else row[c.key])
+        for path in touched:
+            entry_problems += checked[path]
         row["runs"] = " ".join(sorted(r for r in runs_used if r))
-        row["flag"] = ("unreliable: " + ", ".join(gaps)) if gaps else ""
-        row["pending"] = e.measurable and not runs_used
+        row["flag"] = "; ".join(([f"unreliable: {', '.join(gaps)}"] if gaps else []) + entry_problems)
+        row["pending"] = e.measurable and not touched
         rows.append(row)
+        problems += [(e.name, p) for p in entry_problems]
     frame = pd.DataFrame(rows)
     frame = frame.sort_values(board.sort, ascending=not board.descending, na_position="last", kind="stable")
     frame.insert(0, "rank", range(1, len(frame) + 1))
-    return BoardTable(board, entries, frame.reset_index(drop=True), reliability)
+    return BoardTable(board, entries, frame.reset_index(drop=True), reliability, problems)
 
 
 def csv_columns(table: BoardTable) -> list[str]:

@@ -225,3 +225,20 @@ def test_task_settings_pinned_on_the_board_are_matched(tmp_path):
     r = row(folder, "digits-cnn")
     assert f"run {CNN_RUN} is not this board's fmr run" in r["flag"] and "budget 50 (board: 8)" in r["flag"]
     assert r["runs"].startswith("builtin-digits-cnn__digits-test__") and CNN_RUN not in r["runs"]
+
+
+def test_an_edit_that_keeps_the_metrics_breaks_the_seal(tmp_path, capsys):
+    """A sealed run whose samples.jsonl is edited without moving any metric (an oracle confidence) is flagged."""
+    from fmr_bench.results.rundir import read_outcome_rows, samples_seal
+
+    folder = copy_board(tmp_path, "digits-fmr")
+    run = _cnn_run(folder)
+    edit_json(run / "record.json", lambda r: r.update(seal={"samples_sha256": samples_seal(
+        read_outcome_rows(run / "samples.jsonl"))}))
+    assert row(folder, "digits-cnn")["flag"] == ""  # sealed and whole: shown
+    lines = (run / "samples.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["oracle_conf"] = 0.5  # no metric reads it
+    (run / "samples.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    r = row(folder, "digits-cnn")
+    assert "does not match the seal" in r["flag"] and pd.isna(r["fmr"])

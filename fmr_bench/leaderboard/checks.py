@@ -282,4 +282,9 @@ def record_problems(path: Path, rec: dict[str, Any], entry: Entry) -> list[str]:
     out += _settings_problems(folder, rec)
     if rec["kind"] == "fmr":
         out += _samples_problems(folder, raw)
+        from ..results.rundir import seal_problem
+
+        broken = seal_problem(folder, raw)  # also an edit that leaves the metrics as they were
+        if broken:
+            out.append(f"{folder.name}: {broken}")
     return out

@@ -196,9 +196,21 @@ def parse_spec(text: str | Spec, registry: Registry, *, what: str) -> Spec:
             ) from None
     spec = Spec(source, ident if colon else "", tuple(options))
     table = registry.options(source)
-    if table is not None:
+    if isinstance(table, WrappedOptions) and ident:  # gray:SPEC?opts: the wrapped spec checks its own options
+        parse_spec(f"{ident}?{query}" if sep else ident, registry, what=what)
+    elif table is not None:
         parse_options(spec, table, what=what)  # every option is checked before any work starts
     return spec
+
+
+class WrappedOptions(dict):
+    """The option table of a source whose ident is another spec (``gray:SPEC``): the options after
+    ``?`` belong to the wrapped spec, which is parsed, and so checked, in their place. Empty as a
+    table, so listings show no options of its own."""
+
+
+#: The table such a wrapping source registers.
+WRAPPED_OPTIONS = WrappedOptions()
 
 
 def split_specs(text: str, registry: Registry) -> list[str]:

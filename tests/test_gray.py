@@ -58,3 +58,14 @@ def test_identity_and_errors(models):
         load_model("gray:")
     with pytest.raises(SpecError, match="grayscale already"):
         load_model("gray:gray:builtin:digits-cnn")
+
+
+def test_the_wrapped_specs_options_are_checked_before_any_work():
+    from fmr_bench.errors import SpecError
+    from fmr_bench.models import MODEL_SOURCES
+    from fmr_bench.specs import parse_spec
+
+    parse_spec("gray:builtin:digits-cnn", MODEL_SOURCES, what="model")
+    parse_spec("gray:openclip:ViT-B-32/openai?prompts=openai", MODEL_SOURCES, what="model")
+    with pytest.raises(SpecError, match="bogus"):
+        parse_spec("gray:timm:resnet18?bogus=1", MODEL_SOURCES, what="model")

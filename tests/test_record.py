@@ -95,7 +95,7 @@ def test_fmr_record_round_trips_and_rebuilds_bit_for_bit(tmp_path):
     shuffled = list(res.outcomes)
     random.Random(1).shuffle(shuffled)
     again = fmr_record(rec.settings, fmr_descriptions(rec), shuffled, provenance=rec.provenance, run=rec.run,
-                       files=rec.sections["files"])
+                       files=rec.sections["files"], seal=rec.sections["seal"]["samples_sha256"])
     assert json.dumps(again.to_dict()) == json.dumps(on_disk)
     # a different outcome set is a different record
     fewer = fmr_record(rec.settings, fmr_descriptions(rec), shuffled[1:], provenance=rec.provenance, run=rec.run)

@@ -140,7 +140,7 @@ class RankProgress:
         self._store = _progress_store()
 
     def __call__(self, done: int, total: int) -> None:
-        from .progress import Progress
+        from ..progress import Progress
 
         if self._store is not None:
             with contextlib.suppress(Exception):

@@ -21,7 +21,7 @@ from typing import Any
 from ..registry import EVALUATORS, Registry
 from ..results.record import KIND_FMR, KIND_STATIC
 
-TASKS: Registry = Registry("task")
+TASKS: Registry = Registry("evaluator")  # named as the flag that picks tasks: --evaluator
 
 
 @dataclass(frozen=True)

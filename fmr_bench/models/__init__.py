@@ -11,7 +11,7 @@ from typing import Sequence
 from torch import nn
 
 from ..registry import MODEL_SOURCES
-from ..specs import Option, Spec, parse_spec
+from ..specs import WRAPPED_OPTIONS, Option, Spec, parse_spec
 from .base import ClassMap, ImageClassifier, Preprocess, map_classes
 from .transform import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 
@@ -36,7 +36,7 @@ MODEL_SOURCES.register("builtin", "fmr_bench.models.builtin", help="builtin:NAME
                        options=BUILTIN_OPTIONS)
 # options after '?' belong to the wrapped spec, which checks them
 MODEL_SOURCES.register("gray", "fmr_bench.models.gray", help="gray:SPEC — any model fed the BT.601 luminance of its input",
-                       options=None)
+                       options=WRAPPED_OPTIONS)
 
 
 def _source(spec: Spec):

@@ -59,7 +59,7 @@ def code_commit() -> tuple[str | None, bool | None]:
     Never raises: an installed wheel, a missing ``git`` or a broken checkout all give None.
     ``dirty`` is True when tracked files under ``fmr_bench/`` differ from the commit.
     """
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # the checkout holding fmr_bench/results/record.py
     if not (root / ".git").exists():
         return None, None
     try:

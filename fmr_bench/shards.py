@@ -40,8 +40,9 @@ from .results import (
 T = TypeVar("T")
 SHARD_FILE = "shard.json"
 SHARD_PREFIX = "shard-"
-#: SLURM array variables: the task id, the number of tasks and the first id (``--array=1-8``).
+#: SLURM array variables: the task id, the number of tasks, the first and the last id (``--array=1-8``).
 SLURM_ID, SLURM_COUNT, SLURM_MIN = "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"
+SLURM_MAX = "SLURM_ARRAY_TASK_MAX"
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,12 @@ def parse_shard(text: str) -> Shard:
 
 
 def shard_from_env(env: Mapping[str, str] | None = None) -> Shard | None:
-    """The shard of a SLURM array task (``SLURM_ARRAY_TASK_ID`` / ``_COUNT`` / ``_MIN``), or None.
+    """The shard of a SLURM array task (``SLURM_ARRAY_TASK_ID`` / ``_COUNT`` / ``_MIN`` / ``_MAX``), or None.
 
     Raises:
-        SettingsError: a task id without a task count, or values that are not whole numbers.
+        SettingsError: a task id without a task count, values that are not whole numbers, or an
+            array with gaps or a step (ids ``MIN..MAX`` are not ``COUNT`` tasks), whose task ids do
+            not map onto shards ``0..COUNT-1``.
     """
     env = os.environ if env is None else env
     if SLURM_ID not in env:
@@ -93,9 +96,14 @@ def shard_from_env(env: Mapping[str, str] | None = None) -> Shard | None:
         raise SettingsError(f"{SLURM_ID} is set but {SLURM_COUNT} is not; pass --shard i/n")
     try:
         task, count, first = int(env[SLURM_ID]), int(env[SLURM_COUNT]), int(env.get(SLURM_MIN, "0"))
+        last = int(env[SLURM_MAX]) if SLURM_MAX in env else None
     except ValueError:
-        raise SettingsError(f"{SLURM_ID}={env[SLURM_ID]!r}, {SLURM_COUNT}={env[SLURM_COUNT]!r}: not whole "
-                            "numbers; pass --shard i/n") from None
+        shown = ", ".join(f"{k}={env[k]!r}" for k in (SLURM_ID, SLURM_COUNT, SLURM_MIN, SLURM_MAX) if k in env)
+        raise SettingsError(f"{shown}: not whole numbers; pass --shard i/n") from None
+    if last is not None and last - first + 1 != count:  # --array=0,2,5 or 0-10:5: ids are not 0..n-1 from MIN
+        raise SettingsError(f"SLURM array tasks {first}..{last} are {count} tasks, not {last - first + 1}: an array "
+                            f"with gaps or a step (e.g. --array=0,2,5) cannot map task ids to shards; use a "
+                            "contiguous --array=A-B, or pass --shard i/n")
     index = task - first
     if not 0 <= index < count:  # an array with gaps (--array=0,2,5) or a step does not map to 0..n-1
         raise SettingsError(f"SLURM array task {task} (first {first}, {count} tasks) is not task {first}..."

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from . import Command
-from .common import set_cache
+from .common import add_cache_argument, set_cache
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,8 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="torch device ('auto' picks cuda when available)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images perturbed at once when x-hat is generated again (default: the run's)")
-    p.add_argument("--cache-dir", default=None,
-                   help="where downloaded weights live (sets FMR_CACHE, HF_HOME, TORCH_HOME)")
+    add_cache_argument(p)
     p.add_argument("--out", default=None, metavar="DIR",
                    help="leave the run (or export) folder as it is, e.g. a read-only one: write an audited copy of "
                         "the run to DIR/<run name> (an export's report to DIR/audit-<judge>.json); default: the "

@@ -13,14 +13,21 @@ from ..config import FMR_ONLY
 from ..errors import SettingsError
 from ..shards import Shard, resolve_shard
 from . import Command
-from .common import add_audit_argument, add_settings_arguments, add_world_arguments, flag, set_cache, settings_overrides
+from .common import (
+    add_audit_argument,
+    add_settings_arguments,
+    add_world_arguments,
+    flag,
+    model_help,
+    set_cache,
+    settings_overrides,
+)
 
 
 def add_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--model", default=None,
-                    help="timm:NAME, openclip:ARCH/TAG, hf:ORG/REPO, file:PATH, builtin:NAME; several separated by "
-                         "commas (a comma splits only before a new SOURCE:, so commas inside a spec's ?options "
-                         "or path stay in it)")
+                    help=model_help("model spec(s)") + "; several separated by commas (a comma splits only before "
+                         "a new SOURCE:, so commas inside a spec's ?options or path stay in it)")
     ev.add_argument("--models", default=None, metavar="FILE",
                     help="a file of model specs, one per line (# starts a comment); with --model, both lists run")
     add_world_arguments(ev, model=False)

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import SettingsError
 from . import Command
-from .common import set_cache
+from .common import add_cache_argument, set_cache
 
 
 def _optional_float(text: str) -> float | None:
@@ -35,7 +35,7 @@ def _alphas(text: str) -> list[float]:
             start, stop, step = (float(v) for v in text.split(":"))
             if step <= 0:
                 raise ValueError
-            n = int(round((stop - start) / step))
+            n = round((stop - start) / step)
             return [round(start + k * step, 10) for k in range(n + 1)]
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -89,7 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "models; automatic after training with those methods)")
     w.add_argument("--soup", nargs="+", default=None, metavar="MODEL",
                    help="no training: uniform soup of these checkpoints, written to OUT/soup.safetensors")
-    p.add_argument("--cache-dir", default=None, help="where downloaded weights live")
+    add_cache_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 

@@ -15,18 +15,26 @@ import shlex
 from pathlib import Path
 
 from . import Command
-from .common import add_settings_arguments, set_cache, settings_overrides
+from .common import (
+    add_cache_argument,
+    add_settings_arguments,
+    data_help,
+    model_help,
+    oracle_help,
+    set_cache,
+    settings_overrides,
+)
 
 DEFAULT_OUT = "masks"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="the evaluated model whose loss the dense loop follows "
-                                                  "(timm:NAME, builtin:NAME, ...)")
+    p.add_argument("--model", required=True, help=model_help("the evaluated model whose loss the dense loop "
+                                                             "follows"))
     p.add_argument("--data", default="digits:train",
-                   help="the fit split; not the split you evaluate on (default: digits:train)")
+                   help="the fit split, not the split you evaluate on: " + data_help("digits:train"))
     p.add_argument("--generator", default=None, help="the dense generator vqgan[:CARD] (default: the dataset world's)")
-    p.add_argument("--oracle", default=None, help="oracle spec (default: the dataset world's)")
+    p.add_argument("--oracle", default=None, help=oracle_help())
     p.add_argument("--out", default=DEFAULT_OUT, help=f"folder for the card and mask (default: {DEFAULT_OUT}/ under the "
                                                       "current folder; never the shipped generators/ folder)")
     p.add_argument("--name", default=None,
@@ -41,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="label-0 row: the continuous encoder latent (SPEC, default) or its quantised codes")
     p.add_argument("--standardize", action="store_true", help="standardise every latent dim before fitting")
     p.add_argument("--max-iter", type=int, default=1000, help="saga iterations (default: 1000)")
-    p.add_argument("--cache-dir", default=None, help="where downloaded weights live (sets FMR_CACHE, HF_HOME, TORCH_HOME)")
+    add_cache_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_settings_arguments(p)
 

@@ -37,6 +37,8 @@ _REWRITES: tuple[tuple[str, str], ...] = (
     (r"^argument (\S+): expected (.*) arguments?$", r"\1 needs \2 values"),
     (r"^argument (\S+): not allowed with argument (\S+)$", r"\1 and \2 exclude each other; give one of them"),
     (r"^the following arguments are required: (.*)$", r"missing \1"),
+    (r"^argument (\S+): (takes .*)$", r"\1 \2"),
+    (r"^one of the arguments (.*) is required$", r"give one of \1"),
     (r"^argument (\S+): ", r"\1: "),
 )
 

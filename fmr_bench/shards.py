@@ -15,13 +15,14 @@ writes the result where a single run writes its own, so merging and resuming mix
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import OutputError, SettingsError
+from .errors import OutputError, SettingsError, first_line
 from .files import write_json
 from .protocol.outcome import SampleOutcome
 from .record import Record, RecordError, fmr_descriptions, fmr_record, sample_set_fingerprint
@@ -29,7 +30,6 @@ from .results import (
     SAMPLES_FILE,
     RunLock,
     _line,
-    _read_json,
     atomic_write,
     prepare_run_dir,
     read_outcome_rows,
@@ -154,8 +154,29 @@ class ShardPart:
     def load(cls, folder: Path) -> ShardPart:
         """Read a shard folder; reads only (a read-only folder loads)."""
         rows = read_outcome_rows(folder / SAMPLES_FILE)
-        return cls(str(folder), _read_json(folder / "settings.json"), _read_json(folder / SHARD_FILE),
-                   _read_json(folder / "record.json"), {o.id: (o, fp) for o, fp in rows})
+        return cls(str(folder), read_shard_json(folder / "settings.json"), read_shard_json(folder / SHARD_FILE),
+                   read_shard_json(folder / "record.json"), {o.id: (o, fp) for o, fp in rows})
+
+
+def read_shard_json(path: Path) -> Any:
+    """A shard folder's JSON file, or None when it is not there (an unfinished shard has no record).
+
+    Raises:
+        OutputError: the file is there but cannot be read or is not JSON (a truncated copy): said
+            so, naming the file, rather than taken for a missing one.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise OutputError(f"cannot read {path} ({e.strerror or e}); make it readable, or copy the shard folder "
+                          "again") from None
+    try:
+        return json.loads(text)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise OutputError(f"{path} is corrupt (not JSON: {first_line(e)}); re-run the shard's command to write it "
+                          "again (its finished samples are kept), or copy the shard folder again") from None
 
 
 @dataclass

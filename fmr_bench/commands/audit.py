@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from . import Command
-from .common import add_cache_argument, set_cache
+from .common import add_cache_argument, positive_int, set_cache
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the independent judge: any oracle spec or A+B ensemble, e.g. openclip:ViT-L-14/openai "
                         "or builtin:digits-judge")
     p.add_argument("--device", default="auto", help="torch device ('auto' picks cuda when available)")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="images perturbed at once when x-hat is generated again (default: the run's)")
     add_cache_argument(p)
     p.add_argument("--out", default=None, metavar="DIR",
@@ -33,8 +33,6 @@ def run(args: argparse.Namespace) -> int:
     from ..studies.audit import audit_export, audit_run, is_export
     from .evaluate import audit_table, metrics_table
 
-    if args.batch_size is not None and args.batch_size < 1:
-        raise SettingsError(f"batch size must be >= 1 (got {args.batch_size})")
     path = Path(args.path)
     if not path.is_dir():
         raise DataError(f"{path} is not a folder; pass a run folder (OUT/<model>__<data>__<hash>) or an export folder")

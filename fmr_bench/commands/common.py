@@ -16,6 +16,17 @@ _TYPES = {"budget": int, "batch_size": int, "limit": int, "seed": int, "step_siz
           "workers": int}
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a whole number >= 1 (the flag is named in the one-line error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"takes a whole number >= 1, not {text!r}")
+    return value
+
+
 def add_settings_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
     """One ``--flag`` per :class:`FmrSettings` field (default ``None`` = the world's default)."""
     defaults = FmrSettings()
@@ -41,6 +52,13 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def only_apply(flags: list[str]) -> tuple[str, str]:
+    """``("--a, --b only apply", "them")`` or ``("--a only applies", "it")``: a refusal's subject
+    and its pronoun, in the number the flags take."""
+    one = len(flags) == 1
+    return f"{', '.join(flags)} only appl{'ies' if one else 'y'}", "it" if one else "them"
 
 
 def _register() -> None:

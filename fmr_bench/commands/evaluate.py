@@ -19,6 +19,7 @@ from .common import (
     add_world_arguments,
     flag,
     model_help,
+    only_apply,
     set_cache,
     settings_overrides,
 )
@@ -76,11 +77,13 @@ def check_flags(args: argparse.Namespace, fmr: bool, static: list[str]) -> None:
         return [flag(n) for n in names if getattr(args, n, None) not in (None, False)]
 
     if not static and given(STATIC_FLAGS):
-        raise SettingsError(f"{', '.join(given(STATIC_FLAGS))} only apply to static evaluators and the FMR protocol "
-                            "would ignore them; drop them, or add an evaluator, e.g. --evaluator fmr,ood-detection")
+        subject, it = only_apply(given(STATIC_FLAGS))
+        raise SettingsError(f"{subject} to static evaluators and the FMR protocol would ignore {it}; drop {it}, or "
+                            "add an evaluator, e.g. --evaluator fmr,ood-detection")
     if not fmr and given(FMR_FLAGS):
-        raise SettingsError(f"{', '.join(given(FMR_FLAGS))} only apply to the FMR protocol and {', '.join(static)} "
-                            "would ignore them; drop them, or add fmr: --evaluator fmr," + ",".join(static))
+        subject, it = only_apply(given(FMR_FLAGS))
+        raise SettingsError(f"{subject} to the FMR protocol and {', '.join(static)} would ignore {it}; drop {it}, "
+                            "or add fmr: --evaluator fmr," + ",".join(static))
 
 
 def model_list(args: argparse.Namespace) -> list[str]:

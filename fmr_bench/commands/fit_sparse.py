@@ -21,6 +21,7 @@ from .common import (
     data_help,
     model_help,
     oracle_help,
+    positive_int,
     set_cache,
     settings_overrides,
 )
@@ -48,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--original", choices=["encoder", "quantised"], default="encoder",
                    help="label-0 row: the continuous encoder latent (SPEC, default) or its quantised codes")
     p.add_argument("--standardize", action="store_true", help="standardise every latent dim before fitting")
-    p.add_argument("--max-iter", type=int, default=1000, help="saga iterations (default: 1000)")
+    p.add_argument("--max-iter", type=positive_int, default=1000, help="saga iterations (default: 1000)")
     add_cache_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_settings_arguments(p)

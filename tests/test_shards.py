@@ -267,7 +267,7 @@ def test_cli_shard_flag_and_refusals(tmp_path, capsys):
             "--no-grid", "--quiet", "--device", "cpu"]
     for bad, match in ((["--shard", "2/2"], "does not exist"), (["--shard", "x"], "is not i/n"),
                        (["--shard", "0/2", "--evaluator", "fmr,calibration"], "FMR protocol only"),
-                       (["--shard", "0/2", "--evaluator", "calibration"], "only applies to the FMR protocol")):
+                       (["--shard", "0/2", "--evaluator", "calibration"], "only apply to the FMR protocol")):
         assert main(base + bad) == 2
         err = capsys.readouterr().err
         assert match in err and err.count("\n") == 1

@@ -40,8 +40,8 @@ def add_arguments(ev: argparse.ArgumentParser) -> None:
     add_audit_argument(ev)
     ev.add_argument("--shard", default=None, metavar="I/N",
                     help="run shard I of N (0-based) of the selected samples, in RUN/shard-I-of-N/; default: the "
-                         "SLURM array task's (SLURM_ARRAY_TASK_ID, _COUNT, _MIN); combine shards with fmr merge. "
-                         "Under torchrun each rank is a shard by itself")
+                         "SLURM array task's (SLURM_ARRAY_TASK_ID, _COUNT, _MIN, _MAX; a contiguous array); combine "
+                         "shards with fmr merge. Under torchrun each rank is a shard by itself")
     ev.add_argument("--evaluator", default="fmr",
                     help="comma-separated: fmr (the dynamic FMR protocol, default) and/or static evaluators "
                          "ood-accuracy, imagenet-x, ood-detection, calibration, group-robustness, zero-shot; "

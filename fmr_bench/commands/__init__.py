@@ -8,8 +8,8 @@ backend. Shared argument groups live in :mod:`fmr_bench.commands.common`.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..registry import COMMANDS
 

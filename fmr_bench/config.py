@@ -81,9 +81,10 @@ class FmrSettings:
         if not self.fgsm_eps > 0:
             raise SettingsError(f"fgsm eps must be > 0 (got {self.fgsm_eps}); pass e.g. --fgsm-eps 0.003")
         if self.batch_size < 1:
-            raise SettingsError(f"batch size must be >= 1 (got {self.batch_size})")
+            raise SettingsError(f"batch size must be >= 1 (got {self.batch_size}); pass e.g. --batch-size 32")
         if self.limit is not None and self.limit < 1:
-            raise SettingsError(f"limit must be >= 1 (got {self.limit})")
+            raise SettingsError(f"limit must be >= 1 (got {self.limit}); pass e.g. --limit 100, or no --limit for every "
+                                "sample")
         if self.workers is not None and self.workers < 0:
             raise SettingsError(f"workers must be >= 0 (got {self.workers}); pass e.g. --workers 4")
         return self

@@ -60,3 +60,14 @@ def from_worker(e: FmrBenchError) -> FmrBenchError:
     lines = [ln for ln in text.splitlines() if ln.strip()]
     # the last line is "module.ErrorType: message"
     return type(e)(lines[-1].split(": ", 1)[-1] if lines else text)
+
+
+def first_line(error: BaseException, limit: int = 400) -> str:
+    """The first line of ``error``'s message (its type name when it has none), for quoting a
+    library's error inside one of ours; past ``limit`` characters it is cut at a word boundary
+    and ends with ``…``, never mid-word."""
+    lines = str(error).strip().splitlines()
+    text = lines[0].strip() if lines else type(error).__name__
+    if len(text) <= limit:
+        return text
+    return text[:limit + 1].rsplit(" ", 1)[0].rstrip(" ,;:") + " …"

@@ -210,7 +210,7 @@ def test_fmr_audit_a_digits_run_with_the_oracle_itself_confirms_every_image(tmp_
     (["audit", "{tmp}", "--judge", "builtin:digits-clip"], "holds no record.json"),
     (["audit", "{tmp}/nope", "--judge", "builtin:digits-clip"], "is not a folder"),
     (["audit", "{run}", "--judge", "nosuch:x"], "unknown oracle source"),
-    (["audit", "{run}", "--judge", "builtin:digits-clip", "--batch-size", "0"], "batch size must be >= 1"),
+    (["audit", "{run}", "--judge", "builtin:digits-clip", "--batch-size", "0"], "--batch-size takes a whole number >= 1"),
 ])
 def test_fmr_audit_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, fragment):
     run_folder = tmp_path / "run"

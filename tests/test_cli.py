@@ -18,6 +18,8 @@ def _err(capsys, argv):
     (["evaluate", "--model", "/tmp/model.pt"], "prefix it with a source, e.g. file:/tmp/model.pt"),
     (["evaluate", "--model", "timm:resnet50", "--data", "imagenet:/nonexistent/val"], "does not exist"),
     (["evaluate", "--model", "builtin:digits-cnn", "--budget", "0"], "budget must be >= 1"),
+    (["evaluate", "--model", "builtin:digits-cnn", "--limit", "0"], "limit must be >= 1 (got 0); pass e.g. --limit"),
+    (["evaluate", "--model", "builtin:digits-cnn", "--batch-size", "0"], "pass e.g. --batch-size 32"),
     (["evaluate", "--model", "builtin:digits-cnn", "--generator", "vqgn"], "Did you mean 'vqgan'"),
     (["evaluate", "--model", "builtin:digits-cnn", "--optimizer", "rmsprop"], "unknown optimizer"),
     (["evaluate", "--model", "file:/nonexistent.safetensors"], "does not exist"),

@@ -243,7 +243,7 @@ def test_evaluation_flags_without_eval_are_refused(flag, tmp_path, capsys):
     code = main(["finetune", "--model", "builtin:digits-clip", "--method", "ft", "--data", "digits:train",
                  "--out", str(tmp_path / "ft"), *flag])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "only apply with --eval" in err[0], err
+    assert code == 2 and len(err) == 1 and "only applies with --eval" in err[0], err
     assert not (tmp_path / "ft").exists()  # refused before any work
 
 

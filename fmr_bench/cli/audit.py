@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .commands import Command
-from .common import set_cache
+from .common import add_cache_argument, positive_int, set_cache
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,10 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the independent judge: any oracle spec or A+B ensemble, e.g. openclip:ViT-L-14/openai "
                         "or builtin:digits-judge")
     p.add_argument("--device", default="auto", help="torch device ('auto' picks cuda when available)")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="images perturbed at once when x-hat is generated again (default: the run's)")
-    p.add_argument("--cache-dir", default=None,
-                   help="where downloaded weights live (sets FMR_CACHE, HF_HOME, TORCH_HOME)")
+    add_cache_argument(p)
     p.add_argument("--out", default=None, metavar="DIR",
                    help="leave the run (or export) folder as it is, e.g. a read-only one: write an audited copy of "
                         "the run to DIR/<run name> (an export's report to DIR/audit-<judge>.json); default: the "
@@ -34,8 +33,6 @@ def run(args: argparse.Namespace) -> int:
     from ..studies.audit import audit_export, audit_run, is_export
     from .evaluate import audit_table, metrics_table
 
-    if args.batch_size is not None and args.batch_size < 1:
-        raise SettingsError(f"batch size must be >= 1 (got {args.batch_size})")
     path = Path(args.path)
     if not path.is_dir():
         raise DataError(f"{path} is not a folder; pass a run folder (OUT/<model>__<data>__<hash>) or an export folder")

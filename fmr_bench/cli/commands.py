@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from ..registry import COMMANDS
 

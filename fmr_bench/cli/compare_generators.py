@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 
 from .commands import Command
-from .common import add_audit_argument, add_settings_arguments, set_cache, settings_overrides
+from .common import (
+    add_audit_argument,
+    add_cache_argument,
+    add_settings_arguments,
+    data_help,
+    oracle_help,
+    set_cache,
+    settings_overrides,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -13,12 +21,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated model specs, e.g. builtin:digits-mlp,builtin:digits-cnn (repeatable)")
     p.add_argument("--generators", required=True, action="append",
                    help="comma-separated generator specs, e.g. vqgan:digits,vae:digits,diffusion:digits (repeatable)")
-    p.add_argument("--data", default="digits", help="digits, imagenet:PATH or folder:PATH (default: digits)")
-    p.add_argument("--oracle", default=None, help="oracle spec (default: the dataset world's)")
+    p.add_argument("--data", default="digits", help=data_help())
+    p.add_argument("--oracle", default=None, help=oracle_help())
     p.add_argument("--out", default="runs", help="folder for run folders (default: runs)")
     p.add_argument("--to", default=None, metavar="DIR",
                    help="folder for compare.csv/table.csv/tau.csv/compare.json (default OUT/compare__<data>__<hash>)")
-    p.add_argument("--cache-dir", default=None, help="where downloaded weights live (sets FMR_CACHE, HF_HOME, TORCH_HOME)")
+    add_cache_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-grid", action="store_true", help="do not write the runs' image grid PNGs")
     add_audit_argument(p)

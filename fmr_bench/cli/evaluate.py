@@ -18,6 +18,8 @@ from .common import (
     add_settings_arguments,
     add_world_arguments,
     flag,
+    model_help,
+    only_apply,
     set_cache,
     settings_overrides,
 )
@@ -26,9 +28,8 @@ from ..results.scan import RECORD_FILE
 
 def add_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--model", default=None,
-                    help="timm:NAME, openclip:ARCH/TAG, hf:ORG/REPO, file:PATH, builtin:NAME; several separated by "
-                         "commas (a comma splits only before a new SOURCE:, so commas inside a spec's ?options "
-                         "or path stay in it)")
+                    help=model_help("model spec(s)") + "; several separated by commas (a comma splits only before "
+                         "a new SOURCE:, so commas inside a spec's ?options or path stay in it)")
     ev.add_argument("--models", default=None, metavar="FILE",
                     help="a file of model specs, one per line (# starts a comment); with --model, both lists run")
     add_world_arguments(ev, model=False)
@@ -40,8 +41,8 @@ def add_arguments(ev: argparse.ArgumentParser) -> None:
     add_audit_argument(ev)
     ev.add_argument("--shard", default=None, metavar="I/N",
                     help="run shard I of N (0-based) of the selected samples, in RUN/shard-I-of-N/; default: the "
-                         "SLURM array task's (SLURM_ARRAY_TASK_ID, _COUNT, _MIN); combine shards with fmr merge. "
-                         "Under torchrun each rank is a shard by itself")
+                         "SLURM array task's (SLURM_ARRAY_TASK_ID, _COUNT, _MIN, _MAX; a contiguous array); combine "
+                         "shards with fmr merge. Under torchrun each rank is a shard by itself")
     ev.add_argument("--evaluator", default="fmr",
                     help="comma-separated: fmr (the dynamic FMR protocol, default) and/or static evaluators "
                          "ood-accuracy, imagenet-x, ood-detection, calibration, group-robustness, zero-shot; "
@@ -80,11 +81,13 @@ def check_flags(args: argparse.Namespace, fmr: bool, static: list[str]) -> None:
         return [flag(n) for n in names if getattr(args, n, None) not in (None, False)]
 
     if not static and given(STATIC_FLAGS):
-        raise SettingsError(f"{', '.join(given(STATIC_FLAGS))} only apply to static evaluators and the FMR protocol "
-                            "would ignore them; drop them, or add an evaluator, e.g. --evaluator fmr,ood-detection")
+        subject, it = only_apply(given(STATIC_FLAGS))
+        raise SettingsError(f"{subject} to static evaluators and the FMR protocol would ignore {it}; drop {it}, or "
+                            "add an evaluator, e.g. --evaluator fmr,ood-detection")
     if not fmr and given(FMR_FLAGS):
-        raise SettingsError(f"{', '.join(given(FMR_FLAGS))} only apply to the FMR protocol and {', '.join(static)} "
-                            "would ignore them; drop them, or add fmr: --evaluator fmr," + ",".join(static))
+        subject, it = only_apply(given(FMR_FLAGS))
+        raise SettingsError(f"{subject} to the FMR protocol and {', '.join(static)} would ignore {it}; drop {it}, "
+                            "or add fmr: --evaluator fmr," + ",".join(static))
 
 
 def model_list(args: argparse.Namespace) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import SettingsError
 from .commands import Command
-from .common import set_cache
+from .common import add_cache_argument, only_apply, positive_int, set_cache
 
 
 def _optional_float(text: str) -> float | None:
@@ -35,7 +35,7 @@ def _alphas(text: str) -> list[float]:
             start, stop, step = (float(v) for v in text.split(":"))
             if step <= 0:
                 raise ValueError
-            n = int(round((stop - start) / step))
+            n = round((stop - start) / step)
             return [round(start + k * step, 10) for k in range(n + 1)]
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -75,10 +75,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval", default=None, metavar="NAMES", help="evaluators, e.g. fmr,ood-accuracy (fmr list evaluators)")
     g.add_argument("--eval-data", default=None, help="evaluation set (default: digits)")
     g.add_argument("--eval-ood", action="append", default=None, metavar="SPEC", help="shifted sets for static evaluators")
-    g.add_argument("--eval-every", type=int, default=None, help="every N units (default: 1)")
+    g.add_argument("--eval-every", type=positive_int, default=None, help="every N units (default: 1)")
     g.add_argument("--eval-unit", choices=("step", "epoch"), default=None, help="steps or epochs (default: epoch)")
-    g.add_argument("--eval-limit", type=int, default=None, help="FMR: images of the fixed subset (default: 64)")
-    g.add_argument("--eval-budget", type=int, default=None, help="FMR: perturbation steps per image (default: 10)")
+    g.add_argument("--eval-limit", type=positive_int, default=None, help="FMR: images of the fixed subset (default: 64)")
+    g.add_argument("--eval-budget", type=positive_int, default=None, help="FMR: perturbation steps per image (default: 10)")
     w = p.add_argument_group("weight space")
     w.add_argument("--wise", type=_alphas, default=None, metavar="ALPHAS",
                    help="after training (or with --mix), write and score WiSE-FT mixes at these alphas: 0,0.5,1 or 0:1:0.1")
@@ -89,7 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "models; automatic after training with those methods)")
     w.add_argument("--soup", nargs="+", default=None, metavar="MODEL",
                    help="no training: uniform soup of these checkpoints, written to OUT/soup.safetensors")
-    p.add_argument("--cache-dir", default=None, help="where downloaded weights live")
+    add_cache_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -131,9 +131,8 @@ EVAL_DEFAULTS = {"eval_data": "digits", "eval_ood": [], "eval_every": 1, "eval_u
 def _eval_flags(args: argparse.Namespace) -> None:
     given = [k for k in EVAL_DEFAULTS if getattr(args, k) is not None]
     if given and not args.eval:
-        flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        raise SettingsError(f"{flags} only apply with --eval NAMES (e.g. --eval fmr,ood-accuracy); add --eval or "
-                            "drop them")
+        subject, it = only_apply(["--" + k.replace("_", "-") for k in given])
+        raise SettingsError(f"{subject} with --eval NAMES (e.g. --eval fmr,ood-accuracy); add --eval or drop {it}")
     for k, v in EVAL_DEFAULTS.items():
         if getattr(args, k) is None:
             setattr(args, k, v)

@@ -22,7 +22,16 @@ import shlex
 from pathlib import Path
 
 from .commands import Command
-from .common import add_settings_arguments, set_cache, settings_overrides
+from .common import (
+    add_cache_argument,
+    add_settings_arguments,
+    data_help,
+    model_help,
+    oracle_help,
+    positive_int,
+    set_cache,
+    settings_overrides,
+)
 
 DEFAULT_OUT = "masks"
 
@@ -40,12 +49,12 @@ def _c_grid(text: str) -> tuple[float, ...]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..studies.fit_sparse import C_GRID, C_TOLERANCE, MAX_SHARE, MIN_DIMS, PAPER_LAMBDA, VAL_SIZE
 
-    p.add_argument("--model", required=True, help="the evaluated model whose loss the dense loop follows "
-                                                  "(timm:NAME, builtin:NAME, ...)")
+    p.add_argument("--model", required=True, help=model_help("the evaluated model whose loss the dense loop "
+                                                             "follows"))
     p.add_argument("--data", default="digits:train",
-                   help="the fit split; not the split you evaluate on (default: digits:train)")
+                   help="the fit split, not the split you evaluate on: " + data_help("digits:train"))
     p.add_argument("--generator", default=None, help="the dense generator vqgan[:CARD] (default: the dataset world's)")
-    p.add_argument("--oracle", default=None, help="oracle spec (default: the dataset world's)")
+    p.add_argument("--oracle", default=None, help=oracle_help())
     p.add_argument("--out", default=DEFAULT_OUT, help=f"folder for the card and mask, and for the collected latents "
                                                       f"(work/); default: {DEFAULT_OUT}/ under the current folder; "
                                                       "never the shipped generators/ folder")
@@ -67,15 +76,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-dims", type=int, default=MIN_DIMS,
                    help=f"... among the Cs that keep at least this many dims (default: {MIN_DIMS})")
     p.add_argument("--max-dims", type=int, default=None,
-                   help=f"... and at most this many (default: {MAX_SHARE:.0%} of the latent dims)")
+                   help=f"... and at most this many (default: {MAX_SHARE * 100:.0f}%% of the latent dims)")
     p.add_argument("--val-size", type=float, default=VAL_SIZE,
                    help=f"share of the non-test images that choose C (default: {VAL_SIZE:g})")
     p.add_argument("--test-size", type=float, default=0.2, help="share of images held out (paper: 0.2)")
     p.add_argument("--original", choices=["encoder", "quantised"], default="encoder",
                    help="label-0 row: the continuous encoder latent (SPEC, default) or its quantised codes")
     p.add_argument("--standardize", action="store_true", help="standardise every latent dim before fitting")
-    p.add_argument("--max-iter", type=int, default=1000, help="saga iterations (default: 1000)")
-    p.add_argument("--cache-dir", default=None, help="where downloaded weights live (sets FMR_CACHE, HF_HOME, TORCH_HOME)")
+    p.add_argument("--max-iter", type=positive_int, default=1000, help="saga iterations (default: 1000)")
+    add_cache_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_settings_arguments(p)
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError, SpecError
+from ..errors import DataError, SpecError, first_line
 
 if TYPE_CHECKING:  # a type only: datasets do not import the models layer
     from ..models.transform import EvalTransform
@@ -127,7 +127,7 @@ class FileImages(ImageDataset):
                 im = im.convert("RGB")
                 im.load()
         except Exception as e:
-            raise DataError(f"cannot read image {path} ({type(e).__name__}: {str(e)[:80]}); "
+            raise DataError(f"cannot read image {path} ({type(e).__name__}: {first_line(e, 160)}); "
                             "replace or delete the file and re-run (finished samples are kept)") from None
         return self.prepare(im)
 

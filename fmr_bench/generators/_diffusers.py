@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingDependencyError, SpecError, WeightsError
+from ..errors import MissingDependencyError, SpecError, WeightsError, first_line
 from ..specs import Spec
 from ..weights import HUB_HOST, WeightRef, hf_cached, host_reachable, sha256_file
 from .cards import PACKAGE_DIR
@@ -170,7 +170,7 @@ def load_model(spec: Spec, kind: str, classes: tuple[str, ...]) -> tuple[Any, So
                                         low_cpu_mem_usage=_has_accelerate(), **kwargs)
             return model, source
         except (OSError, ValueError, RuntimeError) as e:
-            errors.append(str(e).strip().splitlines()[0][:200])
+            errors.append(first_line(e, 200))
     raise WeightsError(f"cannot load generator {kind}:{source.name} ({'; '.join(errors)}); " + _fix(kind, source))
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import SettingsError, SpecError, WeightsError
+from ..errors import SettingsError, SpecError, WeightsError, first_line
 from .base import Generator
 from .cards import cards_dir, load_card
 
@@ -99,7 +99,7 @@ def read_mask(card: dict) -> np.ndarray:
     try:
         mask = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
-        raise WeightsError(f"cannot read mask {path} ({str(e).splitlines()[0][:120]}); {fix}") from None
+        raise WeightsError(f"cannot read mask {path} ({first_line(e)}); {fix}") from None
     shape = tuple(card.get("latent_shape") or mask.shape)
     if mask.shape != shape:
         raise SettingsError(f"mask {path} has shape {mask.shape} but card {card['name']} says {shape}; {fix}")

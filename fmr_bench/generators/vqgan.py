@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import MissingDependencyError, WeightsError
+from ..errors import MissingDependencyError, WeightsError, first_line
 from ..runtime import exact_fp32
 from ..weights import load_state_strict, safe_torch_load
 from .base import Generator
@@ -122,9 +122,8 @@ def read_vqgan_state(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             raw = safe_torch_load(path)
     except Exception as e:  # corrupt file, foreign pickle
-        msg = str(e).strip().splitlines()[0][:200]
         raise WeightsError(
-            f"cannot read VQGAN weights {path} safely ({msg}); re-download it or convert it "
+            f"cannot read VQGAN weights {path} safely ({first_line(e)}); re-download it or convert it "
             "to safetensors holding the state_dict"
         ) from None
     if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):

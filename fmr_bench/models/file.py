@@ -23,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-from ..errors import SpecError, WeightsError
+from ..errors import SpecError, WeightsError, first_line
 from ..files import atomic_write_file
 from ..specs import Spec
 from ..weights import WeightRef, safe_torch_load
@@ -65,13 +65,19 @@ def _read(spec: Spec) -> tuple[dict[str, torch.Tensor], dict]:
         raise SpecError("file spec needs a path, e.g. file:runs/model.safetensors")
     if not path.is_file():
         raise WeightsError(f"checkpoint {path} does not exist; check the path after file:")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"checkpoint {path} is empty (0 bytes; an interrupted copy or save?); copy or save it again")
     try:
         if path.suffix == ".safetensors":
-            from safetensors import safe_open
+            from safetensors import SafetensorError, safe_open
 
-            with safe_open(str(path), "pt") as f:
-                meta = json.loads((f.metadata() or {}).get(META_KEY, "{}"))
-                state = {k: f.get_tensor(k) for k in f.keys()}
+            try:
+                with safe_open(str(path), "pt") as f:
+                    meta = json.loads((f.metadata() or {}).get(META_KEY, "{}"))
+                    state = {k: f.get_tensor(k) for k in f.keys()}
+            except (SafetensorError, OSError, ValueError) as e:  # truncated or foreign: safetensors' words
+                raise WeightsError(f"cannot read {path} as a safetensors file ({first_line(e)}); it is truncated or "
+                                   "not safetensors: save it again with fmr_bench.save_model") from None
         else:
             with warnings.catch_warnings():  # torch warns about pickle protocols it then refuses anyway
                 warnings.simplefilter("ignore")
@@ -108,8 +114,7 @@ def load(spec: Spec, *, class_names: Sequence[str] | None = None, pretrained: bo
     try:
         model.net.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0][:200]
-        raise WeightsError(f"checkpoint {spec.ident} does not fit architecture {arch} ({first}); pass the right ?arch=") from None
+        raise WeightsError(f"checkpoint {spec.ident} does not fit architecture {arch} ({first_line(e)}); pass the right ?arch=") from None
     if names:
         model.class_names = list(names)
         model.num_classes = len(names)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ClassMappingError, MissingDependencyError, SpecError, WeightsError
+from ..errors import ClassMappingError, MissingDependencyError, SpecError, WeightsError, first_line
 from ..specs import Spec
 from ..files import cache_dir
 from ..weights import WeightRef, hf_cached
@@ -190,8 +190,7 @@ def load(spec: Spec, *, class_names: Sequence[str] | None = None, pretrained: bo
     try:
         clip = oc.create_model(arch, pretrained=source)
     except (RuntimeError, OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise WeightsError(f"cannot load open_clip weights for {spec} ({first}); pass ?weights=PATH") from None
+        raise WeightsError(f"cannot load open_clip weights for {spec} ({first_line(e)}); pass ?weights=PATH") from None
     pre = eval_transform(clip, arch, tag)
     prompt_set = spec.opts.get("prompts", templates or "openai")
     key = f"openclip:{arch}/{source}" if source else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import MissingDependencyError, SpecError, WeightsError
+from ..errors import MissingDependencyError, SpecError, WeightsError, first_line
 from ..specs import Spec
 from ..weights import WeightRef, hf_cached
 from .base import ImageClassifier
@@ -71,8 +71,7 @@ def load(spec: Spec, *, class_names: Sequence[str] | None = None, pretrained: bo
     try:
         net = timm.create_model(name, pretrained=pretrained, **kwargs)
     except (RuntimeError, OSError, KeyError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise WeightsError(f"cannot load weights for timm:{name} ({first}); pass ?weights=PATH to a matching file") from None
+        raise WeightsError(f"cannot load weights for timm:{name} ({first_line(e)}); pass ?weights=PATH to a matching file") from None
     pcfg = getattr(net, "pretrained_cfg", None) or {}
     which = ".".join(str(v) for v in (pcfg.get("architecture") or name, pcfg.get("tag")) if v)
     if pcfg.get("source") == "hf-hub" and pcfg.get("hf_hub_id"):

@@ -23,7 +23,7 @@ from ..specs import Spec, parse_spec
 ORACLE_SOURCES.register("openclip", "fmr_bench.models.openclip", options=OPENCLIP_OPTIONS,
                         help="openclip:ARCH/TAG[?prompts=openai] — open_clip zero-shot oracle")
 ORACLE_SOURCES.register("builtin", "fmr_bench.models.builtin", options=BUILTIN_OPTIONS,
-                        help="builtin:digits-clip[?prompts=SET] — the digits-world CLIP")
+                        help="builtin:NAME[?prompts=SET] — a builtin digits-world model, e.g. digits-clip (the digits oracle)")
 
 
 class Oracle(nn.Module):

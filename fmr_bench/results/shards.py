@@ -15,13 +15,14 @@ writes the result where a single run writes its own, so merging and resuming mix
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import OutputError, SettingsError
+from ..errors import OutputError, SettingsError, first_line
 from ..files import write_json
 from ..protocol.outcome import SampleOutcome
 from .record import Record, RecordError, fmr_descriptions, fmr_record, sample_set_fingerprint
@@ -29,7 +30,6 @@ from .rundir import (
     SAMPLES_FILE,
     RunLock,
     outcome_line,
-    read_json_or_none,
     samples_seal,
     atomic_write,
     prepare_run_dir,
@@ -42,8 +42,9 @@ from .scan import RECORD_FILE
 T = TypeVar("T")
 SHARD_FILE = "shard.json"
 SHARD_PREFIX = "shard-"
-#: SLURM array variables: the task id, the number of tasks and the first id (``--array=1-8``).
+#: SLURM array variables: the task id, the number of tasks, the first and the last id (``--array=1-8``).
 SLURM_ID, SLURM_COUNT, SLURM_MIN = "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"
+SLURM_MAX = "SLURM_ARRAY_TASK_MAX"
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,12 @@ def parse_shard(text: str) -> Shard:
 
 
 def shard_from_env(env: Mapping[str, str] | None = None) -> Shard | None:
-    """The shard of a SLURM array task (``SLURM_ARRAY_TASK_ID`` / ``_COUNT`` / ``_MIN``), or None.
+    """The shard of a SLURM array task (``SLURM_ARRAY_TASK_ID`` / ``_COUNT`` / ``_MIN`` / ``_MAX``), or None.
 
     Raises:
-        SettingsError: a task id without a task count, or values that are not whole numbers.
+        SettingsError: a task id without a task count, values that are not whole numbers, or an
+            array with gaps or a step (ids ``MIN..MAX`` are not ``COUNT`` tasks), whose task ids do
+            not map onto shards ``0..COUNT-1``.
     """
     env = os.environ if env is None else env
     if SLURM_ID not in env:
@@ -95,9 +98,14 @@ def shard_from_env(env: Mapping[str, str] | None = None) -> Shard | None:
         raise SettingsError(f"{SLURM_ID} is set but {SLURM_COUNT} is not; pass --shard i/n")
     try:
         task, count, first = int(env[SLURM_ID]), int(env[SLURM_COUNT]), int(env.get(SLURM_MIN, "0"))
+        last = int(env[SLURM_MAX]) if SLURM_MAX in env else None
     except ValueError:
-        raise SettingsError(f"{SLURM_ID}={env[SLURM_ID]!r}, {SLURM_COUNT}={env[SLURM_COUNT]!r}: not whole "
-                            "numbers; pass --shard i/n") from None
+        shown = ", ".join(f"{k}={env[k]!r}" for k in (SLURM_ID, SLURM_COUNT, SLURM_MIN, SLURM_MAX) if k in env)
+        raise SettingsError(f"{shown}: not whole numbers; pass --shard i/n") from None
+    if last is not None and last - first + 1 != count:  # --array=0,2,5 or 0-10:5: ids are not 0..n-1 from MIN
+        raise SettingsError(f"SLURM array tasks {first}..{last} are {count} tasks, not {last - first + 1}: an array "
+                            f"with gaps or a step (e.g. --array=0,2,5) cannot map task ids to shards; use a "
+                            "contiguous --array=A-B, or pass --shard i/n")
     index = task - first
     if not 0 <= index < count:  # an array with gaps (--array=0,2,5) or a step does not map to 0..n-1
         raise SettingsError(f"SLURM array task {task} (first {first}, {count} tasks) is not task {first}..."
@@ -148,8 +156,29 @@ class ShardPart:
     def load(cls, folder: Path) -> ShardPart:
         """Read a shard folder; reads only (a read-only folder loads)."""
         rows = read_outcome_rows(folder / SAMPLES_FILE)
-        return cls(str(folder), read_json_or_none(folder / "settings.json"), read_json_or_none(folder / SHARD_FILE),
-                   read_json_or_none(folder / RECORD_FILE), {o.id: (o, fp) for o, fp in rows})
+        return cls(str(folder), read_shard_json(folder / "settings.json"), read_shard_json(folder / SHARD_FILE),
+                   read_shard_json(folder / RECORD_FILE), {o.id: (o, fp) for o, fp in rows})
+
+
+def read_shard_json(path: Path) -> Any:
+    """A shard folder's JSON file, or None when it is not there (an unfinished shard has no record).
+
+    Raises:
+        OutputError: the file is there but cannot be read or is not JSON (a truncated copy): said
+            so, naming the file, rather than taken for a missing one.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise OutputError(f"cannot read {path} ({e.strerror or e}); make it readable, or copy the shard folder "
+                          "again") from None
+    try:
+        return json.loads(text)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise OutputError(f"{path} is corrupt (not JSON: {first_line(e)}); re-run the shard's command to write it "
+                          "again (its finished samples are kept), or copy the shard folder again") from None
 
 
 @dataclass

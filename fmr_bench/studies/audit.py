@@ -63,7 +63,7 @@ def audit_run(folder: str | Path, judge: str | Oracle, *, device: str = "auto", 
 
     folder = Path(folder)
     if isinstance(judge, str):
-        oracle_specs(judge)  # a bad judge spec stops here, before anything is loaded
+        check_judge(judge)  # a bad judge stops here, named as the judge, before anything is loaded
     if not (folder / RECORD_FILE).is_file():
         raise DataError(f"{folder} holds no record.json; pass a finished run folder (or finish the run by "
                         "re-running its command with --audit JUDGE)")
@@ -90,6 +90,24 @@ def audit_run(folder: str | Path, judge: str | Oracle, *, device: str = "auto", 
     except SpecError as e:
         raise SpecError(f"cannot rebuild the run in {folder} from its record ({e}); runs of in-memory models are "
                         "audited with fmr_bench.evaluate(model, ..., audit=JUDGE)") from None
+
+
+def check_judge(judge: str) -> None:
+    """Check a judge spec as far as can be done without loading it: every ``+`` member parses,
+    names a known builtin or open_clip tag, and asks for a known prompt set.
+
+    Raises:
+        SpecError: naming the judge (not the run it would audit).
+    """
+    from ..models.openclip import templates_for
+
+    try:
+        Audit.weight_refs(judge)
+        for spec in oracle_specs(judge):
+            if "prompts" in spec.opts:
+                templates_for(spec.opts["prompts"])
+    except SpecError as e:
+        raise SpecError(f"judge {judge}: {e}") from None
 
 
 def copy_run(folder: Path, to: Path) -> Path:

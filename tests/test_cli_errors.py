@@ -9,11 +9,12 @@ import re
 
 import pytest
 
-import fmr_bench.commands  # noqa: F401  (registers the commands, for the parametrisations below)
-from fmr_bench.cli import Parser, build_parser, main
+import fmr_bench.cli.commands  # noqa: F401  (registers the commands, for the parametrisations below)
+from fmr_bench.cli import build_parser, main
+from fmr_bench.cli.main import Parser
 from fmr_bench.errors import first_line
 from fmr_bench.registry import BUILTIN_MODELS, COMMANDS, DATASETS, GENERATORS, ORACLE_SOURCES, Entry
-from fmr_bench.shards import Shard, shard_from_env
+from fmr_bench.results.shards import Shard, shard_from_env
 
 MODEL = ["--model", "builtin:digits-cnn"]
 
@@ -63,8 +64,8 @@ ARGPARSE = [
     (["transfer"], "fmr transfer", r"give one of --source --sources"),
     (["merge"], "fmr merge", r"missing FOLDER"),
     (["fit-sparse", *MODEL, "--max-iter", "0"], "fmr fit-sparse", r"--max-iter takes a whole number >= 1"),
-    ([], "fmr", r"missing command \(one of audit, compare-generators, evaluate, "),
-    (["evalute"], "fmr", r"'evalute' is not one of 'audit', "),
+    ([], "fmr", r"missing command \(one of attack-oracle, audit, compare-generators, data, evaluate, "),
+    (["evalute"], "fmr", r"'evalute' is not one of 'attack-oracle', 'audit', "),
 ]
 
 
@@ -161,6 +162,8 @@ CACHE_ARGV = {
     "audit": ["audit", "{tmp}", "--judge", "builtin:digits-judge"],
     "fit-sparse": ["fit-sparse", *MODEL, *SMALL, "--latents", "{tmp}/out/latents.npz"],
     "finetune": ["finetune", "--model", "builtin:digits-clip", "--out", "{tmp}/ft", "--epochs", "1"],
+    "attack-oracle": ["attack-oracle", "--oracle", "builtin:digits-clip", "--compare", "builtin:digits-cnn",
+                      "--limit", "2", "--steps", "1"],
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .commands import Command
-from .common import set_cache
+from .common import add_cache_argument, set_cache
 
 #: Rows of the console table: these steps (and the last one).
 SHOWN_STEPS = 5
@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", default=None, metavar="DIR",
                    help="folder for attack.csv/json/png (default OUT/attack-oracle__<oracle>__<data>__<hash>)")
     p.add_argument("--out", default="runs", help="parent folder of the default --to (default: runs)")
-    p.add_argument("--cache-dir", default=None, help="where downloaded weights live (sets FMR_CACHE, HF_HOME, TORCH_HOME)")
+    add_cache_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 

@@ -92,6 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..files import require_writable
 
+    set_cache(args.cache_dir)  # a check that writes nothing: first, so a refusal leaves no --out behind
     fix = "pick a writable folder with --out"
     require_writable(args.out, fix)  # before any model is loaded: a bad --out costs nothing
     if args.latents:
@@ -104,7 +105,6 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime import command_line
     from ..studies.fit_sparse import LATENTS_NPZ, LatentSet, collect_latents, fit_mask, work_folder, write_mask_card
 
-    set_cache(args.cache_dir)
     console = Console(highlight=False, soft_wrap=True)
     say = console.print
     overrides = settings_overrides(args)

@@ -8,6 +8,7 @@ from dataclasses import fields
 from typing import Any
 
 from ..config import FmrSettings, check_given
+from ..registry import GENERATORS
 
 _TYPES = {"budget": int, "batch_size": int, "limit": int, "seed": int, "step_size": float, "fgsm_eps": float,
           "workers": int}
@@ -47,8 +48,7 @@ def add_world_arguments(parser: argparse.ArgumentParser, *, model: bool = True) 
                             help="timm:NAME, openclip:ARCH/TAG, hf:ORG/REPO, file:PATH, builtin:NAME")
     parser.add_argument("--data", default="digits", help="digits, imagenet:PATH or folder:PATH (default: digits)")
     parser.add_argument("--generator", default=None,
-                        help="vqgan[:CARD], sparse-vqgan[:MASK], vae:..., diffusion:..., pixel, noise "
-                             "(default: the dataset world's; see fmr list generators)")
+                        help=f"{GENERATORS.usage()} (default: the dataset world's; see fmr list generators)")
     parser.add_argument("--oracle", default=None,
                         help="openclip:ARCH/TAG or builtin:digits-clip (default: the dataset world's)")
     parser.add_argument("--out", default="runs", help="folder for run folders (default: runs)")

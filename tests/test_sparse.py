@@ -182,7 +182,7 @@ def test_step_size_comes_from_the_per_source_card_table(monkeypatch):
     assert G.default_step_size("sparse-vqgan:digits", "vqgan:digits") == (0.05, "generator card vqgan-digits")
     assert G.default_step_size("pixel", "vqgan:digits") is None
     # a source gains a card by one table entry, not by another branch
-    monkeypatch.setitem(G._CARDS, "pixel", lambda spec, default: {"name": "pixel-card", "step_size": 0.3})
+    monkeypatch.setattr(G.GENERATORS.get("pixel"), "card", lambda spec, default: {"name": "pixel-card", "step_size": 0.3})
     assert G.default_step_size("pixel", "vqgan:digits") == (0.3, "generator card pixel-card")
 
 

@@ -43,8 +43,8 @@ def _alphas(text: str) -> list[float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..finetune.settings import PRESETS, FinetuneSettings
     from ..finetune.methods import METHODS
+    from ..finetune.settings import PRESETS, FinetuneSettings
 
     p.add_argument("--model", help="openclip:ARCH/TAG, builtin:digits-clip, timm:NAME or file:PATH (the model to fine-tune)")
     p.add_argument("--data", default="digits:train",
@@ -62,7 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default = getattr(defaults, f.name)
         help_text = f.metadata.get("help", "") + f" (default: {default})"
         if f.name == "method":
-            p.add_argument(flag, choices=list(METHODS), default=None, help=help_text)
+            p.add_argument(flag, choices=list(METHODS), default=None,
+                           help=f"{f.metadata['help']}: {', '.join(METHODS)} (default: {default})")
         elif isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif f.name == "grad_clip":
@@ -152,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.model or not args.out:
         raise SettingsError("fmr finetune needs --model and --out (or --mix / --soup with --out)")
     from ..finetune import EvalCallback, finetune
+    from ..finetune.methods import method_kind
     from ..finetune.train_data import ConcatImages, load_train_data
     from ..finetune.wise import check_alphas, wise_grid
 
@@ -178,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         rows = wise_grid(f"file:{out / 'zeroshot.safetensors'}", f"file:{res.path}", args.wise, out / "wise",
                          evaluators=evaluators, data=args.eval_data if evaluators else None, ood=args.eval_ood,
                          limit=args.eval_limit, budget=args.eval_budget,
-                         rebuild_head=res.settings.method in ("flyp", "starft"))
+                         rebuild_head=method_kind(res.settings.method).head_from_text)
         _print_wise(console, rows, out / "wise" / "wise.json")
     return 0
 

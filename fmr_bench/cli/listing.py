@@ -15,7 +15,6 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .. import datasets, generators, models, oracles  # noqa: F401  (registration)
     from ..generators.cards import list_cards
     from ..models import builtin  # noqa: F401
     from ..registry import BUILTIN_MODELS, DATASETS, GENERATORS, MODEL_SOURCES, ORACLE_SOURCES

@@ -458,14 +458,38 @@ def fetch(name: str, root: str | Path | None = None, *, archives: dict[str, Path
     entry = get_source(name, sources)
     root = data_root(root)
     final = root / entry.folder
+    _check_fetchable(entry, name, final)
+    if final.is_dir() and not force:
+        return FetchResult(name, final, (final / MANIFEST).is_file() and _manifest(final).get("verified", False),
+                           [], reused=True)
+    _prepare_root(root)
+    warnings: list[str] = []
+    archives = _archive_table(entry, name, archives)
+    got = _get_files(entry, name, root, archives, progress=progress, say=warn or (lambda s: None), warnings=warnings)
+    manifest = _install(entry, name, root, final, got)
+    if not keep_archives:
+        for f, path, *_ in got:
+            if f.name not in archives:
+                path.unlink(missing_ok=True)
+    return FetchResult(name, final, manifest["verified"], warnings, n_images=manifest["n_images"])
+
+
+#: What :func:`_get_files` has of one file: the entry's file, the local path, where it came
+#: from, its sha256 and whether that matched a published checksum.
+_Got = tuple[SourceFile, Path, str, str, bool]
+
+
+def _check_fetchable(entry: DataSource, name: str, final: Path) -> None:
+    """Refuse a set that is installed with a package or must be downloaded by hand."""
     if entry.package:
         raise SettingsError(f"{name}: {entry.manual}")
     if entry.manual:
         raise SettingsError(f"{name} cannot be fetched: it {entry.manual.format(path=final)}; then fmr data verify "
                             f"{name} checks the layout")
-    if final.is_dir() and not force:
-        return FetchResult(name, final, (final / MANIFEST).is_file() and _manifest(final).get("verified", False),
-                           [], reused=True)
+
+
+def _prepare_root(root: Path) -> None:
+    """Create the data root and its downloads folder, and check that it is writable."""
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe = root / ".write-test"
@@ -474,8 +498,10 @@ def fetch(name: str, root: str | Path | None = None, *, archives: dict[str, Path
         (root / DOWNLOADS).mkdir(exist_ok=True)
     except OSError as e:
         raise _write_error(e, root) from None
-    warnings: list[str] = []
-    say = warn or (lambda s: None)
+
+
+def _archive_table(entry: DataSource, name: str, archives: dict[str, Path] | None) -> dict[str, Path]:
+    """``--archive`` copies by the entry's file names (a lone copy names the entry's only file)."""
     archives = dict(archives or {})
     if len(archives) == 1 and len(entry.files) == 1 and entry.files[0].name not in archives:
         archives = {entry.files[0].name: next(iter(archives.values()))}
@@ -484,7 +510,13 @@ def fetch(name: str, root: str | Path | None = None, *, archives: dict[str, Path
         shown = archives[unknown[0]] if unknown[0].startswith("_") else unknown[0]
         raise SettingsError(f"--archive {shown}: {name} has files {', '.join(f.name for f in entry.files)}; "
                             "pass --archive NAME=PATH")
-    got: list[tuple[SourceFile, Path, str, str, bool]] = []
+    return archives
+
+
+def _get_files(entry: DataSource, name: str, root: Path, archives: dict[str, Path], *, progress: bool,
+               say: Callable[[str], None], warnings: list[str]) -> list[_Got]:
+    """Download (or take from ``archives``) and check every file of the entry, before any extraction."""
+    got: list[_Got] = []
     for f in entry.files:
         if f.name in archives:
             path, url = Path(archives[f.name]).expanduser(), f"file {archives[f.name]}"
@@ -509,6 +541,15 @@ def fetch(name: str, root: str | Path | None = None, *, archives: dict[str, Path
             warnings.append(msg)
             say(msg)
         got.append((f, path, url, sha, verified))
+    return got
+
+
+def _install(entry: DataSource, name: str, root: Path, final: Path, got: list[_Got]) -> dict[str, Any]:
+    """Extract into a temporary folder, check the layout, write the manifest, rename into place.
+
+    Returns:
+        the manifest written.
+    """
     work = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
     try:
         set_dir = work / "set"
@@ -522,10 +563,8 @@ def fetch(name: str, root: str | Path | None = None, *, archives: dict[str, Path
                                   "published_md5": f.md5, "verified": v} for f, _, url, sha, v in got],
                     "n_images": n_images, "files": file_list(set_dir)}
         (set_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        old = None
         if final.exists():
-            old = work / "old"
-            final.rename(old)
+            final.rename(work / "old")  # removed with the work folder
         final.parent.mkdir(parents=True, exist_ok=True)
         set_dir.rename(final)
     except OSError as e:
@@ -535,11 +574,7 @@ def fetch(name: str, root: str | Path | None = None, *, archives: dict[str, Path
                              "command again (the download is kept)") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if not keep_archives:
-        for f, path, *_ in got:
-            if f.name not in archives:
-                path.unlink(missing_ok=True)
-    return FetchResult(name, final, manifest["verified"], warnings, n_images=n_images)
+    return manifest
 
 
 def _manifest(folder: Path) -> dict:

@@ -138,9 +138,15 @@ def augment(x: torch.Tensor, generator: torch.Generator, strength: float = 1.0) 
     Returns:
         Augmented images in [0, 1], same shape as ``x``.
     """
+    # the phases draw from ``generator`` in this order; the order fixes the result of a seed
+    x = _warp(x, generator, strength)
+    x = _recolour(x, generator, strength)
+    return _degrade(x, generator, strength)
+
+
+def _warp(x: torch.Tensor, g: torch.Generator, s: float) -> torch.Tensor:
+    """Random affine warp (rotation, scale, shear, translation), padded with the paper colour."""
     n, c, h, w = x.shape
-    s = strength
-    g = generator
     # Geometry: an inverse affine map in normalised coordinates for grid_sample.
     angle = _uniform(n, -25, 25, g) * s * math.pi / 180
     scale = 1 + _uniform(n, -0.25, 0.2, g) * s
@@ -160,7 +166,12 @@ def augment(x: torch.Tensor, generator: torch.Generator, strength: float = 1.0) 
     ones = torch.ones(n, 1, h, w)
     warped = F.grid_sample(torch.cat([x - border[:, :, None, None], ones], 1), grid,
                            mode="bilinear", padding_mode="zeros", align_corners=False)
-    x = warped[:, :c] + border[:, :, None, None]
+    return warped[:, :c] + border[:, :, None, None]
+
+
+def _recolour(x: torch.Tensor, g: torch.Generator, s: float) -> torch.Tensor:
+    """Random contrast, channel gain and offset, channel permutation, greyscale and inversion."""
+    n, c = x.shape[:2]
     # Colour: contrast around the image mean, then per-channel gain and offset.
     mean = x.mean((1, 2, 3), keepdim=True)
     contrast = 1 + _uniform(n, -0.5, 0.3, g)[:, None, None, None] * s
@@ -176,8 +187,12 @@ def augment(x: torch.Tensor, generator: torch.Generator, strength: float = 1.0) 
     x = torch.where(grey[:, None, None, None], x.mean(1, keepdim=True).expand_as(x), x)
     invert = torch.rand(n, generator=g) < 0.2 * min(s, 1.0)
     x = torch.where(invert[:, None, None, None], 1 - x, x)
-    x = x.clamp(0, 1)
-    # Degradations.
+    return x.clamp(0, 1)
+
+
+def _degrade(x: torch.Tensor, g: torch.Generator, s: float) -> torch.Tensor:
+    """Random Gaussian blur and Gaussian noise; clamped to [0, 1]."""
+    n = x.shape[0]
     blur = torch.rand(n, generator=g) < 0.3 * min(s, 1.0)
     sigma = _uniform(n, 0.4, 1.4, g)
     x = torch.where(blur[:, None, None, None], _gaussian_blur(x, sigma), x)

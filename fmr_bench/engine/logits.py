@@ -26,11 +26,10 @@ from pathlib import Path
 import torch
 
 from ..datasets.base import ImageDataset
-from .distributed import World
 from ..errors import OutputError, SettingsError
-from ..files import save_torch
+from ..files import cache_dir, save_torch
 from ..models import EvalTransform, ImageClassifier
-from ..files import cache_dir
+from .distributed import World
 
 CACHE_VERSION = 2  # 2: static inference through each model's eval transform
 FEEDS = ("eval", "protocol")
@@ -136,9 +135,22 @@ def compute_logits(model: ImageClassifier, dataset: ImageDataset, *, batch_size:
             return hit
     elif hit is not None:
         return hit
-    device = torch.device(device)
-    model = model.to(device).eval()
     positions = list(range(len(dataset))) if world is None else world.shard.take(range(len(dataset)))
+    logits, lab, seconds = _forward(model, dataset, transform, positions, batch_size=batch_size,
+                                    num_workers=num_workers, device=torch.device(device), progress=progress)
+    if world is not None:
+        logits, lab, seconds = _assemble(all_gather((logits, lab, seconds), world), len(dataset))
+    ids = list(dataset.ids)
+    if cache and len(ids) and (world is None or world.is_root):  # only the whole set is cached, once
+        _write_cache(path, {"logits": logits, "labels": lab, "ids": ids})
+    return Logits(logits, lab, ids, key, cached=False, seconds=seconds, **fed)
+
+
+def _forward(model: ImageClassifier, dataset: ImageDataset, transform: EvalTransform | None, positions: list[int],
+             *, batch_size: int, num_workers: int | None, device: torch.device,
+             progress: Callable[[int, int], None] | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(logits, labels, seconds) of ``model`` on the samples at ``positions``, in that order."""
+    model = model.to(device).eval()
     workers = default_workers(dataset) if num_workers is None else num_workers
     loader = None if _in_memory(dataset, transform) else torch.utils.data.DataLoader(
         torch.utils.data.Subset(_Feed(dataset, transform), positions), batch_size=batch_size, shuffle=False,
@@ -158,12 +170,7 @@ def compute_logits(model: ImageClassifier, dataset: ImageDataset, *, batch_size:
     seconds = time.perf_counter() - start
     logits = torch.cat(outs) if outs else torch.empty(0, 0)
     lab = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
-    if world is not None:
-        logits, lab, seconds = _assemble(all_gather((logits, lab, seconds), world), len(dataset))
-    ids = list(dataset.ids)
-    if cache and len(ids) and (world is None or world.is_root):  # only the whole set is cached, once
-        _write_cache(path, {"logits": logits, "labels": lab, "ids": ids})
-    return Logits(logits, lab, ids, key, cached=False, seconds=seconds, **fed)
+    return logits, lab, seconds
 
 
 def _read_cache(path: Path, key: str, fed: dict) -> Logits | None:

@@ -68,9 +68,7 @@ TASKS.register("fmr", Task("fmr", KIND_FMR, "the dynamic FMR protocol (default o
 
 
 def _register_static() -> None:
-    from . import calibration, group_robustness, imagenet_x, ood_accuracy, ood_detection, zero_shot  # noqa: F401
-
-    for entry in EVALUATORS.items():
+    for entry in EVALUATORS.items():  # loads the evaluator modules (the registry's providers)
         if entry.name not in TASKS:
             TASKS.register(entry.name, Task(entry.name, KIND_STATIC, entry.help), help=entry.help)
 

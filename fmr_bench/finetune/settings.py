@@ -36,7 +36,7 @@ def check_mask_settings(kind: str, threshold: float, rate: float, fill: str) -> 
 class FinetuneSettings:
     """Hyper-parameters of one fine-tuning run (defaults: the WiSE-FT / seed 000 App. A.1 routine)."""
 
-    method: str = field(default="ft", metadata={"help": "ft, lp, lp-ft, flyp, maskcf or starft"})
+    method: str = field(default="ft", metadata={"help": "fine-tuning method"})  # fmr finetune --help lists METHODS
     epochs: int = field(default=10, metadata={"help": "training epochs"})
     batch_size: int = field(default=512, metadata={"help": "images per step"})
     lr: float = field(default=3e-5, metadata={"help": "peak AdamW learning rate"})
@@ -82,10 +82,11 @@ class FinetuneSettings:
 
         if self.method not in METHODS:
             raise SettingsError(METHODS.unknown_message(self.method))
+        kind = METHODS.get(self.method)
         for name, lo in (("epochs", 1), ("batch_size", 1), ("checkpoint_every", 1), ("workers", 0)):
             if getattr(self, name) < lo:
                 raise SettingsError(f"{name.replace('_', '-')} must be >= {lo} (got {getattr(self, name)})")
-        if self.method in ("lp", "lp-ft") and self.lp_epochs < 1:
+        if kind.uses_lp_epochs and self.lp_epochs < 1:
             raise SettingsError(f"lp-epochs must be >= 1 (got {self.lp_epochs})")
         for name in ("lr", "lp_lr"):
             if not getattr(self, name) > 0:
@@ -111,14 +112,8 @@ class FinetuneSettings:
         if self.mask_patch < 0:
             raise SettingsError(f"mask-patch must be >= 0 (got {self.mask_patch})")
         check_mask_settings(self.mask, self.mask_threshold, self.mask_rate, self.fill)
-        if self.method == "maskcf" and self.fill != "none" and self.batch_size < 2:
-            raise SettingsError("filling masked patches from other images needs batches of at least 2 images; "
-                                "raise --batch-size or use --fill none")
-        if self.method == "starft" and self.star_suffix == "spurious":  # before any model is loaded
-            from .descriptors import load_pools, select_phrases
-
-            concepts = self.concepts if self.concepts == "all" else [c.strip() for c in self.concepts.split(",") if c.strip()]
-            select_phrases(load_pools(self.descriptors), concepts)
+        if kind.check is not None:  # the method's own checks, before any model is loaded
+            kind.check(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:

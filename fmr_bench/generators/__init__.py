@@ -1,18 +1,55 @@
-"""Generators g; ``GENERATORS`` maps a spec source to a builder ``(spec, world, seed)``."""
+"""Generators g; ``GENERATORS`` maps a spec source to its :class:`GeneratorSource`.
+
+A source's registration carries everything the package needs to know about it: how to build
+it ``(spec, world, seed)``, the weights it needs (for preflight) and the card holding its
+settings. Add a source by writing ``generators/NAME.py`` and registering one
+:class:`GeneratorSource` below.
+"""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
+from ..files import cache_dir
 from ..registry import GENERATORS
 from ..specs import Option, Spec, parse_options, parse_spec
-from ..files import cache_dir
 from ..weights import WeightRef, download, sha256_file
 from .base import Generator
 from .cards import PACKAGE_DIR, load_card
 from .sparse import mask_help
+
+
+def _no_refs(spec: Spec, default: str) -> list[WeightRef]:
+    return []
+
+
+def _no_card(spec: Spec, default: str) -> dict | None:
+    return None
+
+
+@dataclass
+class GeneratorSource:
+    """What a generator source registers: its builder, its weight refs and its card.
+
+    Each takes the parsed spec and ``default``, the dataset world's generator spec.
+    """
+
+    build: Callable[[Spec, str, int], Generator]
+    weight_refs: Callable[[Spec, str], list[WeightRef]] = _no_refs  # what preflight checks before any work
+    card: Callable[[Spec, str], dict | None] = _no_card  # the card holding its settings (step size η); None: none
+
+
+def _lazy(target: str) -> Callable[..., Any]:
+    """``"module:attr"`` as a function that imports its module on the first call (heavy backends)."""
+    def call(*args: Any) -> Any:
+        module, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module), attr)(*args)
+    return call
 
 
 def _vqgan_card(spec: Spec, default: str) -> dict:
@@ -131,7 +168,7 @@ def build_sparse_vqgan(spec: Spec, default: str, seed: int = 0) -> Generator:
     world_card = _world_vqgan_card(default)
     card = find_mask_card(spec.ident, world_card)
     check_card_fits(card, world_card, default)
-    base = GENERATORS.get(_mask_base(card).source)(_mask_base(card), default, seed)
+    base = GENERATORS.get(_mask_base(card).source).build(_mask_base(card), default, seed)
     g = SparseGenerator(base, torch.from_numpy(read_mask(card)), card=card["name"],
                         info={"generator": card["generator"], "mask_sha256": card["mask"].get("sha256"),
                               "mask_sparsity": card.get("sparsity"), "mask_dataset": card.get("dataset")})
@@ -148,41 +185,13 @@ def sparse_vqgan_weight_refs(spec: Spec, default: str) -> list[WeightRef]:
     path = mask_path(card)
     base = _mask_base(card)
     mask = WeightRef(f"generator {spec}", str(path), path.is_file, host="", how="re-run fmr fit-sparse")
-    return _REFS.get(base.source, lambda s, d: [])(base, default) + [mask]
-
-
-GENERATORS.register("vqgan", build_vqgan, options=VQGAN_OPTIONS,
-                    help="vqgan[:CARD][?weights=PATH] — taming VQGAN (cards in generators/)")
-GENERATORS.register("sparse-vqgan", build_sparse_vqgan, options={},
-                    help="sparse-vqgan[:MASK|CARD.json] — VQGAN stepping only a fitted mask's latent dims "
-                         f"(fmr fit-sparse; {mask_help()})")
-GENERATORS.register("pixel", build_pixel, help="pixel — step the pixels themselves", options={})
-GENERATORS.register("noise", build_noise, help="noise[?sigma=0.02] — pixel steps plus seeded Gaussian noise",
-                    options=NOISE_OPTIONS)
-GENERATORS.register("diffusion", "fmr_bench.generators.diffusion:build", options=DIFFUSION_OPTIONS,
-                    help="diffusion[:digits|FOLDER|ORG/REPO][?strength=0.3&steps=10&guidance=1&class_cond=K] — "
-                         "diffusers UNet, guided SDEdit steps (a card's defaults replace these: digits has "
-                         "strength 0.1, steps 2, guidance 0.5)")
-GENERATORS.register("vae", "fmr_bench.generators.vae:build", options=VAE_OPTIONS,
-                    help="vae[:digits|FOLDER|ORG/REPO][?resolution=N&subfolder=NAME] — diffusers AutoencoderKL / "
-                         "VQModel latent")
-
-
-def _lazy_refs(target: str):
-    def refs(spec: Spec, default: str) -> list[WeightRef]:
-        module, _, attr = target.partition(":")
-        return getattr(importlib.import_module(module), attr)(spec, default)
-    return refs
-
-
-_REFS = {"vqgan": vqgan_weight_refs, "sparse-vqgan": sparse_vqgan_weight_refs}
-_REFS.update(diffusion=_lazy_refs("fmr_bench.generators.diffusion:weight_refs"),
-             vae=_lazy_refs("fmr_bench.generators.vae:weight_refs"))
+    return GENERATORS.get(base.source).weight_refs(base, default) + [mask]
 
 
 def generator_weight_refs(spec: str | Spec, default: str) -> list[WeightRef]:
+    """The weights the generator a spec names needs (its registration's ``weight_refs``)."""
     spec = parse_spec(spec, GENERATORS, what="generator")
-    return _REFS.get(spec.source, lambda s, d: [])(spec, default)
+    return GENERATORS.get(spec.source).weight_refs(spec, default)
 
 
 def _diffusers_card(spec: Spec, default: str) -> dict:
@@ -199,16 +208,31 @@ def _sparse_base_card(spec: Spec, default: str) -> dict | None:
     return generator_card(base, default)
 
 
-#: Per generator source, the card that holds its settings (step size η); sources with no
-#: card (pixel, noise) are absent.
-_CARDS = {"vqgan": _vqgan_card, "sparse-vqgan": _sparse_base_card, "diffusion": _diffusers_card,
-          "vae": _diffusers_card}
+GENERATORS.register("vqgan", GeneratorSource(build_vqgan, vqgan_weight_refs, _vqgan_card), options=VQGAN_OPTIONS,
+                    help="vqgan[:CARD][?weights=PATH] — taming VQGAN (cards in generators/)")
+GENERATORS.register("sparse-vqgan", GeneratorSource(build_sparse_vqgan, sparse_vqgan_weight_refs, _sparse_base_card),
+                    options={}, help="sparse-vqgan[:MASK|CARD.json] — VQGAN stepping only a fitted mask's latent dims "
+                                     f"(fmr fit-sparse; {mask_help()})")
+GENERATORS.register("pixel", GeneratorSource(build_pixel), help="pixel — step the pixels themselves", options={})
+GENERATORS.register("noise", GeneratorSource(build_noise), options=NOISE_OPTIONS,
+                    help="noise[?sigma=0.02] — pixel steps plus seeded Gaussian noise")
+GENERATORS.register("diffusion", GeneratorSource(_lazy("fmr_bench.generators.diffusion:build"),
+                                                 _lazy("fmr_bench.generators.diffusion:weight_refs"), _diffusers_card),
+                    options=DIFFUSION_OPTIONS,
+                    help="diffusion[:digits|FOLDER|ORG/REPO][?strength=0.3&steps=10&guidance=1&class_cond=K] — "
+                         "diffusers UNet, guided SDEdit steps (a card's defaults replace these: digits has "
+                         "strength 0.1, steps 2, guidance 0.5)")
+GENERATORS.register("vae", GeneratorSource(_lazy("fmr_bench.generators.vae:build"),
+                                           _lazy("fmr_bench.generators.vae:weight_refs"), _diffusers_card),
+                    options=VAE_OPTIONS,
+                    help="vae[:digits|FOLDER|ORG/REPO][?resolution=N&subfolder=NAME] — diffusers AutoencoderKL / "
+                         "VQModel latent")
 
 
 def generator_card(spec: str | Spec, default: str) -> dict | None:
-    """The card of the generator a spec names (:data:`_CARDS`); ``None`` for a source without cards."""
+    """The card of the generator a spec names (its registration's ``card``); ``None`` for a source without cards."""
     spec = parse_spec(spec, GENERATORS, what="generator")
-    return _CARDS.get(spec.source, lambda s, d: None)(spec, default)
+    return GENERATORS.get(spec.source).card(spec, default)
 
 
 def default_step_size(spec: str | Spec, default: str) -> tuple[float, str] | None:
@@ -227,7 +251,7 @@ def default_step_size(spec: str | Spec, default: str) -> tuple[float, str] | Non
 def load_generator(spec: str | Spec, *, default: str = "vqgan:digits", seed: int = 0) -> Generator:
     """Build the generator a spec names; ``default`` is the dataset world's generator spec."""
     spec = parse_spec(spec, GENERATORS, what="generator")
-    return GENERATORS.get(spec.source)(spec, default, seed).freeze()
+    return GENERATORS.get(spec.source).build(spec, default, seed).freeze()
 
 
-__all__ = ["Generator", "default_step_size", "generator_weight_refs", "load_generator"]
+__all__ = ["Generator", "GeneratorSource", "default_step_size", "generator_weight_refs", "load_generator"]

@@ -335,7 +335,6 @@ def check_model_spec(spec: str, where: str) -> None:
     except FmrBenchError as e:
         raise BoardError(f"{where}: {e}") from None
     if parsed.source == "builtin":
-        from ..models import builtin  # noqa: F401  (registers the shipped models)
         from ..registry import BUILTIN_MODELS
 
         if parsed.ident not in BUILTIN_MODELS:

@@ -5,7 +5,6 @@ Add a source by writing ``models/NAME.py`` and registering it below.
 
 from __future__ import annotations
 
-import importlib
 from typing import Sequence
 
 from torch import nn
@@ -40,7 +39,7 @@ MODEL_SOURCES.register("gray", "fmr_bench.models.gray", help="gray:SPEC — any 
 
 
 def _source(spec: Spec):
-    return importlib.import_module(MODEL_SOURCES._entries[spec.source].target)
+    return MODEL_SOURCES.get(spec.source)  # a lazy module entry: the source module
 
 
 def model_weight_refs(spec: str | Spec):

@@ -29,12 +29,12 @@ from .record import Record, RecordError, fmr_descriptions, fmr_record, sample_se
 from .rundir import (
     SAMPLES_FILE,
     RunLock,
-    outcome_line,
-    samples_seal,
     atomic_write,
+    outcome_line,
     prepare_run_dir,
     read_outcome_rows,
     read_outcomes,
+    samples_seal,
     set_aside,
 )
 from .scan import RECORD_FILE
@@ -232,19 +232,8 @@ def _as_record(part: ShardPart) -> Record:
     return record
 
 
-def merge_parts(parts: Sequence[ShardPart]) -> Merged:
-    """Check that ``parts`` are all shards of one run and put their outcomes together.
-
-    The record is built by :func:`fmr_bench.results.record.fmr_record`, the builder a single run
-    uses, from the shards' descriptions (which agree) and the merged per-sample table; its
-    provenance is the first shard's with the earliest start and every device, and
-    ``merged_from`` lists each shard's.
-
-    Raises:
-        OutputError: shards of different settings, weights, datasets or versions; a shard
-            given twice, missing or unfinished; samples missing or in two shards. Each
-            message names the shards and sample ids concerned.
-    """
+def _check_one_run(parts: Sequence[ShardPart]) -> None:
+    """Every part is a shard (settings and manifest) of the same command and dataset as the first."""
     if not parts:
         raise OutputError("no shards to merge; pass the shard folders (or their run folder)")
     for p in parts:
@@ -261,10 +250,14 @@ def merge_parts(parts: Sequence[ShardPart]) -> Merged:
             if p.manifest[key] != first.manifest[key]:
                 raise OutputError(f"{p.source} and {first.source} differ in {what}: {p.manifest[key]} vs "
                                   f"{first.manifest[key]}; merge shards of one command and one dataset only")
+
+
+def _check_partition(parts: Sequence[ShardPart]) -> None:
+    """Each shard ``0..count-1`` given exactly once, and no sample in two shards."""
     by_index: dict[int, list[ShardPart]] = {}
     for p in parts:
         by_index.setdefault(p.manifest["index"], []).append(p)
-    count = first.manifest["count"]
+    count = parts[0].manifest["count"]
     twice = {i: ps for i, ps in by_index.items() if len(ps) > 1}
     if twice:
         i, ps = min(twice.items())
@@ -282,6 +275,10 @@ def merge_parts(parts: Sequence[ShardPart]) -> Merged:
     if overlap:
         raise OutputError(f"sample(s) {_names(overlap)} are in more than one shard "
                           f"({', '.join(owner[overlap[0]])}); these folders are not one partition of a run")
+
+
+def _check_finished(parts: Sequence[ShardPart]) -> None:
+    """Every shard has a record and an outcome for each of its samples."""
     unfinished = [p for p in parts if p.record is None
                   or any(sid not in p.outcomes for sid in p.manifest["ids"])]
     if unfinished:
@@ -291,6 +288,11 @@ def merge_parts(parts: Sequence[ShardPart]) -> Merged:
                           f"{len(p.manifest['ids'])} samples are done" + (f", missing {_names(left)}" if left else
                                                                           ", no record.json")
                           + "; re-run its command to finish it")
+
+
+def _shard_records(parts: Sequence[ShardPart]) -> list[Record]:
+    """The shards' records, checked to share one record schema and one fmr_bench version."""
+    first = parts[0]
     records = [_as_record(p) for p in parts]
     for p, r in zip(parts[1:], records[1:]):
         if r.schema_version != records[0].schema_version or r.upgraded_from != records[0].upgraded_from:
@@ -301,11 +303,23 @@ def merge_parts(parts: Sequence[ShardPart]) -> Merged:
             raise OutputError(f"{p.source} and {first.source} ran fmr_bench {r.provenance.fmr_bench} vs "
                               f"{records[0].provenance.fmr_bench} (the protocol may differ); re-run the shards with "
                               "one version")
+    return records
+
+
+def _merged_rows(parts: Sequence[ShardPart]) -> list[tuple[SampleOutcome, str | None]]:
+    """All shards' outcome rows in dataset order, checked to cover the whole selection."""
     rows = [p.outcomes[sid] for p in parts for sid in p.manifest["ids"]]
     rows.sort(key=lambda r: r[0].index)  # dataset order: the order a single run reads and sums them in
-    if len(rows) != first.manifest["n_selected"]:
-        raise OutputError(f"the shards hold {len(rows)} samples, the run selects {first.manifest['n_selected']}; "
+    n_selected = parts[0].manifest["n_selected"]
+    if len(rows) != n_selected:
+        raise OutputError(f"the shards hold {len(rows)} samples, the run selects {n_selected}; "
                           "they are not one partition of a run")
+    return rows
+
+
+def _merged_record(parts: Sequence[ShardPart], records: Sequence[Record],
+                   rows: Sequence[tuple[SampleOutcome, str | None]]) -> dict[str, Any]:
+    """The whole run's record, built as a single run builds it, plus ``merged_from``."""
     outcomes = [o for o, _ in rows]
     descriptions = fmr_descriptions(records[0])
     # the whole run's sample set, as a single run fingerprints it (ids, labels, contents in dataset order)
@@ -321,7 +335,28 @@ def merge_parts(parts: Sequence[ShardPart]) -> Merged:
     record["merged_from"] = [{"shard": str(p.shard), "source": p.source, "n": len(p.manifest["ids"]),
                               **{k: v for k, v in r.provenance.to_dict().items() if k != "versions"}}
                              for p, r in ordered]
-    return Merged(first.settings, record, rows)
+    return record
+
+
+def merge_parts(parts: Sequence[ShardPart]) -> Merged:
+    """Check that ``parts`` are all shards of one run and put their outcomes together.
+
+    The record is built by :func:`fmr_bench.results.record.fmr_record`, the builder a single run
+    uses, from the shards' descriptions (which agree) and the merged per-sample table; its
+    provenance is the first shard's with the earliest start and every device, and
+    ``merged_from`` lists each shard's.
+
+    Raises:
+        OutputError: shards of different settings, weights, datasets or versions; a shard
+            given twice, missing or unfinished; samples missing or in two shards. Each
+            message names the shards and sample ids concerned.
+    """
+    _check_one_run(parts)
+    _check_partition(parts)
+    _check_finished(parts)
+    records = _shard_records(parts)
+    rows = _merged_rows(parts)
+    return Merged(parts[0].settings, _merged_record(parts, records, rows), rows)
 
 
 def write_merged(merged: Merged, folder: Path, command: str | None = None, *, fresh: bool = False) -> Path:

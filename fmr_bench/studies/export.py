@@ -200,24 +200,33 @@ def export_run(model: str | nn.Module, data: str | ImageDataset = "digits", to: 
                           progress=progress, write_grid=write_grid, pretrained=pretrained, sample_hook=write)
     except BaseException:
         if created and not written:  # e.g. a bad spec: leave no empty export folder behind
-            (to / GENERATION_FILE).unlink(missing_ok=True)
-            try:
-                to.rmdir()
-            except OSError:
-                pass
+            _remove_new_folder(to)
         raise
     missing = [o for o in result.outcomes if o.validated and not (to / rel(o)).is_file()]
     if missing:
         _regenerate(missing, dataset, write, model=model, generator=generator, oracle=oracle, settings=merged,
                     pretrained=pretrained, to=to)
 
-    rows = [{"file": rel(o) if o.validated else "", "label": o.label, "class": dataset.class_names[o.label],
-             "id": o.id, "target": o.target, "steps": o.steps, "validated": o.validated, "clean_pred": o.clean_pred,
-             "final_pred": o.final_pred} for o in result.outcomes]
-    write_csv(to / LABELS_FILE, rows, LABEL_COLUMNS)
+    write_csv(to / LABELS_FILE, _label_rows(result.outcomes, dataset, rel), LABEL_COLUMNS)
     generation = _generation(head, result, dataset, folders, to, n_regenerated=len(missing))
     write_json(to / GENERATION_FILE, generation)
     return Export(to, result, generation["counts"]["images"], len(missing), generation)
+
+
+def _remove_new_folder(to: Path) -> None:
+    """Remove an export folder this call created and wrote no image into."""
+    (to / GENERATION_FILE).unlink(missing_ok=True)
+    try:
+        to.rmdir()
+    except OSError:
+        pass
+
+
+def _label_rows(outcomes: list[SampleOutcome], dataset: ImageDataset, rel) -> list[dict[str, Any]]:
+    """The rows of ``labels.csv``: one per selected sample (``file`` empty if not validated)."""
+    return [{"file": rel(o) if o.validated else "", "label": o.label, "class": dataset.class_names[o.label],
+             "id": o.id, "target": o.target, "steps": o.steps, "validated": o.validated, "clean_pred": o.clean_pred,
+             "final_pred": o.final_pred} for o in outcomes]
 
 
 def _regenerate(missing: list[SampleOutcome], dataset: ImageDataset, write, *, model, generator, oracle,

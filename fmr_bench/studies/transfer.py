@@ -32,12 +32,12 @@ import torch
 
 from ..config import FmrSettings
 from ..datasets import ImageDataset, load_dataset
-from ..errors import SettingsError
 from ..engine.logits import compute_logits
+from ..errors import SettingsError
 from ..models import ImageClassifier, load_model, map_classes
 from ..results.rundir import run_dir, write_json
-from .exported import read_export, subset
 from .export import Export, default_export_dir, export_request, export_run, merge_settings
+from .exported import read_export, subset
 from .tables import write_csv
 
 METRICS = ("sa", "pa", "fmr")
@@ -117,30 +117,18 @@ def transfer(sources: str | Sequence[str], models: str | Sequence[str] | None = 
     columns = list(dict.fromkeys(srcs + scored))
     merged = merge_settings(settings, overrides)
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data)
-    from ..models import model_weight_refs
-    from ..weights import preflight
-
-    refs = [ref for m in columns for ref in model_weight_refs(m)]  # a bad spec stops before any run
-    if pretrained:
-        preflight(refs)  # and so do missing weights when offline
+    _preflight(columns, pretrained)
     request = {"sources": srcs, "models": columns, "dataset": dataset.spec, "generator": generator, "oracle": oracle,
                "settings": {k: v for k, v in asdict(merged).items() if k not in ("device", "batch_size", "workers")}}
     to = Path(to) if to is not None else run_dir(out, "transfer", dataset.spec, request)
     say = log or (lambda _msg: None)
     started = _dt.datetime.now(_dt.timezone.utc)
 
-    exports: dict[str, Export] = {}
-    for a in srcs:
-        say(f"generating with {a}")
-        where = default_export_dir(out, export_request(a, dataset, generator=generator, oracle=oracle,
-                                                       settings=merged, pretrained=pretrained))
-        exports[a] = export_run(a, dataset, where, generator=generator, oracle=oracle, out=out, settings=merged,
-                                progress=progress, pretrained=pretrained)
+    exports = _generate(srcs, dataset, merged, say, generator=generator, oracle=oracle, out=out, progress=progress,
+                        pretrained=pretrained)
     first = exports[srcs[0]].result
-    indices = [o.index for o in first.outcomes]
-    resolution = int(first.record["settings"]["resolution"])
-    dataset.set_resolution(resolution)
-    clean = subset(dataset, indices)
+    dataset.set_resolution(int(first.record["settings"]["resolution"]))
+    clean = subset(dataset, [o.index for o in first.outcomes])
     perturbed = {a: read_export(e.path) for a, e in exports.items()}
 
     from ..runtime import resolve_device
@@ -149,30 +137,63 @@ def transfer(sources: str | Sequence[str], models: str | Sequence[str] | None = 
     cells = []
     for m in columns:
         say(f"scoring {m}")
-        torch.manual_seed(merged.seed)  # random-weight models (pretrained=False) as in the run
-        clf = load_model(m, class_names=dataset.class_names, pretrained=pretrained).to(device).eval()
-        clean_pred, n_out = predictions(clf, clean, batch_size=merged.batch_size, device=device, cache=cache,
-                                        workers=merged.workers)
-        cmap = map_classes(clf.class_names, n_out, dataset.class_names, label_space=dataset.label_space,
-                           model_label_space=clf.label_space, model=clf.spec or m)
-        targets = cmap.index
-        sa = _pct(sum(p == targets[y] for p, y in zip(clean_pred, clean.labels)), len(clean))
-        for a in srcs:
-            ds = perturbed[a]
-            pred, _ = predictions(clf, ds, batch_size=merged.batch_size, device=device, cache=cache,
-                                  workers=merged.workers)
-            pa = _pct(sum(p == targets[y] for p, y in zip(pred, ds.labels)), len(ds))
-            cell = {"source": a, "model": m, "n": len(clean), "n_validated": len(ds), "sa": sa, "pa": pa,
-                    "fmr": 100.0 * pa / sa if pa is not None and sa else None, "from": "export", "pa_export": None}
-            if m == a:  # the diagonal is the source's own run
-                run = exports[a].result.metrics
-                cell.update(sa=run["sa"], pa=run["pa"], fmr=run["fmr"], pa_export=pa, **{"from": "run"})
-            cells.append(cell)
-        del clf
+        cells += _score_model(m, dataset, clean, perturbed, exports, merged, device, pretrained=pretrained,
+                              cache=cache)
     cells.sort(key=lambda c: (srcs.index(c["source"]), columns.index(c["model"])))
     result = TransferResult(srcs, columns, cells, to, exports)
     _write(result, request, started, {a: e.result.path for a, e in exports.items()})
     return result
+
+
+def _preflight(columns: Sequence[str], pretrained: bool) -> None:
+    """Check every model spec, and (with ``pretrained``) that its weights are at hand, before any run."""
+    from ..models import model_weight_refs
+    from ..weights import preflight
+
+    refs = [ref for m in columns for ref in model_weight_refs(m)]  # a bad spec stops before any run
+    if pretrained:
+        preflight(refs)  # and so do missing weights when offline
+
+
+def _generate(srcs: Sequence[str], dataset: ImageDataset, merged: FmrSettings, say: Any, *,
+              generator: str | None, oracle: str | None, out: str | Path, progress: Any,
+              pretrained: bool) -> dict[str, Export]:
+    """One FMR run and export per source model (reused when one with the same settings exists)."""
+    exports: dict[str, Export] = {}
+    for a in srcs:
+        say(f"generating with {a}")
+        where = default_export_dir(out, export_request(a, dataset, generator=generator, oracle=oracle,
+                                                       settings=merged, pretrained=pretrained))
+        exports[a] = export_run(a, dataset, where, generator=generator, oracle=oracle, out=out, settings=merged,
+                                progress=progress, pretrained=pretrained)
+    return exports
+
+
+def _score_model(m: str, dataset: ImageDataset, clean: ImageDataset, perturbed: dict[str, ImageDataset],
+                 exports: dict[str, Export], merged: FmrSettings, device: torch.device, *, pretrained: bool,
+                 cache: bool) -> list[dict[str, Any]]:
+    """The cells of scored model ``m``: its SA on the clean images, its PA on each source's images."""
+    torch.manual_seed(merged.seed)  # random-weight models (pretrained=False) as in the run
+    clf = load_model(m, class_names=dataset.class_names, pretrained=pretrained).to(device).eval()
+    clean_pred, n_out = predictions(clf, clean, batch_size=merged.batch_size, device=device, cache=cache,
+                                    workers=merged.workers)
+    cmap = map_classes(clf.class_names, n_out, dataset.class_names, label_space=dataset.label_space,
+                       model_label_space=clf.label_space, model=clf.spec or m)
+    targets = cmap.index
+    sa = _pct(sum(p == targets[y] for p, y in zip(clean_pred, clean.labels)), len(clean))
+    cells = []
+    for a, ds in perturbed.items():
+        pred, _ = predictions(clf, ds, batch_size=merged.batch_size, device=device, cache=cache,
+                              workers=merged.workers)
+        pa = _pct(sum(p == targets[y] for p, y in zip(pred, ds.labels)), len(ds))
+        cell = {"source": a, "model": m, "n": len(clean), "n_validated": len(ds), "sa": sa, "pa": pa,
+                "fmr": 100.0 * pa / sa if pa is not None and sa else None, "from": "export", "pa_export": None}
+        if m == a:  # the diagonal is the source's own run
+            run = exports[a].result.metrics
+            cell.update(sa=run["sa"], pa=run["pa"], fmr=run["fmr"], pa_export=pa, **{"from": "run"})
+        cells.append(cell)
+    del clf
+    return cells
 
 
 def _write(result: TransferResult, request: dict, started: _dt.datetime, runs: dict[str, Path | None]) -> None:

@@ -20,13 +20,13 @@ def main(n: int = 50_000) -> None:
     s = I.IntervalSettings()
     for name, fn in (
             ("fmr record (binomial + pattern bootstrap)", lambda: I.fmr_intervals(x, s)),
-            ("paired compare", lambda: I.paired_difference(x, x[::-1], lambda t: I.fmr_from_sums(t, n), s)),
+            ("paired compare", lambda: I.paired_difference(x, x[::-1], lambda sums: I.fmr_from_sums(sums, n), s)),
             ("ece", lambda: I.ece_interval(rng.random(n), rng.random(n) < .5, s, s.rng())),
             ("auroc + fpr@95 (n ID, n/5 OOD)", lambda: I.detection_intervals(rng.normal(1, 1, n),
                                                                              rng.normal(0, 1, n // 5), s, s.rng()))):
-        t = time.perf_counter()
+        start = time.perf_counter()
         fn()
-        print(f"{name:45s} n={n}: {time.perf_counter() - t:.3f} s")
+        print(f"{name:45s} n={n}: {time.perf_counter() - start:.3f} s")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ COMMANDS.register("audit", "fmr_bench.cli.audit:COMMAND",
                   help="score the validated perturbed images of a finished run or export with an independent judge")
 COMMANDS.register("compare-generators", "fmr_bench.cli.compare_generators:COMMAND",
                   help="PA/FMR of several models under several generators, and Kendall tau between them (Table 3)")
+COMMANDS.register("compare", "fmr_bench.cli.compare:COMMAND",
+                  help="paired difference of two FMR runs on the same images (ΔSA, ΔPA, ΔFMR...), with a "
+                       "paired-bootstrap interval and a p-value")
 COMMANDS.register("leaderboard", "fmr_bench.cli.leaderboard:COMMAND",
                   help="build leaderboards to Markdown, CSV and HTML, or run a board's evaluations")
 COMMANDS.register("results", "fmr_bench.cli.results:COMMAND",

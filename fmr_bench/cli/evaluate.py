@@ -313,6 +313,11 @@ def metrics_table(record: dict):
     for name, _ in cols:
         t.add_column(name, justify="right", no_wrap=True)
     t.add_row(*["-" if m[k] is None else (f"{m[k]:.2f}" if isinstance(m[k], float) else str(m[k])) for _, k in cols])
+    iv = record.get("intervals") or {}
+    if iv:  # a record written before intervals has none
+        level = (record.get("interval_method") or {}).get("level", 0.95)
+        t.add_row(*[f"[{iv[k][0]:.1f}, {iv[k][1]:.1f}]" if iv.get(k) else "" for _, k in cols])
+        t.caption += f"; second row: {level:.0%} interval (docs/protocol.md)"
     return t
 
 

@@ -39,13 +39,15 @@ def render(frame, fmt: str) -> str:
 
 
 def rich_table(frame):
-    """The frame for a terminal: settings shared by every row go to the caption, empty columns are left out."""
+    """The frame for a terminal: settings shared by every row go to the caption, empty columns are left out,
+    a metric with an interval is shown as ``value [lo, hi]``."""
     from rich.table import Table
 
     from ..results.table import ID_COLUMNS
 
     settings = ID_COLUMNS[ID_COLUMNS.index("n") + 1:]
-    shown = frame.drop(columns=["path", "timestamp", "weights", "schema", "kind"]).dropna(axis=1, how="all")
+    shown = with_intervals(frame.drop(columns=["path", "timestamp", "weights", "schema", "kind"])).dropna(axis=1,
+                                                                                                       how="all")
     if (shown["seal"] != "broken").all():
         shown = shown.drop(columns=["seal"])  # only a broken seal is worth a column on the terminal
     if shown["run"].nunique(dropna=False) == 1:
@@ -67,6 +69,26 @@ def rich_table(frame):
     for row in shown.itertuples(index=False):
         t.add_row(*[_cell(v) for v in row])
     return t
+
+
+def with_intervals(frame):
+    """``fmr`` and its ``fmr_lo``/``fmr_hi`` as one text column ``71.60 [67.20, 75.00]`` (a metric without an
+    interval, e.g. from a record written before intervals, stays a bare number)."""
+    import pandas as pd
+
+    from ..results.table import HI, LO
+
+    out = frame.copy()
+    for lo in [c for c in frame.columns if c.endswith(LO)]:
+        name = lo[: -len(LO)]
+        hi = f"{name}{HI}"
+        if name not in frame.columns or hi not in frame.columns:
+            continue
+        out[name] = [_cell(v) if pd.isna(a) or pd.isna(b) or pd.isna(v) else f"{_cell(v)} [{a:.2f}, {b:.2f}]"
+                     for v, a, b in zip(frame[name], frame[lo], frame[hi])]
+        out[name] = out[name].replace("", None)
+        out = out.drop(columns=[lo, hi])
+    return out
 
 
 def _cell(v) -> str:

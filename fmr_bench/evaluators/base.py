@@ -27,6 +27,7 @@ from ..engine.distributed import World, rank_device
 from ..config import EvalSettings, merge
 from ..errors import ClassMappingError, FmrBenchError, SettingsError, from_worker
 from ..engine.logits import Logits, compute_logits
+from ..metrics.intervals import Intervals
 from ..models import ImageClassifier, load_model, map_classes
 from ..results.record import Provenance, load_record, sample_set_fingerprint, static_record
 from ..registry import EVALUATORS
@@ -40,11 +41,13 @@ ZERO_SHOT_SOURCES = ("openclip", "builtin")
 
 @dataclass
 class Output:
-    """What an evaluator returns: numeric metrics, extra record fields, files it wrote."""
+    """What an evaluator returns: numeric metrics, extra record fields, files it wrote, and the
+    intervals of its metrics computed from the per-sample data (:mod:`fmr_bench.metrics.intervals`)."""
 
     metrics: dict[str, float | int | None]
     details: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    intervals: Intervals | None = None
 
 
 @dataclass
@@ -278,6 +281,7 @@ def _run_and_record(fn: Callable, ctx: Context, model: Any, evaluator: str, sett
         run=folder.name if folder else None,
         sections={"datasets": [_describe(d) for d in datasets], "ood": [_describe(d) for d in ood_sets],
                   **result.details, "inference": ctx.inference[n_inference:], "files": result.files},
+        intervals=result.intervals,
     ).to_dict()
     return result, record
 
@@ -316,6 +320,11 @@ def evaluate_suite(model: str | ImageClassifier, evaluators: Sequence[str], data
     # each evaluator gets the options it knows, so a suite can mix e.g. baseline= and scores=
     return [run_evaluator(model, name, data, ood, settings=settings, context=ctx, **common,
                           **{k: v for k, v in options.items() if k in accepted[name]}) for name in evaluators]
+
+
+def correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
+    """How many top-1 predictions are right (the k of an accuracy's binomial interval)."""
+    return int((logits.argmax(-1) == labels).sum())
 
 
 def ds_name(dataset: ImageDataset) -> str:

@@ -18,7 +18,8 @@ from ..errors import DataError
 from ..files import save_figure
 from ..registry import EVALUATORS
 from ..metrics import static as M
-from .base import Context, Output, ds_name
+from ..metrics.intervals import BOOTSTRAP, Intervals, ece_interval
+from .base import Context, Output, correct, ds_name
 
 N_BINS = 15
 
@@ -35,6 +36,17 @@ def _block(logits: torch.Tensor, labels: torch.Tensor, t: float | None) -> dict[
             "nll": M.nll(logits, labels),
             "ece_ts": None if t is None else 100 * M.ece((logits.double() / t).softmax(-1), labels, N_BINS),
             "nll_ts": None if t is None else M.nll(logits, labels, t)}
+
+
+def _block_intervals(iv: Intervals, prefix: str, logits: torch.Tensor, labels: torch.Tensor, t: float | None) -> None:
+    """Intervals of a block's accuracy (binomial) and ECE before / after scaling (bootstrap, T held fixed)."""
+    iv.share(f"{prefix}/acc", correct(logits, labels), len(labels))
+    for key, scale in (("ece", 1.0), ("ece_ts", t)):
+        if scale is None:
+            continue
+        conf, pred = (logits.double() / scale).softmax(-1).max(-1)
+        iv.put(f"{prefix}/{key}", ece_interval(conf.numpy(), (pred == labels).numpy(), iv.settings, iv.rng, N_BINS),
+               BOOTSTRAP)
 
 
 def identifiability(logits: torch.Tensor, labels: torch.Tensor) -> str | None:
@@ -103,11 +115,14 @@ def evaluate(ctx: Context, data, ood) -> Output:
     t = None if why else fitted
     metrics: dict = {"temperature": t, "n_fit": len(fit), "id/n": len(test)}
     metrics.update({f"id/{k}": v for k, v in _block(cl.logits[test], cl.labels[test], t).items()})
+    iv = Intervals()
+    _block_intervals(iv, "id", cl.logits[test], cl.labels[test], t)
     for ds in ood:
         o = ctx.logits(ds)
         name = ds_name(ds)
         metrics.update({f"{name}/{k}": v for k, v in _block(o.logits, o.labels, t).items()})
         metrics[f"{name}/n"] = len(ds)
+        _block_intervals(iv, name, o.logits, o.labels, t)
     before = M.reliability_bins(cl.logits[test].double().softmax(-1), cl.labels[test], N_BINS)
     after = None if t is None else M.reliability_bins((cl.logits[test].double() / t).softmax(-1), cl.labels[test],
                                                       N_BINS)
@@ -125,7 +140,7 @@ def evaluate(ctx: Context, data, ood) -> Output:
     if why:
         details["temperature_note"] = why
         details["notes"] = [f"calibration: {why}"]
-    return Output(metrics, details, files)
+    return Output(metrics, details, files, intervals=iv)
 
 
 evaluate.options = {}

@@ -14,7 +14,8 @@ import torch
 from ..errors import DataError
 from ..registry import EVALUATORS
 from ..metrics import static as M
-from .base import Context, Output, ds_name
+from ..metrics.intervals import BOOTSTRAP, Intervals, group_intervals
+from .base import Context, Output, correct, ds_name
 
 
 def group_accuracies(pred: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, n_groups: int) -> list[float | None]:
@@ -30,6 +31,7 @@ def group_accuracies(pred: torch.Tensor, labels: torch.Tensor, groups: torch.Ten
 def evaluate(ctx: Context, data, ood, prompt: str | None = None) -> Output:
     metrics: dict = {}
     per_group: dict = {}
+    iv = Intervals()
     for ds in [*data, *ood]:
         groups = getattr(ds, "groups", None)
         if groups is None:
@@ -46,10 +48,14 @@ def evaluate(ctx: Context, data, ood, prompt: str | None = None) -> Output:
         metrics[f"{name}/avg_acc"] = M.accuracy(cl.logits, cl.labels)
         metrics[f"{name}/mean_group_acc"] = sum(present) / len(present)
         metrics[f"{name}/n"] = len(ds)
+        iv.share(f"{name}/avg_acc", correct(cl.logits, cl.labels), len(cl.labels))
+        for k, interval in group_intervals((pred == cl.labels).numpy(), torch.as_tensor(groups).numpy(),
+                                           len(ds.group_names), iv.settings, iv.rng).items():
+            iv.put(f"{name}/{k}", interval, BOOTSTRAP)
         per_group[name] = {"prompt": template, "groups": [
             {"group": gname, "acc": a, "n": int(sum(1 for g in groups if g == k))}
             for k, (gname, a) in enumerate(zip(ds.group_names, accs))]}
-    return Output(metrics, {"per_group": per_group})
+    return Output(metrics, {"per_group": per_group}, intervals=iv)
 
 
 evaluate.options = {"prompt": "zero-shot template with {} (default: the dataset's, StarFT Table 14)"}

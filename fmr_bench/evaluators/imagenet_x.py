@@ -24,6 +24,7 @@ from ..datasets.factors import FACTORS
 from ..errors import DataError, MissingDependencyError, SettingsError
 from ..files import atomic_write
 from ..registry import EVALUATORS
+from ..metrics.intervals import Intervals
 from .base import Context, Output
 
 
@@ -97,6 +98,10 @@ def evaluate(ctx: Context, data, ood, which_factor: str = "top", filter_prototyp
         metrics[f"{f}/acc"] = None if accs[f] is None else 100 * accs[f]
         metrics[f"{f}/error_ratio"] = ratios[f]
         metrics[f"{f}/n"] = int(fac[:, FACTORS.index(f)].sum())
+    iv = Intervals()
+    iv.share("acc", int(is_correct.sum()), len(idx))
+    for j, f in enumerate(FACTORS):
+        iv.share(f"{f}/acc", int(is_correct[fac[:, j].astype(bool)].sum()), int(fac[:, j].astype(bool).sum()))
     metrics["worst_factor_acc"] = None if accs["worst_factor"] is None else 100 * accs["worst_factor"]
     present = {f: accs[f] for f in FACTORS if accs[f] is not None}
     worst = min(present, key=present.get) if present else None
@@ -113,7 +118,7 @@ def evaluate(ctx: Context, data, ood, which_factor: str = "top", filter_prototyp
     details = {"worst_factor": worst, "which_factor": which_factor,
                "annotations": "dataset" if own is not None else f"imagenet-x package (filter_prototypes={filter_prototypes})",
                "convention": {"error_ratio": "(1 - acc_factor) / (1 - acc_overall), acc over annotated images"}}
-    return Output(metrics, details, files)
+    return Output(metrics, details, files, intervals=iv)
 
 
 evaluate.options = {"which_factor": "top (default) or multi", "filter_prototypes": "drop prototypical images (default true)"}

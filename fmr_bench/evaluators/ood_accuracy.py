@@ -22,7 +22,8 @@ from ..results.record import load_record
 from ..results.scan import RECORD_FILE, iter_record_files
 from ..registry import EVALUATORS
 from ..metrics import static as M
-from .base import Context, Output, ds_name
+from ..metrics.intervals import BOOTSTRAP, Intervals, mean_of_shares
+from .base import Context, Output, correct, ds_name
 
 DIGITS_SHIFTS = ("rotated", "inverted", "noisy", "blurred", "small", "dark", "style")
 
@@ -75,7 +76,10 @@ def evaluate(ctx: Context, data, ood, baseline: str | None = None) -> Output:
     id_set = data[0]
     id_logits = ctx.logits(id_set)
     metrics: dict[str, float | None] = {"id_acc": M.accuracy(id_logits.logits, id_logits.labels), "id/n": len(id_set)}
+    iv = Intervals()
+    iv.share("id_acc", correct(id_logits.logits, id_logits.labels), len(id_logits.labels))
     accs = {}
+    counts: list[tuple[int, int]] = []
     hows = {id_set.spec: id_logits.how}
     for ds in ood:
         cl = ctx.logits(ds)
@@ -84,7 +88,10 @@ def evaluate(ctx: Context, data, ood, baseline: str | None = None) -> Output:
         accs[name] = M.accuracy(cl.logits, cl.labels)
         metrics[f"{name}/acc"] = accs[name]
         metrics[f"{name}/n"] = len(ds)
+        counts.append((correct(cl.logits, cl.labels), len(cl.labels)))
+        iv.share(f"{name}/acc", *counts[-1])
     metrics["ood_avg"] = sum(accs.values()) / len(accs)
+    iv.put("ood_avg", mean_of_shares([k for k, _ in counts], [n for _, n in counts], iv.settings, iv.rng), BOOTSTRAP)
     details: dict = {"class_maps": hows}
     if baseline:
         lines = load_baseline(baseline)
@@ -100,7 +107,7 @@ def evaluate(ctx: Context, data, ood, baseline: str | None = None) -> Output:
     else:
         metrics["effective_robustness"] = None
         details["baseline"] = None
-    return Output(metrics, details)
+    return Output(metrics, details, intervals=iv)
 
 
 evaluate.options = {"baseline": "folder of ood-accuracy records, CSV id_acc,ood_acc, or SLOPE,INTERCEPT"}

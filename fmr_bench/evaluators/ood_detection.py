@@ -14,7 +14,8 @@ from __future__ import annotations
 from ..errors import DataError, SettingsError
 from ..registry import EVALUATORS
 from ..metrics import static as M
-from .base import Context, Output, ds_name, is_zero_shot
+from ..metrics.intervals import BOOTSTRAP, Intervals, detection_intervals
+from .base import Context, Output, correct, ds_name, is_zero_shot
 
 MCM_TEMPLATE = "a photo of a {}"
 SCORES = ("msp", "maxlogit", "energy", "mcm")
@@ -70,6 +71,8 @@ def evaluate(ctx: Context, data, ood, scores: str | None = None, temperature: fl
         raise SettingsError(f"unknown fpr_rule {fpr_rule!r}; use --option fpr_rule=top (default) or "
                             "fpr_rule=mcm (the MCM paper's code)")
     metrics: dict = {"id_acc": M.accuracy(id_cl.logits, id_cl.labels), "id/n": len(id_set)}
+    iv = Intervals()
+    iv.share("id_acc", correct(id_cl.logits, id_cl.labels), len(id_cl.labels))
     id_scores = {s: score(s, id_cl.logits, id_cl.model, temperature) for s in names}
     per: dict[str, dict[str, list[float]]] = {s: {} for s in names}
     for ds in ood:
@@ -79,10 +82,15 @@ def evaluate(ctx: Context, data, ood, scores: str | None = None, temperature: fl
         name = ds_name(ds)
         metrics[f"{name}/n"] = len(ds)
         for s in names:
-            for k, v in M.detection_metrics(id_scores[s], score(s, cl.logits, cl.model, temperature),
-                                                 fpr_rule).items():
+            ood_scores = score(s, cl.logits, cl.model, temperature)
+            for k, v in M.detection_metrics(id_scores[s], ood_scores, fpr_rule).items():
                 metrics[f"{s}/{name}/{k}"] = v
                 per[s].setdefault(k, []).append(v)
+            found = detection_intervals(id_scores[s].numpy(), ood_scores.numpy(), iv.settings, iv.rng)
+            if fpr_rule != "top":  # the interval kernel follows the default threshold rule only
+                found.pop("fpr_at_95")
+            for k, interval in found.items():
+                iv.put(f"{s}/{name}/{k}", interval, BOOTSTRAP)
     for s in names:
         for k, vs in per[s].items():
             metrics[f"{s}/avg/{k}"] = sum(vs) / len(vs)
@@ -90,7 +98,7 @@ def evaluate(ctx: Context, data, ood, scores: str | None = None, temperature: fl
                "scores": names,
                "mcm": {"template": MCM_TEMPLATE, "temperature": temperature} if "mcm" in names else None,
                "templates": templates}
-    return Output(metrics, details)
+    return Output(metrics, details, intervals=iv)
 
 
 evaluate.options = {"scores": f"comma list of {', '.join(SCORES)} (default: all that apply)",

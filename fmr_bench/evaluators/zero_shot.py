@@ -10,13 +10,16 @@ from __future__ import annotations
 from ..errors import ClassMappingError
 from ..registry import EVALUATORS
 from ..metrics import static as M
-from .base import Context, Output, class_space, ds_name, is_zero_shot
+from ..metrics.intervals import BOOTSTRAP, Intervals, mean_of_shares
+from .base import Context, Output, class_space, correct, ds_name, is_zero_shot
 
 
 @EVALUATORS.register("zero-shot", help="zero-shot top-1/top-5 accuracy of CLIP models (OpenAI templates)")
 def evaluate(ctx: Context, data, ood, templates: str = "openai") -> Output:
     metrics: dict = {}
     accs = []
+    iv = Intervals()
+    counts: list[tuple[int, int]] = []
     for ds in [*data, *ood]:
         if not is_zero_shot(ctx.classifier(class_space(ds)[0], templates)[0]):
             raise ClassMappingError(f"{ctx.spec} is not a zero-shot model; zero-shot needs a CLIP model "
@@ -28,8 +31,12 @@ def evaluate(ctx: Context, data, ood, templates: str = "openai") -> Output:
         top5 = 100.0 * (cl.logits.topk(k, -1).indices == cl.labels[:, None]).any(-1).double().mean().item()
         metrics[f"{name}/acc"], metrics[f"{name}/top5"], metrics[f"{name}/n"] = acc, top5, len(ds)
         accs.append(acc)
+        counts.append((correct(cl.logits, cl.labels), len(cl.labels)))
+        iv.share(f"{name}/acc", *counts[-1])
+        iv.share(f"{name}/top5", round(top5 * len(cl.labels) / 100), len(cl.labels))
     metrics["mean_acc"] = sum(accs) / len(accs)
-    return Output(metrics, {"templates": templates})
+    iv.put("mean_acc", mean_of_shares([k for k, _ in counts], [n for _, n in counts], iv.settings, iv.rng), BOOTSTRAP)
+    return Output(metrics, {"templates": templates}, intervals=iv)
 
 
 evaluate.options = {"templates": "openai (default), single, or a template with {}"}

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import DataError
 from ..metrics.fmr import audit_metrics, fmr_metrics, fmr_warnings, per_class_metrics
+from ..metrics.intervals import Intervals, IntervalSettings, fmr_indicators, fmr_intervals
 from ..protocol.outcome import SampleOutcome
 from ..runtime import fmr_version, versions
 from .scan import RECORD_FILE
@@ -275,7 +276,7 @@ FMR_DESCRIPTIONS = ("model", "dataset", "generator", "oracle", "weights", "defau
 def fmr_record(settings: Mapping[str, Any], descriptions: Mapping[str, Any], outcomes: Iterable[SampleOutcome], *,
                provenance: Provenance, run: str | None = None, judge: str | None = None,
                audit: Mapping[str, Any] | None = None, files: Mapping[str, str] | None = None,
-               seal: str | None = None) -> Record:
+               seal: str | None = None, intervals: IntervalSettings | None = None) -> Record:
     """The record of an FMR run from its finished per-sample outcomes.
 
     Args:
@@ -290,6 +291,9 @@ def fmr_record(settings: Mapping[str, Any], descriptions: Mapping[str, Any], out
         files: files of the run folder by role (``samples``, ``grid``).
         seal: the digest of the outcomes as ``samples.jsonl`` holds them
             (:func:`fmr_bench.results.rundir.samples_seal`), so that an edit of either file shows.
+        intervals: level, resamples and seed of the metrics' intervals (default
+            :class:`~fmr_bench.metrics.intervals.IntervalSettings`); the record's ``intervals``
+            and ``interval_method`` sections.
     """
     missing = [k for k in FMR_DESCRIPTIONS if k not in descriptions]
     if missing:
@@ -304,6 +308,7 @@ def fmr_record(settings: Mapping[str, Any], descriptions: Mapping[str, Any], out
         "warnings": fmr_warnings(metrics, len(class_names)),
         "files": dict(files or {}),
     }
+    sections.update(_fmr_interval_sections(rows, judge, intervals))
     if audit is not None:
         sections["audit"] = dict(audit)
     if seal is not None:
@@ -311,6 +316,29 @@ def fmr_record(settings: Mapping[str, Any], descriptions: Mapping[str, Any], out
     return build_record(KIND_FMR, "fmr", model=descriptions["model"], dataset=descriptions["dataset"], settings=settings,
                         metrics=metrics, provenance=provenance, run=run, n=len(rows), seed=settings.get("seed"),
                         sections=sections)
+
+
+def _fmr_interval_sections(rows: Sequence[SampleOutcome], judge: str | None,
+                           settings: IntervalSettings | None) -> dict[str, Any]:
+    """The ``intervals`` and ``interval_method`` sections of an FMR record, from its outcomes."""
+    settings = settings or IntervalSettings()
+    verdicts = None
+    if judge:
+        verdicts = [None if not o.validated or o.verdict(judge) is None else bool(o.verdict(judge)["ok"]) for o in rows]
+    x = fmr_indicators([o.clean_correct for o in rows], [o.validated for o in rows], [o.final_correct for o in rows],
+                       [o.oracle_clean == o.label for o in rows], [o.steps for o in rows], verdicts)
+    values, methods = fmr_intervals(x, settings, audited=bool(judge))
+    iv = Intervals(settings)
+    for name, interval in values.items():
+        iv.put(name, interval, methods[name])
+    return iv.section()
+
+
+def interval_of(record: Record | Mapping[str, Any], metric: str) -> tuple[float, float] | None:
+    """The recorded interval of ``metric`` (``None`` for a record written before intervals, or without one)."""
+    d = record.sections if isinstance(record, Record) else record
+    iv = (d.get("intervals") or {}).get(metric)
+    return (float(iv[0]), float(iv[1])) if isinstance(iv, (list, tuple)) and len(iv) == 2 else None
 
 
 def fmr_descriptions(record: Record | Mapping[str, Any]) -> dict[str, Any]:
@@ -324,8 +352,12 @@ def fmr_descriptions(record: Record | Mapping[str, Any]) -> dict[str, Any]:
 
 def static_record(evaluator: str, settings: Mapping[str, Any], *, model: Mapping[str, Any],
                   dataset: Mapping[str, Any], metrics: Mapping[str, Any], provenance: Provenance,
-                  run: str | None = None, sections: Mapping[str, Any] | None = None) -> Record:
-    """The record of a static evaluator's run (``sections``: datasets, ood, inference, files, its details)."""
+                  run: str | None = None, sections: Mapping[str, Any] | None = None,
+                  intervals: Intervals | None = None) -> Record:
+    """The record of a static evaluator's run (``sections``: datasets, ood, inference, files, its details;
+    ``intervals``: what the evaluator computed from its per-sample data, the ``intervals`` and
+    ``interval_method`` sections)."""
+    sections = {**(sections or {}), **(intervals.section() if intervals is not None else {})}
     return build_record("static", evaluator, model=model, dataset=dataset, settings=settings, metrics=metrics,
                         provenance=provenance, run=run, sections=sections)
 
@@ -344,4 +376,4 @@ def finetune_record(method: str, settings: Mapping[str, Any], *, model: Mapping[
 
 
 __all__ = ["SCHEMA_VERSION", "Provenance", "Record", "RecordError", "build_record", "code_commit", "finetune_record",
-           "fmr_descriptions", "fmr_record", "load_record", "sample_set_fingerprint", "static_record"]
+           "fmr_descriptions", "fmr_record", "interval_of", "load_record", "sample_set_fingerprint", "static_record"]

@@ -5,7 +5,9 @@ One row per (run, metric set). A record's metrics split into sets by their prefi
 without a prefix (``sa``, ``fmr``, ``id_acc``…) form the set ``main``. Columns: what names
 the run (model, evaluator, kind, dataset), the settings that tell runs apart (limit, init,
 precision, seed, budget, step size, generator, oracle, accept rule, audit judge, static
-evaluator options as ``option.NAME``), then one column per metric name.
+evaluator options as ``option.NAME``), then one column per metric name, and ``NAME_lo`` /
+``NAME_hi`` for a metric the record holds an interval of (its ``intervals`` section; records
+written before intervals have none, and those columns stay empty).
 
 Records are found by :func:`fmr_bench.results.scan.iter_record_files` (``record.json`` and
 ``finetune.json`` under each folder, runs set aside by ``--fresh`` never, shard parts only on
@@ -36,6 +38,8 @@ SETTING_PREFIX = "setting."
 TAIL_COLUMNS = ("seal", "weights", "schema", "timestamp", "run", "path")
 #: Characters that make a filter a glob (``?`` is not one: model specs use it for options).
 GLOB_CHARS = ("*", "[")
+#: Suffixes of a metric's interval columns (``fmr_lo``, ``fmr_hi``): the record's ``intervals``.
+LO, HI = "_lo", "_hi"
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,10 @@ def record_rows(rec: Record, path: Path | None = None) -> list[dict[str, Any]]:
             continue  # text or nested values are not table cells
         prefix, _, name = key.rpartition("/")
         sets.setdefault(prefix or MAIN_SET, {})[name] = value
+    for key, iv in (sec.get("intervals") or {}).items():  # none in a record written before intervals
+        prefix, _, name = key.rpartition("/")
+        if (prefix or MAIN_SET) in sets and isinstance(iv, (list, tuple)) and len(iv) == 2:
+            sets[prefix or MAIN_SET].update({f"{name}{LO}": iv[0], f"{name}{HI}": iv[1]})
     return [{**base, "metric_set": name, **metrics} for name, metrics in (sets or {MAIN_SET: {}}).items()]
 
 
@@ -144,4 +152,4 @@ def _as_list(v: str | Sequence[str] | None) -> list[str]:
     return [v] if isinstance(v, str) else list(v or [])
 
 
-__all__ = ["RECORD_NAMES", "Skipped", "load_results", "matches", "record_rows"]
+__all__ = ["HI", "LO", "RECORD_NAMES", "Skipped", "load_results", "matches", "record_rows"]

@@ -1,0 +1,399 @@
+"""How far a metric can be trusted: confidence intervals over samples (pure numpy/scipy kernels).
+
+Two methods, chosen per metric (the record's ``interval_method.metrics`` says which one each used):
+
+* ``binomial``: the exact Clopper-Pearson interval of a share k/n of a fixed number of samples
+  (SA, VR, PA_all, oracle accuracy; a static set's accuracy, top-5, average accuracy). No
+  randomness; it covers at least ``level`` of the time.
+* ``bootstrap``: the percentile bootstrap over samples, for ratios, random denominators and
+  statistics that are not a share: PA (over the validated images of each resample), FMR = PA/SA
+  (the ratio recomputed on each resample), mean steps, the audited figures, worst-group and
+  mean-group accuracy, the OOD average, ECE, AUROC and FPR@95. Each resample draws n samples
+  with replacement and recomputes the statistic; the interval is the (1-level)/2 and
+  (1+level)/2 quantiles of the resampled statistics (``numpy.percentile``, linear), over the
+  resamples where the statistic is defined (e.g. SA > 0 for FMR).
+
+Resampling images is cheap here: a statistic that is a function of per-sample indicator sums
+depends only on how many times each distinct per-sample *pattern* (e.g. clean correct,
+validated, final correct) is drawn, and drawing n images with replacement draws those counts
+from a multinomial over the patterns' shares. So :func:`pattern_counts` draws ``resamples``
+multinomial count vectors — the bootstrap distribution exactly, at a cost that does not grow
+with n. Statistics of continuous scores (ECE, AUROC, FPR@95) draw sample weights (how many
+times each sample is drawn) in blocks (:func:`sample_weights`).
+
+A paired comparison of two runs on the same images (:func:`paired_difference`) resamples the
+image ids jointly (one pattern per image: A's outcome and B's) and tests "no difference" with a
+sign-flip permutation test: under the null, A's and B's outcomes on an image are exchangeable,
+so each image's pair is swapped with probability 1/2; the two-sided p-value is
+``(1 + #{|Δ*| >= |Δ|}) / (1 + permutations)``.
+
+Everything is deterministic for a given :class:`IntervalSettings` seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Defaults of every interval fmr_bench computes (one place).
+LEVEL, RESAMPLES, SEED = 0.95, 1000, 0
+#: Resamples per block of sample weights (bounds the memory of :func:`sample_weights`: block x n floats).
+WEIGHT_BLOCK = 64
+BINOMIAL, BOOTSTRAP = "binomial", "bootstrap"
+METHODS = {
+    BINOMIAL: "exact Clopper-Pearson interval of a share k/n of a fixed number of samples",
+    BOOTSTRAP: "percentile bootstrap over samples: resample n samples with replacement, recompute the statistic "
+               "(ratios from the resampled samples), quantiles (1-level)/2 and (1+level)/2 of the resampled values "
+               "where the statistic is defined",
+}
+PERMUTATION = ("sign-flip permutation test: each image's pair of outcomes swapped between the runs with probability "
+               "1/2; two-sided p = (1 + #{|delta*| >= |delta|}) / (1 + permutations)")
+
+
+@dataclass(frozen=True)
+class IntervalSettings:
+    """Level, resamples and seed of the intervals (recorded with them)."""
+
+    level: float = LEVEL
+    resamples: int = RESAMPLES
+    seed: int = SEED
+
+    def __post_init__(self) -> None:
+        if not 0 < self.level < 1:
+            raise ValueError(f"interval level must be in (0, 1), got {self.level}")
+        if self.resamples < 1:
+            raise ValueError(f"interval resamples must be >= 1, got {self.resamples}")
+
+    def rng(self) -> np.random.Generator:
+        return np.random.default_rng(self.seed)
+
+    def describe(self, metrics: Mapping[str, str]) -> dict[str, Any]:
+        """The record's ``interval_method``: level, resamples, seed, the methods and which metric used which."""
+        used = sorted(set(metrics.values()))
+        return {"level": self.level, "resamples": self.resamples, "seed": self.seed,
+                "methods": {m: METHODS[m] for m in used}, "metrics": dict(metrics)}
+
+
+# --- kernels ----------------------------------------------------------------------------------
+def clopper_pearson(k: int | np.ndarray, n: int | np.ndarray, level: float = LEVEL) -> tuple[Any, Any]:
+    """Exact binomial interval of k successes in n trials, in percent (vectorised; NaN where n == 0)."""
+    from scipy.stats import beta
+
+    k, n = np.asarray(k, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    a = (1 - level) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lo = np.where(k > 0, beta.ppf(a, k, n - k + 1), 0.0)
+        hi = np.where(k < n, beta.ppf(1 - a, k + 1, n - k), 1.0)
+    bad = n <= 0
+    lo, hi = np.where(bad, np.nan, 100 * lo), np.where(bad, np.nan, 100 * hi)
+    return (float(lo), float(hi)) if lo.ndim == 0 else (lo, hi)
+
+
+def percentile_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float] | None:
+    """(lo, hi) quantiles of resampled statistics, NaNs (undefined resamples) left out; None when none is defined."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return None
+    a = 100 * (1 - level) / 2
+    lo, hi = np.percentile(v, [a, 100 - a])
+    return float(lo), float(hi)
+
+
+def pattern_counts(patterns: np.ndarray, resamples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap resamples of n samples as counts of their distinct patterns.
+
+    Args:
+        patterns: (n, k) per-sample values (any numbers); samples with equal rows are interchangeable.
+
+    Returns:
+        (unique rows (U, k), counts (resamples, U)): each count row sums to n and is a draw from the
+        multinomial that drawing n samples with replacement gives.
+    """
+    uniq, base = distinct_patterns(patterns)
+    return uniq, rng.multinomial(int(base.sum()), base / base.sum(), size=resamples)
+
+
+def distinct_patterns(patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(unique rows (U, k), how many samples have each (U,)) of per-sample values (n, k)."""
+    patterns = np.asarray(patterns)
+    uniq, inverse = np.unique(patterns.reshape(len(patterns), -1), axis=0, return_inverse=True)
+    return uniq, np.bincount(inverse.ravel(), minlength=len(uniq)).astype(np.int64)
+
+
+def sample_weights(n: int, resamples: int, rng: np.random.Generator, block: int = WEIGHT_BLOCK) -> Iterator[np.ndarray]:
+    """Bootstrap weights (how often each of n samples is drawn), ``block`` resamples at a time: (b, n) floats."""
+    done = 0
+    while done < resamples:
+        b = min(block, resamples - done)
+        idx = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
+        yield np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+        done += b
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, scale: float = 100.0) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, scale * num / np.where(den > 0, den, 1), np.nan)
+
+
+# --- the FMR metrics from indicator sums ------------------------------------------------------
+#: Per-sample indicator columns of an FMR run, in order (see :func:`fmr_indicators`).
+FMR_COLUMNS = ("clean", "validated", "val_final", "final", "oracle", "val_steps", "audited", "confirmed",
+               "confirmed_final", "failures", "failures_confirmed")
+#: FMR metrics whose interval is binomial (a share of all n samples); the rest are bootstrapped.
+FMR_BINOMIAL = {"sa": "clean", "vr": "validated", "pa_all": "final", "oracle_acc": "oracle"}
+
+
+def fmr_indicators(clean: Sequence[bool], validated: Sequence[bool], final: Sequence[bool], oracle: Sequence[bool],
+                   steps: Sequence[int], judge: Sequence[bool | None] | None = None) -> np.ndarray:
+    """(n, len(FMR_COLUMNS)) per-sample indicators of an FMR run (``judge``: the audit verdict or None)."""
+    c, v, f, o = (np.asarray(x, dtype=bool) for x in (clean, validated, final, oracle))
+    s = np.asarray(steps, dtype=np.float64)
+    j = np.array([-1 if x is None else int(bool(x)) for x in judge], dtype=np.int8) if judge is not None \
+        else np.full(len(c), -1, dtype=np.int8)
+    audited = v & (j >= 0)
+    confirmed = audited & (j == 1)
+    failures = audited & ~f
+    return np.stack([c, v, v & f, f, o, np.where(v, s, 0.0), audited, confirmed, confirmed & f, failures,
+                     failures & (j == 1)], axis=1).astype(np.float64)
+
+
+def fmr_from_sums(sums: np.ndarray, n: int, audited: bool = False) -> dict[str, np.ndarray]:
+    """The FMR metrics (percent, as :func:`fmr_bench.metrics.fmr.fmr_metrics`) from indicator sums (..., columns).
+
+    NaN where a metric is undefined (no validated sample, SA = 0...).
+    """
+    col = {name: sums[..., i] for i, name in enumerate(FMR_COLUMNS)}
+    sa = _ratio(col["clean"], np.full_like(col["clean"], n))
+    pa = _ratio(col["val_final"], col["validated"])
+    out = {"sa": sa, "vr": _ratio(col["validated"], np.full_like(sa, n)), "pa": pa, "fmr": _ratio(pa, sa),
+           "pa_all": _ratio(col["final"], np.full_like(sa, n)), "oracle_acc": _ratio(col["oracle"], np.full_like(sa, n)),
+           "mean_steps": _ratio(col["val_steps"], col["validated"], 1.0)}
+    if audited:
+        apa = _ratio(col["confirmed_final"], col["confirmed"])
+        out.update({"audit_validity": _ratio(col["confirmed"], col["audited"]), "audit_pa": apa,
+                    "audit_fmr": _ratio(apa, sa),
+                    "audit_failures_confirmed": _ratio(col["failures_confirmed"], col["failures"])})
+    return out
+
+
+def fmr_intervals(indicators: np.ndarray, settings: IntervalSettings | None = None,
+                  audited: bool = False) -> tuple[dict[str, list[float] | None], dict[str, str]]:
+    """Intervals of the FMR metrics of one run from its per-sample indicators (:func:`fmr_indicators`).
+
+    Returns:
+        ({metric: [lo, hi] or None}, {metric: method}).
+    """
+    settings = settings or IntervalSettings()
+    x = np.asarray(indicators, dtype=np.float64)
+    n = len(x)
+    out: dict[str, list[float] | None] = {}
+    methods: dict[str, str] = {}
+    if n == 0:
+        return out, methods
+    uniq, counts = pattern_counts(x, settings.resamples, settings.rng())
+    boot = fmr_from_sums(counts @ uniq, n, audited)
+    for name, values in boot.items():
+        if name in FMR_BINOMIAL:
+            k = x[:, FMR_COLUMNS.index(FMR_BINOMIAL[name])].sum()
+            out[name] = list(clopper_pearson(k, n, settings.level))
+            methods[name] = BINOMIAL
+        else:
+            iv = percentile_interval(values, settings.level)
+            out[name] = list(iv) if iv else None
+            methods[name] = BOOTSTRAP
+    return out, methods
+
+
+# --- paired comparison ------------------------------------------------------------------------
+@dataclass
+class PairedDifference:
+    """A − B per metric on the same samples, with its paired-bootstrap interval and sign-flip p-value."""
+
+    a: dict[str, float | None]
+    b: dict[str, float | None]
+    delta: dict[str, float | None]
+    interval: dict[str, list[float] | None]
+    p_value: dict[str, float | None]
+    n: int
+    settings: IntervalSettings = field(default_factory=IntervalSettings)
+
+    def method(self) -> dict[str, Any]:
+        return {"level": self.settings.level, "resamples": self.settings.resamples, "seed": self.settings.seed,
+                "interval": "paired percentile bootstrap: image ids resampled jointly for both runs, the difference "
+                            "recomputed on each resample", "p_value": PERMUTATION}
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, metrics: Callable[[np.ndarray], dict[str, np.ndarray]],
+                      settings: IntervalSettings | None = None) -> PairedDifference:
+    """A − B of ``metrics`` on paired samples, with a paired-bootstrap interval and a sign-flip p-value.
+
+    Args:
+        a, b: (n, k) per-sample indicators of the two runs, row i of both on the same sample.
+        metrics: indicator sums (..., k) -> {name: values (...)}; e.g. ``lambda s: fmr_from_sums(s, n)``.
+    """
+    settings = settings or IntervalSettings()
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples must have the same shape, got {a.shape} and {b.shape}")
+    n, k = a.shape
+    rng = settings.rng()
+    point_a, point_b = metrics(a.sum(0)), metrics(b.sum(0))
+    uniq, counts = pattern_counts(np.concatenate([a, b], axis=1), settings.resamples, rng)
+    ua, ub = uniq[:, :k], uniq[:, k:]
+    boot_a, boot_b = metrics(counts @ ua), metrics(counts @ ub)
+    # sign flip: of the c images of a joint pattern, Binomial(c, 1/2) swap A's and B's outcome
+    base = distinct_patterns(np.concatenate([a, b], axis=1))[1]
+    swap = rng.binomial(base, 0.5, size=(settings.resamples, len(uniq)))
+    keep = base - swap
+    perm_a, perm_b = metrics(keep @ ua + swap @ ub), metrics(keep @ ub + swap @ ua)
+    out = PairedDifference({}, {}, {}, {}, {}, n, settings)
+    for name in point_a:
+        va, vb = float(point_a[name]), float(point_b[name])
+        out.a[name], out.b[name] = _num(va), _num(vb)
+        d = va - vb
+        out.delta[name] = _num(d)
+        iv = percentile_interval(boot_a[name] - boot_b[name], settings.level)
+        out.interval[name] = list(iv) if iv else None
+        null = perm_a[name] - perm_b[name]
+        null = null[np.isfinite(null)]
+        out.p_value[name] = None if not np.isfinite(d) or not len(null) else \
+            float((1 + np.sum(np.abs(null) >= abs(d) - 1e-9)) / (1 + len(null)))
+    return out
+
+
+def _num(v: float) -> float | None:
+    return v if np.isfinite(v) else None
+
+
+# --- static metrics ---------------------------------------------------------------------------
+def mean_of_shares(ks: Sequence[int], ns: Sequence[int], settings: IntervalSettings,
+                   rng: np.random.Generator) -> tuple[float, float] | None:
+    """Bootstrap interval of the mean of several sets' accuracies (percent), each set resampled on its own.
+
+    A resample of a set of n samples with k correct has Binomial(n, k/n) correct: exactly the bootstrap.
+    """
+    ks, ns = np.asarray(ks, dtype=np.float64), np.asarray(ns, dtype=np.int64)
+    if not len(ks) or (ns <= 0).any():
+        return None
+    draws = rng.binomial(ns, ks / ns, size=(settings.resamples, len(ns))) / ns
+    return percentile_interval(100 * draws.mean(1), settings.level)
+
+
+def group_intervals(correct: np.ndarray, groups: np.ndarray, n_groups: int, settings: IntervalSettings,
+                    rng: np.random.Generator) -> dict[str, tuple[float, float] | None]:
+    """Bootstrap intervals of worst-group and mean-group accuracy (percent), resampling all samples together.
+
+    A group that a resample leaves empty is left out of that resample's worst and mean (as an empty group is).
+    """
+    correct, groups = np.asarray(correct, dtype=np.int64), np.asarray(groups, dtype=np.int64)
+    uniq, counts = pattern_counts(np.stack([groups, correct], 1), settings.resamples, rng)
+    onehot = (uniq[:, 0][:, None] == np.arange(n_groups)[None, :]).astype(np.float64)
+    size = counts @ onehot
+    right = counts @ (onehot * uniq[:, 1][:, None])
+    acc = _ratio(right, size)
+    with np.errstate(all="ignore"):
+        worst, mean = np.nanmin(np.where(size > 0, acc, np.inf), 1), np.nanmean(acc, 1)
+    return {"worst_group_acc": percentile_interval(worst, settings.level),
+            "mean_group_acc": percentile_interval(mean, settings.level)}
+
+
+def ece_interval(confidence: np.ndarray, correct: np.ndarray, settings: IntervalSettings, rng: np.random.Generator,
+                 n_bins: int = 15) -> tuple[float, float] | None:
+    """Bootstrap interval of the top-label ECE in percent (equal-width bins (lo, hi], as metrics.static.ece)."""
+    conf, corr = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    n = len(conf)
+    if n == 0:
+        return None
+    bins = np.clip(np.ceil(conf * n_bins) - 1, 0, n_bins - 1).astype(np.int64)
+    gap = np.zeros((n, n_bins))
+    gap[np.arange(n), bins] = conf - corr
+    values = [np.abs(w @ gap).sum(1) / n for w in sample_weights(n, settings.resamples, rng)]
+    return percentile_interval(100 * np.concatenate(values), settings.level)
+
+
+def detection_intervals(id_scores: np.ndarray, ood_scores: np.ndarray, settings: IntervalSettings,
+                        rng: np.random.Generator, tpr: float = 0.95) -> dict[str, tuple[float, float] | None]:
+    """Bootstrap intervals of AUROC and FPR@95 (percent; ID positive, the ``top`` threshold rule of
+    metrics.static.fpr_at_95), ID and OOD samples resampled each on their own."""
+    s_id, s_ood = np.asarray(id_scores, dtype=np.float64).ravel(), np.asarray(ood_scores, dtype=np.float64).ravel()
+    n_id, n_ood = len(s_id), len(s_ood)
+    if not n_id or not n_ood:
+        return {"auroc": None, "fpr_at_95": None}
+    values, group = np.unique(np.concatenate([s_id, s_ood]), return_inverse=True)
+    g_id, g_ood = group[:n_id], group[n_id:]
+    desc = np.argsort(-s_id, kind="mergesort")
+    asc = np.argsort(s_ood, kind="mergesort")
+    s_desc, s_asc = s_id[desc], s_ood[asc]
+    k = int(np.ceil(tpr * n_id))
+    aurocs, fprs = [], []
+    for w_id, w_ood in zip(sample_weights(n_id, settings.resamples, rng), sample_weights(n_ood, settings.resamples, rng)):
+        b = len(w_id)
+        pos, neg = _per_group(w_id, g_id, len(values)), _per_group(w_ood, g_ood, len(values))
+        below = np.cumsum(neg, 1) - neg + 0.5 * neg  # OOD weight under each score, ties counting one half
+        aurocs.append((pos * below).sum(1) / (n_id * n_ood))
+        threshold = s_desc[(np.cumsum(w_id[:, desc], 1) < k).sum(1)]
+        cum = np.concatenate([np.zeros((b, 1)), np.cumsum(w_ood[:, asc], 1)], 1)
+        under = cum[np.arange(b), np.searchsorted(s_asc, threshold, side="left")]
+        fprs.append((n_ood - under) / n_ood)
+    return {"auroc": percentile_interval(100 * np.concatenate(aurocs), settings.level),
+            "fpr_at_95": percentile_interval(100 * np.concatenate(fprs), settings.level)}
+
+
+def _per_group(w: np.ndarray, group: np.ndarray, size: int) -> np.ndarray:
+    """(b, size) sums of the weights (b, n) of the samples in each group (n,)."""
+    b = len(w)
+    idx = (np.arange(b)[:, None] * size + group[None, :]).ravel()
+    return np.bincount(idx, weights=w.ravel(), minlength=b * size).reshape(b, size)
+
+
+class Intervals:
+    """Collects a record's intervals and which method each used; one seeded generator for all of them."""
+
+    def __init__(self, settings: IntervalSettings | None = None) -> None:
+        self.settings = settings or IntervalSettings()
+        self.rng = self.settings.rng()
+        self.values: dict[str, list[float] | None] = {}
+        self.methods: dict[str, str] = {}
+
+    def put(self, name: str, interval: tuple[float, float] | list[float] | None, method: str) -> None:
+        self.values[name] = None if interval is None or not np.all(np.isfinite(interval)) else \
+            [float(interval[0]), float(interval[1])]
+        self.methods[name] = method
+
+    def share(self, name: str, k: int, n: int) -> None:
+        """A share k/n of a fixed number of samples: Clopper-Pearson."""
+        self.put(name, clopper_pearson(int(k), int(n), self.settings.level) if n else None, BINOMIAL)
+
+    def section(self) -> dict[str, Any]:
+        """The record's ``intervals`` and ``interval_method`` sections."""
+        return {"intervals": dict(self.values), "interval_method": self.settings.describe(self.methods)}
+
+
+__all__ = [
+    "BINOMIAL",
+    "BOOTSTRAP",
+    "FMR_COLUMNS",
+    "LEVEL",
+    "RESAMPLES",
+    "SEED",
+    "IntervalSettings",
+    "Intervals",
+    "PairedDifference",
+    "clopper_pearson",
+    "detection_intervals",
+    "distinct_patterns",
+    "ece_interval",
+    "fmr_from_sums",
+    "fmr_indicators",
+    "fmr_intervals",
+    "group_intervals",
+    "mean_of_shares",
+    "paired_difference",
+    "pattern_counts",
+    "percentile_interval",
+    "sample_weights",
+]

@@ -398,3 +398,44 @@ def test_a_slurm_array_task_with_static_evaluators_is_refused(tmp_path, capsys, 
                  str(tmp_path), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "shard 0/2 (from --shard or a SLURM array task)" in err and err.count("\n") == 1
+
+
+# --- the merge verifies each shard before using it ---------------------------------------------------
+def _rewrite_first_line(samples: Path, change) -> None:
+    lines = samples.read_text().splitlines()
+    first = json.loads(lines[0])
+    change(first)
+    samples.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+
+
+@pytest.mark.parametrize("tamper, match", [
+    (lambda s: _rewrite_first_line(s, lambda d: d.update(validated=not d["validated"], steps=3)),
+     r"shard 1/3 .*samples.jsonl does not match the seal"),
+    (lambda s: _rewrite_first_line(s, lambda d: d.update(label=(d["label"] + 1) % 10)),
+     r"shard 1/3 .*does not match the seal"),
+    (lambda s: s.write_text(s.read_text() + json.dumps({**json.loads(s.read_text().splitlines()[0]),
+                                                         "validated": False}) + "\n"),
+     r"shard 1/3 .*two different outcomes for sample"),
+])
+def test_merge_refuses_a_shard_whose_samples_were_edited(shards, tmp_path, tamper, match):
+    tamper(shards / "shard-1-of-3" / "samples.jsonl")
+    _refused([shards], match, tmp_path)
+
+
+def test_merge_recomputes_a_shard_without_a_seal_and_checks_the_selection(shards, tmp_path):
+    """A shard record of before seals: its metrics are recomputed from its samples, and the merged
+    ids and labels must be the selection shard.json pins."""
+    part = shards / "shard-1-of-3"
+    rec = json.loads((part / "record.json").read_text())
+    rec.pop("seal")
+    (part / "record.json").write_text(json.dumps(rec))
+    _rewrite_first_line(part / "samples.jsonl", lambda d: d.update(validated=not d["validated"], steps=3))
+    _refused([shards], r"shard 1/3 .*its record says \w+ .* but its samples.jsonl gives", tmp_path)
+
+
+def test_a_killed_merge_leaves_no_temporary_files_after_the_next_start(shards, tmp_path):
+    _, target = merge_folders([shards], tmp_path / "merged")
+    (target / "samples.jsonl.4242.part").write_text("torn")  # what a kill -9 between write and rename leaves
+    (target / "settings.json.4242.part").write_text("torn")
+    merge_folders([shards], tmp_path / "merged")
+    assert not list(target.glob("*.part")) and (target / "record.json").is_file()

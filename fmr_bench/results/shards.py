@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from ..errors import OutputError, SettingsError, first_line
 from ..files import write_json
 from ..protocol.outcome import SampleOutcome
+from ..metrics.fmr import fmr_metrics
 from .record import Record, RecordError, fmr_descriptions, fmr_record, sample_set_fingerprint
 from .rundir import (
     SAMPLES_FILE,
@@ -147,6 +148,8 @@ class ShardPart:
     manifest: dict[str, Any] | None
     record: dict[str, Any] | None
     outcomes: dict[str, tuple[SampleOutcome, str | None]] = field(default_factory=dict)
+    #: Ids whose samples.jsonl holds two different finished outcomes (a later line would silently win).
+    conflicting: list[str] = field(default_factory=list)
 
     @property
     def shard(self) -> Shard:
@@ -156,8 +159,14 @@ class ShardPart:
     def load(cls, folder: Path) -> ShardPart:
         """Read a shard folder; reads only (a read-only folder loads)."""
         rows = read_outcome_rows(folder / SAMPLES_FILE)
+        seen: dict[str, tuple[SampleOutcome, str | None]] = {}
+        conflicting = []
+        for o, fp in rows:
+            if o.id in seen and seen[o.id] != (o, fp) and o.id not in conflicting:
+                conflicting.append(o.id)
+            seen[o.id] = (o, fp)
         return cls(str(folder), read_shard_json(folder / "settings.json"), read_shard_json(folder / SHARD_FILE),
-                   read_shard_json(folder / RECORD_FILE), {o.id: (o, fp) for o, fp in rows})
+                   read_shard_json(folder / RECORD_FILE), seen, conflicting)
 
 
 def read_shard_json(path: Path) -> Any:
@@ -306,6 +315,45 @@ def _shard_records(parts: Sequence[ShardPart]) -> list[Record]:
     return records
 
 
+def _check_each_shard(parts: Sequence[ShardPart], records: Sequence[Record]) -> None:
+    """Each shard's samples against its own record: one outcome per id, the record's seal, its metrics.
+
+    A shard's samples.jsonl edited after its run (a decision flipped, a label changed, a second
+    line for an id) is refused here, naming the shard, rather than merged into the run's record.
+    """
+    for p, r in zip(parts, records):
+        where = f"shard {p.shard} ({p.source})"
+        if p.conflicting:
+            raise OutputError(f"{where}: samples.jsonl holds two different outcomes for sample {p.conflicting[0]}"
+                              + (f" (and {len(p.conflicting) - 1} more)" if len(p.conflicting) > 1 else "")
+                              + "; it was edited after the run: re-run the shard with --fresh")
+        rows = [p.outcomes[sid] for sid in p.manifest["ids"] if sid in p.outcomes]
+        seal = (r.sections.get("seal") or {}).get("samples_sha256")
+        if seal is not None and samples_seal(rows) != seal:
+            raise OutputError(f"{where}: samples.jsonl does not match the seal of its record.json (an outcome was "
+                              "edited since the shard finished); re-run the shard with --fresh")
+        got = fmr_metrics([o for o, _ in rows])
+        off = sorted(k for k, v in got.items() if k in r.metrics and not _same_number(v, r.metrics[k]))
+        if off:
+            raise OutputError(f"{where}: its record says {off[0]} {r.metrics[off[0]]!r} but its samples.jsonl gives "
+                              f"{got[off[0]]!r}; one of the two was edited: re-run the shard with --fresh")
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(a)))
+
+
+def _check_selection(parts: Sequence[ShardPart], rows: Sequence[tuple[SampleOutcome, str | None]]) -> None:
+    """The merged samples are the selection every shard.json pins (ids and labels, by ``selection_sha256``)."""
+    if sample_set_fingerprint([o.id for o, _ in rows], [o.label for o, _ in rows]) != parts[0].manifest[
+            "selection_sha256"]:
+        raise OutputError("the merged samples' ids or labels are not the selection the shards' shard.json pin "
+                          "(selection_sha256): a label or id was changed in a shard's samples.jsonl; re-run that "
+                          "shard with --fresh")
+
+
 def _merged_rows(parts: Sequence[ShardPart]) -> list[tuple[SampleOutcome, str | None]]:
     """All shards' outcome rows in dataset order, checked to cover the whole selection."""
     rows = [p.outcomes[sid] for p in parts for sid in p.manifest["ids"]]
@@ -355,7 +403,9 @@ def merge_parts(parts: Sequence[ShardPart]) -> Merged:
     _check_partition(parts)
     _check_finished(parts)
     records = _shard_records(parts)
+    _check_each_shard(parts, records)
     rows = _merged_rows(parts)
+    _check_selection(parts, rows)
     return Merged(parts[0].settings, _merged_record(parts, records, rows), rows)
 
 

@@ -214,3 +214,28 @@ def load_state_strict(module: Any, state: dict[str, Any], *, what: str, fix: str
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise WeightsError(f"{what} ({first}); {fix}") from None
+
+
+def canonical_safetensors_header(path: str | Path) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys, in place.
+
+    safetensors writes its ``__metadata__`` in hash-map order, which changes from one write to
+    the next when there are several entries; sorted, the same model gives the same bytes (a
+    result can be checked by its hash). Tensor offsets are relative to the data that follows
+    the header, so only the header is rewritten (padded with spaces to 8 bytes, as the format
+    allows).
+    """
+    import json
+    import struct
+
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = f.read()
+        meta = header.pop("__metadata__", None)
+        ordered = {**({"__metadata__": dict(sorted(meta.items()))} if meta else {}), **dict(sorted(header.items()))}
+        text = json.dumps(ordered, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)
+        f.seek(0)
+        f.write(struct.pack("<Q", len(text)) + text + data)
+        f.truncate()

@@ -26,7 +26,7 @@ import torch
 from ..errors import SpecError, WeightsError, first_line
 from ..files import atomic_write_file
 from ..specs import Spec
-from ..weights import WeightRef, safe_torch_load
+from ..weights import WeightRef, canonical_safetensors_header, safe_torch_load
 from .base import ImageClassifier
 from .transform import EvalTransform
 
@@ -49,9 +49,11 @@ def save_model(model: ImageClassifier, path: str | Path, *, class_names: Sequenc
     names = list(class_names) if class_names is not None else model.class_names
     meta = {"arch": model.arch, "class_names": names, "num_classes": model.num_classes,
             "preprocess": model.preprocess.to_dict(), "label_space": model.label_space}
-    return atomic_write_file(path, lambda tmp: st_save(model.net, str(tmp),
-                                                       metadata={**(metadata or {}), META_KEY: json.dumps(meta)}),
-                             fix="save to a writable folder")
+    def write(tmp: Path) -> None:
+        st_save(model.net, str(tmp), metadata={**(metadata or {}), META_KEY: json.dumps(meta)})
+        canonical_safetensors_header(tmp)  # the same model, the same bytes
+
+    return atomic_write_file(path, write, fix="save to a writable folder")
 
 
 def weight_refs(spec: Spec) -> list[WeightRef]:

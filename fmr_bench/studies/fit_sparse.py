@@ -205,10 +205,7 @@ def collect_latents(model: str, data: str, *, generator: str | None = None, orac
 
     say = say or (lambda line: None)
     dataset = load_dataset(data)
-    n = len(dataset) if overrides.get("limit") is None else min(len(dataset), overrides["limit"])
-    if n < 2:
-        raise DataError(f"fit split {dataset.spec} holds {n} image(s); a mask needs at least 2 (80/20 split): "
-                        "pass a non-empty split, e.g. --data digits:train")
+    n = _fit_split_size(dataset, overrides.get("limit"))
     world = dataset.world
     gen_spec = _dense_generator(generator, world.generator)
     log = LatentLog(Path(work) / LATENTS_LOG) if work is not None else None
@@ -226,11 +223,7 @@ def collect_latents(model: str, data: str, *, generator: str | None = None, orac
             return evaluate(model, dataset, generator=gen, oracle=oracle, out=work, progress=progress,
                             sample_hook=hook, write_grid=False, fresh=again, **overrides)
         except (InterruptedRun, KeyboardInterrupt):
-            if log is None:
-                raise InterruptedRun("interrupted; the latents were kept in memory only (no work folder): "
-                                     "nothing is saved") from None
-            raise InterruptedRun(f"interrupted; the latents of {len(log.read())}/{n} images are saved in "
-                                 f"{log.path}; re-run the same command to resume") from None
+            raise _interrupted(log, n) from None
         finally:
             if log is not None:
                 log.close()
@@ -243,6 +236,23 @@ def collect_latents(model: str, data: str, *, generator: str | None = None, orac
         result = loop(True)
         rows = log.read()
     return _latent_set(result, rows, gen_spec, gen.settings(), dataset.spec, work)
+
+
+def _fit_split_size(dataset: Any, limit: int | None) -> int:
+    """How many images of ``dataset`` the collection runs on (``limit`` of them at most); fewer than 2 is an error."""
+    n = len(dataset) if limit is None else min(len(dataset), limit)
+    if n < 2:
+        raise DataError(f"fit split {dataset.spec} holds {n} image(s); a mask needs at least 2 (80/20 split): "
+                        "pass a non-empty split, e.g. --data digits:train")
+    return n
+
+
+def _interrupted(log: LatentLog | None, n: int) -> InterruptedRun:
+    """The error of an interrupted collection: how many images' latents are saved, and where (or that none is)."""
+    if log is None:
+        return InterruptedRun("interrupted; the latents were kept in memory only (no work folder): nothing is saved")
+    return InterruptedRun(f"interrupted; the latents of {len(log.read())}/{n} images are saved in "
+                          f"{log.path}; re-run the same command to resume")
 
 
 def _dense_generator(generator: str | None, world_generator: str) -> str:

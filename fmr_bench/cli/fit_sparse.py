@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import shlex
 from pathlib import Path
+from typing import Any
 
 from .commands import Command
 from .common import (
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from ..errors import InterruptedRun, SettingsError
+    from ..errors import InterruptedRun
     from ..generators.sparse import KIND
     from ..runtime import command_line
     from ..studies.fit_sparse import LATENTS_NPZ, LatentSet, collect_latents, fit_mask, work_folder, write_mask_card
@@ -135,15 +136,33 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         raise InterruptedRun(f"interrupted during the fit; the latents are saved in {saved}; refit without the "
                              f"loop: {refit_command(args, saved, args.lam)}") from None
-    if fit.mask.sum() == 0:  # a mask that moves nothing is no generator; the latents are kept
+    _refuse_empty_mask(args, fit, saved)
+    card = write_mask_card(fit, latents, args.out, name,
+                           extra={"command": command_line(), "latents_from": args.from_latents})
+    _report_fit(console, args, fit, saved, card)
+    return 0
+
+
+def _refuse_empty_mask(args: argparse.Namespace, fit: Any, saved: str | Path) -> None:
+    """A mask that keeps no dim moves nothing and is no generator: refuse it, naming the refit (the latents
+    are kept).
+
+    Raises:
+        SettingsError: the fit kept no latent dim.
+    """
+    from ..errors import SettingsError
+
+    if fit.mask.sum() == 0:
         if args.lam:
             raise SettingsError(f"the L1 fit kept no latent dim (nothing would move); refit on more images or with "
                                 f"a smaller --lam: {refit_command(args, saved, args.lam / 4)}")
         bigger = ",".join(f"{c * 10:g}" for c in args.c_grid)
         raise SettingsError(f"the L1 fit kept no latent dim for any C of the grid (nothing would move); refit on "
                             f"more images or with larger C: {refit_command(args, saved, None, c_grid=bigger)}")
-    card = write_mask_card(fit, latents, args.out, name,
-                           extra={"command": command_line(), "latents_from": args.from_latents})
+
+
+def _report_fit(console: Any, args: argparse.Namespace, fit: Any, saved: str | Path, card: Path) -> None:
+    """Print the mask's size and scores, any note (rule not met, not converged) and how to use the card."""
     how = (f"C = {fit.params['C']:.4g} chosen on {fit.selection['n_val_images']} validation images"
            if fit.selection else f"C = 1/{args.lam:g} fixed")
     console.print(f"mask: {int(fit.mask.sum())} of {fit.mask.size} dims kept ({how}); held-out accuracy "
@@ -157,7 +176,6 @@ def run(args: argparse.Namespace) -> int:
                       f"{refit_command(args, saved, args.lam, max_iter=args.max_iter * 4)}")
     console.print(f"card: {card}")
     console.print(f"use: --generator sparse-vqgan:{card}")
-    return 0
 
 
 def refit_command(args: argparse.Namespace, latents: str | Path, lam: float | None, **changes) -> str:

@@ -409,8 +409,24 @@ class Trainer:
     _resume_state: dict[str, Any] | None = None
 
     def _prepare_out(self, ckpt_root: Path) -> tuple[tuple[int, int, int], ImageClassifier | None]:
+        """Claim the run folder, keep the zero-shot weights and, when there is a checkpoint, resume from it:
+        (position (stage, epoch, batch) to start at, zero-shot model when the method has teachers)."""
         out = require_writable(self.out)
         fp = self._fingerprint()
+        self._claim_out(out, fp, ckpt_root)
+        folder = latest_checkpoint(ckpt_root)
+        theta0 = self._zero_shot(out, fp, folder)
+        if folder is None:  # killed before its first checkpoint: every step is redone, so is its log
+            self.log = truncate_jsonl(out / "train_log.jsonl", 0)
+            return (0, 0, 0), theta0
+        return self._resume(out, fp, folder, ckpt_root), theta0
+
+    def _claim_out(self, out: Path, fp: dict[str, Any], ckpt_root: Path) -> None:
+        """Write the run's manifest, or check that the folder holds this run (unfinished) or nothing.
+
+        Raises:
+            OutputError: the folder holds another run, this run finished, or other files.
+        """
         manifest = out / "run.json"
         if manifest.is_file():
             try:
@@ -434,11 +450,13 @@ class Trainer:
             raise OutputError(f"{out} is not empty and holds no fine-tuning run; pick a new or empty --out")
         else:
             write_json(manifest, {"fingerprint": fp, "started": _dt.datetime.now(_dt.timezone.utc).isoformat()})
+
+    def _zero_shot(self, out: Path, fp: dict[str, Any], folder: Path | None) -> ImageClassifier | None:
+        """Save the weights before fine-tuning (or, on a resume, load them when the method has teachers)."""
         from safetensors.torch import load_model as st_load
 
         theta0_path = out / "zeroshot.safetensors"
         theta0 = None
-        folder = latest_checkpoint(ckpt_root)
         if theta0_path.is_file():
             if self.method.teachers:
                 theta0 = copy.deepcopy(self.model)
@@ -449,9 +467,12 @@ class Trainer:
         else:
             save_model(self.model, theta0_path,  # raises a one-line OutputError (files.atomic_write_file)
                        metadata={META_KEY: json.dumps({"role": "zero-shot (before fine-tuning)", **fp})})
-        if folder is None:  # killed before its first checkpoint: every step is redone, so is its log
-            self.log = truncate_jsonl(out / "train_log.jsonl", 0)
-            return (0, 0, 0), theta0
+        return theta0
+
+    def _resume(self, out: Path, fp: dict[str, Any], folder: Path, ckpt_root: Path) -> tuple[int, int, int]:
+        """Load the checkpoint ``folder`` of this run: weights, RNG states, step counters, log, optimiser state;
+        returns the position (stage, epoch, batch) to continue from."""
+        from safetensors.torch import load_model as st_load
 
         try:
             _, opt_state, rng, state = load_checkpoint(folder)
@@ -470,7 +491,7 @@ class Trainer:
         pos = tuple(state["position"])
         if pos[0] >= len(self.method.stages) or pos[1:] == (0, 0):
             self._resume_state = None  # a stage starts afresh: the saved optimiser belongs to the one before
-        return pos, theta0  # type: ignore[return-value]
+        return pos  # type: ignore[return-value]
 
     def _save(self, root: Path, opt, sched, position: tuple[int, int, int]) -> None:
         state = {"position": list(position), "global_step": self.global_step, "epochs_done": self.epochs_done,

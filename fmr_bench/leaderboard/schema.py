@@ -372,32 +372,8 @@ def parse_entry(obj: dict[str, Any], where: str, board: Board, path: Path | None
     if status == "measured" and rep is not None:
         raise BoardError(f"{where}: a measured entry with reported numbers: set status to 'both'")
     if rep is not None:
-        rf = _Fields(rep, f"{where}: reported", {"values", "source", "protocol_version", "note", "as_printed"})
-        source = parse_source(rf.req("source", (dict, str), fix=_SOURCE_FIX), f"{where}: reported.source")
-        values = {k: _number(v, f"{where}: reported.values.{k}") for k, v in rf.req("values", dict).items()}
-        keys = {c.key for c in board.columns}
-        stray = set(values) - keys
-        if stray:
-            raise BoardError(f"{where}: reported value(s) {', '.join(sorted(stray))} are not columns of board "
-                             f"{board.name}; valid: {', '.join(sorted(keys))}")
-        computed = {k for k in values if board.column(k).mean_of}
-        if computed:
-            raise BoardError(f"{where}: {', '.join(sorted(computed))} are computed by the build (mean_of); "
-                             "report their inputs instead")
-        as_printed = rf.opt("as_printed", {}, dict)
-        bad = [k for k, why in as_printed.items() if k not in values or not isinstance(why, str) or not why.strip()]
-        if bad:
-            raise BoardError(f"{where}: reported.as_printed {', '.join(sorted(bad))}: each key must be a reported "
-                             "value and its text say why the paper's number is kept as printed")
-        reported = Reported(values, source, rf.req("protocol_version", fix="name the protocol the numbers follow"),
-                            rf.opt("note", ""), dict(as_printed))
-    size_obj = f.opt("size", {}, dict)
-    sf = _Fields(size_obj, f"{where}: size", {"params_m", "gflops", "images_per_s", "speed_device"})
-    size = Size(_number(size_obj.get("params_m"), f"{where}: size.params_m"),
-                _number(size_obj.get("gflops"), f"{where}: size.gflops"),
-                _number(size_obj.get("images_per_s"), f"{where}: size.images_per_s"), sf.opt("speed_device", ""))
-    if size.images_per_s is not None and not size.speed_device:
-        raise BoardError(f"{where}: size.images_per_s needs speed_device (the idle machine it was measured on)")
+        reported = _parse_reported(rep, where, board)
+    size = _parse_size(f.opt("size", {}, dict), where)
     weights = f.opt("weights", None)
     if weights is not None and not re.fullmatch(r"[0-9a-f]{16}", weights):
         raise BoardError(f"{where}: 'weights' must be the 16 hex digits of the model's weights_sha256_16 "
@@ -405,6 +381,41 @@ def parse_entry(obj: dict[str, Any], where: str, board: Board, path: Path | None
     return Entry(name, paper, f.req("architecture", fix=fix), f.req("pretraining_data", fix=fix),
                  f.req("extra_data", fix=fix + " ('none' if none)"), status, model, reported, size,
                  f.opt("group", ""), f.opt("notes", ""), path, method, measured_by, weights)
+
+
+def _parse_reported(rep: dict[str, Any], where: str, board: Board) -> Reported:
+    """An entry's ``reported`` block: values that are columns of ``board`` (not computed ones), their
+    structured source, the protocol they follow, and why any is kept as printed."""
+    rf = _Fields(rep, f"{where}: reported", {"values", "source", "protocol_version", "note", "as_printed"})
+    source = parse_source(rf.req("source", (dict, str), fix=_SOURCE_FIX), f"{where}: reported.source")
+    values = {k: _number(v, f"{where}: reported.values.{k}") for k, v in rf.req("values", dict).items()}
+    keys = {c.key for c in board.columns}
+    stray = set(values) - keys
+    if stray:
+        raise BoardError(f"{where}: reported value(s) {', '.join(sorted(stray))} are not columns of board "
+                         f"{board.name}; valid: {', '.join(sorted(keys))}")
+    computed = {k for k in values if board.column(k).mean_of}
+    if computed:
+        raise BoardError(f"{where}: {', '.join(sorted(computed))} are computed by the build (mean_of); "
+                         "report their inputs instead")
+    as_printed = rf.opt("as_printed", {}, dict)
+    bad = [k for k, why in as_printed.items() if k not in values or not isinstance(why, str) or not why.strip()]
+    if bad:
+        raise BoardError(f"{where}: reported.as_printed {', '.join(sorted(bad))}: each key must be a reported "
+                         "value and its text say why the paper's number is kept as printed")
+    return Reported(values, source, rf.req("protocol_version", fix="name the protocol the numbers follow"),
+                    rf.opt("note", ""), dict(as_printed))
+
+
+def _parse_size(size_obj: dict[str, Any], where: str) -> Size:
+    """An entry's ``size`` block: parameters, GFLOPs and throughput (which needs the device it was measured on)."""
+    sf = _Fields(size_obj, f"{where}: size", {"params_m", "gflops", "images_per_s", "speed_device"})
+    size = Size(_number(size_obj.get("params_m"), f"{where}: size.params_m"),
+                _number(size_obj.get("gflops"), f"{where}: size.gflops"),
+                _number(size_obj.get("images_per_s"), f"{where}: size.images_per_s"), sf.opt("speed_device", ""))
+    if size.images_per_s is not None and not size.speed_device:
+        raise BoardError(f"{where}: size.images_per_s needs speed_device (the idle machine it was measured on)")
+    return size
 
 
 _SOURCE_FIX = ("write the source as {\"paper\": \"Authors, Venue Year\", \"table\": \"Table 2\", \"row\": \"the row's "

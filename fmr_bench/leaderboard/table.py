@@ -127,7 +127,7 @@ def build_table(board: Board, entries: list[Entry], runs: Path | None = None) ->
     A measured number is shown only from the run of the board's task whose folder passes
     :func:`~fmr_bench.leaderboard.checks.record_problems`; every problem found is a flag on its entry.
     """
-    from .checks import record_problems, reported_problems
+    from .checks import reported_problems
 
     runs = runs if runs is not None else (board.folder / RUNS if board.folder else None)
     scan = scan_records(board, entries, runs) if runs is not None else Scan()
@@ -139,49 +139,8 @@ def build_table(board: Board, entries: list[Entry], runs: Path | None = None) ->
         if e.measurable:
             entry_problems += scan.others.get((e.model, e.method), [])
         touched: list[Path] = []
-        row: dict[str, Any] = {"name": e.name, "group": e.group, "status": e.status, "model": e.model or "",
-                               "paper": e.paper.title, "venue": e.paper.venue, "url": e.paper.url,
-                               "architecture": e.architecture, "pretraining_data": e.pretraining_data,
-                               "extra_data": e.extra_data,
-                               "source": e.reported.source.text if e.reported else
-                               (f"measured by `{e.measured_by}`" if e.measured_by else ""),
-                               "reported_protocol": e.reported.protocol_version if e.reported else "",
-                               "measured_by": e.measured_by}
-        measured_size = sizes.get(e.model or "", {})
-        row["params_m"] = e.size.params_m if e.size.params_m is not None else measured_size.get("params_m")
-        row["gflops"] = e.size.gflops if e.size.gflops is not None else measured_size.get("gflops")
-        row["images_per_s"] = e.size.images_per_s
-        row["speed_device"] = e.size.speed_device
-        gaps = []
-        runs_used = set()
-        for c in sorted(board.columns, key=lambda c: bool(c.mean_of)):  # computed columns after their inputs
-            if c.mean_of:
-                for suffix in ("", "_reported", "_measured"):
-                    parts = [row[f"{k}{suffix}"] for k in c.mean_of]
-                    row[f"{c.key}{suffix}"] = None if any(v is None for v in parts) else sum(parts) / len(parts)
-                continue
-            rep = e.reported.values.get(c.key) if e.reported else None
-            mea = None
-            if e.measurable and c.evaluator is not None:
-                hit = scan.taken.get((e.model, c.evaluator, e.method))
-                if hit is not None and hit[0] not in touched:
-                    touched.append(hit[0])
-                    checked[hit[0]] = record_problems(hit[0], hit[1], e)
-                if hit is not None and not checked[hit[0]]:
-                    rec = hit[1]
-                    mea = rec["metrics"].get(c.metric_key)
-                    runs_used.add(rec["run"])
-                    if rec.get("reliability") and e.name not in reliability:
-                        reliability[e.name] = rec["reliability"]
-            row[c.key] = mea if mea is not None else rep
-            row[f"{c.key}_reported"] = rep
-            row[f"{c.key}_measured"] = mea
-            if rep is not None and mea is not None and abs(mea - rep) > board.tolerance:
-                gaps.append(c.key)
-        for c in board.columns:
-            if c.mean_of:
-                rep, mea = row[f"{c.key}_reported"], row[f"{c.key}_measured"]
-                row[c.key] = mea if mea is not None else (rep if rep is not None else row[c.key])
+        row = _entry_row(e, sizes)
+        gaps, runs_used = _fill_columns(board, e, row, scan, checked, touched, reliability)
         for path in touched:
             entry_problems += checked[path]
         row["runs"] = " ".join(sorted(r for r in runs_used if r))
@@ -193,6 +152,67 @@ def build_table(board: Board, entries: list[Entry], runs: Path | None = None) ->
     frame = frame.sort_values(board.sort, ascending=not board.descending, na_position="last", kind="stable")
     frame.insert(0, "rank", range(1, len(frame) + 1))
     return BoardTable(board, entries, frame.reset_index(drop=True), reliability, problems)
+
+
+def _entry_row(e: Entry, sizes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The identity, provenance and size cells of an entry's row (sizes the entry leaves out taken from
+    the measured ``sizes``)."""
+    row: dict[str, Any] = {"name": e.name, "group": e.group, "status": e.status, "model": e.model or "",
+                           "paper": e.paper.title, "venue": e.paper.venue, "url": e.paper.url,
+                           "architecture": e.architecture, "pretraining_data": e.pretraining_data,
+                           "extra_data": e.extra_data,
+                           "source": e.reported.source.text if e.reported else
+                           (f"measured by `{e.measured_by}`" if e.measured_by else ""),
+                           "reported_protocol": e.reported.protocol_version if e.reported else "",
+                           "measured_by": e.measured_by}
+    measured_size = sizes.get(e.model or "", {})
+    row["params_m"] = e.size.params_m if e.size.params_m is not None else measured_size.get("params_m")
+    row["gflops"] = e.size.gflops if e.size.gflops is not None else measured_size.get("gflops")
+    row["images_per_s"] = e.size.images_per_s
+    row["speed_device"] = e.size.speed_device
+    return row
+
+
+def _fill_columns(board: Board, e: Entry, row: dict[str, Any], scan: Scan, checked: dict[Path, list[str]],
+                  touched: list[Path], reliability: dict[str, Any]) -> tuple[list[str], set[str]]:
+    """Fill ``row``'s value cells (shown, reported, measured) column by column, computed ones last.
+
+    A record is checked once (``checked``, ``touched`` updated) and its numbers used only when it has
+    no problem; returns the columns whose reported and measured numbers disagree and the runs used.
+    """
+    from .checks import record_problems
+
+    gaps = []
+    runs_used = set()
+    for c in sorted(board.columns, key=lambda c: bool(c.mean_of)):  # computed columns after their inputs
+        if c.mean_of:
+            for suffix in ("", "_reported", "_measured"):
+                parts = [row[f"{k}{suffix}"] for k in c.mean_of]
+                row[f"{c.key}{suffix}"] = None if any(v is None for v in parts) else sum(parts) / len(parts)
+            continue
+        rep = e.reported.values.get(c.key) if e.reported else None
+        mea = None
+        if e.measurable and c.evaluator is not None:
+            hit = scan.taken.get((e.model, c.evaluator, e.method))
+            if hit is not None and hit[0] not in touched:
+                touched.append(hit[0])
+                checked[hit[0]] = record_problems(hit[0], hit[1], e)
+            if hit is not None and not checked[hit[0]]:
+                rec = hit[1]
+                mea = rec["metrics"].get(c.metric_key)
+                runs_used.add(rec["run"])
+                if rec.get("reliability") and e.name not in reliability:
+                    reliability[e.name] = rec["reliability"]
+        row[c.key] = mea if mea is not None else rep
+        row[f"{c.key}_reported"] = rep
+        row[f"{c.key}_measured"] = mea
+        if rep is not None and mea is not None and abs(mea - rep) > board.tolerance:
+            gaps.append(c.key)
+    for c in board.columns:
+        if c.mean_of:
+            rep, mea = row[f"{c.key}_reported"], row[f"{c.key}_measured"]
+            row[c.key] = mea if mea is not None else (rep if rep is not None else row[c.key])
+    return gaps, runs_used
 
 
 def csv_columns(table: BoardTable) -> list[str]:

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import SettingsError
 
 if TYPE_CHECKING:  # types only: building the CLI parser reads the settings without importing torch
+    from datetime import datetime
+
     import torch
     from torch import nn
 
@@ -229,27 +231,16 @@ def attack_oracle(oracle: str, compare: str | Sequence[str], data: str | ImageDa
     Raises:
         SettingsError, SpecError, OutputError: bad input or an unwritable folder, before any attack runs.
     """
-    import torch
-
     from ..datasets import ImageDataset, load_dataset
-    from ..files import require_writable, write_json
-    from ..models import load_model, map_classes, model_weight_refs
-    from ..oracles import load_oracle, oracle_weight_refs
-    from ..results.record import Provenance
+    from ..files import require_writable
+    from ..models import model_weight_refs
+    from ..oracles import oracle_weight_refs
     from ..results.rundir import run_dir
-    from ..runtime import command_line, describe_device, now, resolve_device, seed_everything
+    from ..runtime import now, resolve_device, seed_everything
     from ..weights import preflight
-    from .tables import write_csv
 
-    known = {f for f in AttackSettings.__dataclass_fields__}
-    unknown = set(overrides) - known
-    if unknown:
-        raise SettingsError(f"unknown setting(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
-    cfg = replace(settings or AttackSettings(), **overrides).validated()
-    models = [m.strip() for m in compare.split(",")] if isinstance(compare, str) else [str(m) for m in compare]
-    models = [m for m in models if m]
-    if not models:
-        raise SettingsError("--compare is empty; pass a model spec, e.g. --compare builtin:digits-cnn")
+    cfg = _settings(settings, overrides)
+    models = _compare_specs(compare)
     preflight(oracle_weight_refs(oracle) + [r for m in models for r in model_weight_refs(m)])
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data)
     dataset.set_resolution(dataset.resolution or DEFAULT_RESOLUTION)
@@ -264,6 +255,42 @@ def attack_oracle(oracle: str, compare: str | Sequence[str], data: str | ImageDa
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
 
+    ora, clfs, index = _load_attacked(oracle, models, dataset, device, pretrained)
+    picked = select_samples(len(dataset), cfg.limit, cfg.seed)
+    curves, targets = _attack_samples(ora, clfs, index, dataset, picked, cfg, device, say)
+    res = AttackResult([oracle, *models], ["oracle", *["compare"] * len(models)], curves, cfg)
+    if not write_files:
+        return res
+    _write_attack(res, to, request, ora, clfs, dataset, picked, targets, started, device)
+    return res
+
+
+def _settings(settings: AttackSettings | None, overrides: dict[str, Any]) -> AttackSettings:
+    """``settings`` (or the defaults) with the keyword overrides, validated."""
+    known = {f for f in AttackSettings.__dataclass_fields__}
+    unknown = set(overrides) - known
+    if unknown:
+        raise SettingsError(f"unknown setting(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
+    return replace(settings or AttackSettings(), **overrides).validated()
+
+
+def _compare_specs(compare: str | Sequence[str]) -> list[str]:
+    """The comparison model specs, from a list or a comma-separated string; none is an error."""
+    models = [m.strip() for m in compare.split(",")] if isinstance(compare, str) else [str(m) for m in compare]
+    models = [m for m in models if m]
+    if not models:
+        raise SettingsError("--compare is empty; pass a model spec, e.g. --compare builtin:digits-cnn")
+    return models
+
+
+def _load_attacked(oracle: str, models: list[str], dataset: ImageDataset, device: torch.device,
+                   pretrained: bool) -> tuple[Oracle, list[nn.Module], list[torch.Tensor]]:
+    """The frozen oracle, the frozen comparison models and each one's indices of the dataset classes."""
+    import torch
+
+    from ..models import load_model, map_classes
+    from ..oracles import load_oracle
+
     ora = load_oracle(oracle, dataset.class_names, pretrained=pretrained).to(device).eval()
     for p in ora.parameters():
         p.requires_grad_(False)
@@ -277,8 +304,16 @@ def attack_oracle(oracle: str, compare: str | Sequence[str], data: str | ImageDa
                            model_label_space=clf.label_space, model=m)
         clfs.append(clf)
         index.append(cmap.tensor(device))
+    return ora, clfs, index
 
-    picked = select_samples(len(dataset), cfg.limit, cfg.seed)
+
+def _attack_samples(ora: Oracle, clfs: list[nn.Module], index: list[torch.Tensor], dataset: ImageDataset,
+                    picked: list[int], cfg: AttackSettings, device: torch.device,
+                    say: Callable[[str], None]) -> tuple[list[AttackCurves], list[int]]:
+    """Attack every model on the picked samples, batch by batch: the per-step mean curves (the oracle
+    first) and each sample's target class."""
+    import torch
+
     fns = [oracle_log_probs(ora), *(classifier_log_probs(c, i) for c, i in zip(clfs, index))]
     sums: list[dict[str, torch.Tensor]] = [{} for _ in fns]
     targets: list[int] = []
@@ -296,9 +331,19 @@ def attack_oracle(oracle: str, compare: str | Sequence[str], data: str | ImageDa
         say(f"attacked {min(start + cfg.batch_size, len(picked))}/{len(picked)} samples")
     n = len(picked)
     curves = [AttackCurves(**{name: (s[name] / n).tolist() for name in CURVE_COLUMNS[3:]}) for s in sums]
-    res = AttackResult([oracle, *models], ["oracle", *["compare"] * len(models)], curves, cfg)
-    if not write_files:
-        return res
+    return curves, targets
+
+
+def _write_attack(res: AttackResult, to: Path, request: dict[str, Any], ora: Oracle, clfs: list[nn.Module],
+                  dataset: ImageDataset, picked: list[int], targets: list[int], started: datetime,
+                  device: torch.device) -> None:
+    """Write attack.csv, attack.json and attack.png to ``to``; set ``res.path`` and ``res.plot``."""
+    from ..files import write_json
+    from ..results.record import Provenance
+    from ..runtime import command_line, describe_device
+    from .tables import write_csv
+
+    cfg, n = res.settings, len(picked)
     rows = res.rows()
     write_csv(to / "attack.csv", rows, CURVE_COLUMNS)
     prov = Provenance.collect(device=describe_device(device), timestamp=started.isoformat(timespec="seconds"),
@@ -314,7 +359,6 @@ def attack_oracle(oracle: str, compare: str | Sequence[str], data: str | ImageDa
     res.path = to
     res.plot = plot_attack(res, to / "attack.png", title=f"targeted {cfg.method.upper()} on {dataset.spec}, "
                                                          f"eps {cfg.eps:.4g}, step {cfg.step:.4g}, n = {n}")
-    return res
 
 
 def select_samples(n: int, limit: int | None, seed: int) -> list[int]:

@@ -199,23 +199,15 @@ def collect_latents(model: str, data: str, *, generator: str | None = None, orac
         InterruptedRun: Ctrl-C; the message says how many images' latents are saved, and where.
     """
     from ..datasets import load_dataset
-    from ..errors import SpecError
-    from ..generators import generator_weight_refs, load_generator
     from ..engine.fmr import evaluate
+    from ..generators import generator_weight_refs, load_generator
     from ..weights import preflight
 
     say = say or (lambda line: None)
     dataset = load_dataset(data)
-    n = len(dataset) if overrides.get("limit") is None else min(len(dataset), overrides["limit"])
-    if n < 2:
-        raise DataError(f"fit split {dataset.spec} holds {n} image(s); a mask needs at least 2 (80/20 split): "
-                        "pass a non-empty split, e.g. --data digits:train")
+    n = _fit_split_size(dataset, overrides.get("limit"))
     world = dataset.world
-    gen_spec = generator or world.generator
-    if gen_spec == "vqgan" and world.generator.startswith("vqgan:"):  # the card the mask belongs to, spelled out
-        gen_spec = world.generator
-    if gen_spec.startswith("sparse-vqgan"):
-        raise SpecError(f"fit masks on the dense generator, not {gen_spec}; e.g. --generator {world.generator}")
+    gen_spec = _dense_generator(generator, world.generator)
     log = LatentLog(Path(work) / LATENTS_LOG) if work is not None else None
     memory: dict[str, dict[str, Any]] = {}
     if log is not None:
@@ -224,29 +216,14 @@ def collect_latents(model: str, data: str, *, generator: str | None = None, orac
             f"appended to {log.path} as its loop ends" + (f" ({have} already there)" if have else ""))
     preflight(generator_weight_refs(gen_spec, world.generator))
     gen = load_generator(gen_spec, default=world.generator, seed=overrides.get("seed", 0))
-
-    def hook(outcome, clean: torch.Tensor, final: torch.Tensor, latent: torch.Tensor) -> None:
-        device = next(gen.parameters()).device
-        with torch.no_grad():
-            z = gen.encode(clean[None].to(device)).float()
-            zq = gen.final_latent(z).float()
-        arrays = (z[0].cpu().numpy().ravel(), zq[0].cpu().numpy().ravel(), latent.float().numpy().ravel())
-        if log is not None:  # before the loop's outcome is written: a resumed run redoes what is missing here
-            log.append(outcome.id, outcome.index, tuple(latent.shape), *arrays)
-        else:
-            memory[outcome.id] = {"index": outcome.index, "shape": tuple(latent.shape),
-                                  **dict(zip(("z", "zq", "final"), arrays))}
+    hook = _latent_hook(gen, log, memory)
 
     def loop(again: bool):
         try:
             return evaluate(model, dataset, generator=gen, oracle=oracle, out=work, progress=progress,
                             sample_hook=hook, write_grid=False, fresh=again, **overrides)
         except (InterruptedRun, KeyboardInterrupt):
-            if log is None:
-                raise InterruptedRun("interrupted; the latents were kept in memory only (no work folder): "
-                                     "nothing is saved") from None
-            raise InterruptedRun(f"interrupted; the latents of {len(log.read())}/{n} images are saved in "
-                                 f"{log.path}; re-run the same command to resume") from None
+            raise _interrupted(log, n) from None
         finally:
             if log is not None:
                 log.close()
@@ -258,12 +235,70 @@ def collect_latents(model: str, data: str, *, generator: str | None = None, orac
             "collecting again from scratch")
         result = loop(True)
         rows = log.read()
+    return _latent_set(result, rows, gen_spec, gen.settings(), dataset.spec, work)
+
+
+def _fit_split_size(dataset: Any, limit: int | None) -> int:
+    """How many images of ``dataset`` the collection runs on (``limit`` of them at most); fewer than 2 is an error."""
+    n = len(dataset) if limit is None else min(len(dataset), limit)
+    if n < 2:
+        raise DataError(f"fit split {dataset.spec} holds {n} image(s); a mask needs at least 2 (80/20 split): "
+                        "pass a non-empty split, e.g. --data digits:train")
+    return n
+
+
+def _interrupted(log: LatentLog | None, n: int) -> InterruptedRun:
+    """The error of an interrupted collection: how many images' latents are saved, and where (or that none is)."""
+    if log is None:
+        return InterruptedRun("interrupted; the latents were kept in memory only (no work folder): nothing is saved")
+    return InterruptedRun(f"interrupted; the latents of {len(log.read())}/{n} images are saved in "
+                          f"{log.path}; re-run the same command to resume")
+
+
+def _dense_generator(generator: str | None, world_generator: str) -> str:
+    """The dense generator spec to collect with (default: the world's; bare ``vqgan`` spelled out as the
+    world's card the mask belongs to).
+
+    Raises:
+        SpecError: ``generator`` is itself a sparse generator.
+    """
+    from ..errors import SpecError
+
+    gen_spec = generator or world_generator
+    if gen_spec == "vqgan" and world_generator.startswith("vqgan:"):  # the card the mask belongs to, spelled out
+        gen_spec = world_generator
+    if gen_spec.startswith("sparse-vqgan"):
+        raise SpecError(f"fit masks on the dense generator, not {gen_spec}; e.g. --generator {world_generator}")
+    return gen_spec
+
+
+def _latent_hook(gen: Any, log: LatentLog | None,
+                 memory: dict[str, dict[str, Any]]) -> Callable[..., None]:
+    """The loop's sample hook: one image's encoder latent (and its quantised version) and final latent,
+    appended to ``log``, or kept in ``memory`` when there is no log."""
+    def hook(outcome, clean: torch.Tensor, final: torch.Tensor, latent: torch.Tensor) -> None:
+        device = next(gen.parameters()).device
+        with torch.no_grad():
+            z = gen.encode(clean[None].to(device)).float()
+            zq = gen.final_latent(z).float()
+        arrays = (z[0].cpu().numpy().ravel(), zq[0].cpu().numpy().ravel(), latent.float().numpy().ravel())
+        if log is not None:  # before the loop's outcome is written: a resumed run redoes what is missing here
+            log.append(outcome.id, outcome.index, tuple(latent.shape), *arrays)
+        else:
+            memory[outcome.id] = {"index": outcome.index, "shape": tuple(latent.shape),
+                                  **dict(zip(("z", "zq", "final"), arrays))}
+    return hook
+
+
+def _latent_set(result: Any, rows: dict[str, dict[str, Any]], gen_spec: str, gen_settings: dict[str, Any],
+                data_spec: str, work: str | Path | None) -> LatentSet:
+    """The :class:`LatentSet` of a finished loop: its outcomes' latents, in outcome order, and the metadata."""
     outcomes = result.outcomes
     if not outcomes:
-        raise DataError(f"the dense loop on {dataset.spec} produced no samples; check --data and --limit")
+        raise DataError(f"the dense loop on {data_spec} produced no samples; check --data and --limit")
     col = lambda key: np.stack([rows[o.id][key] for o in outcomes]).astype(np.float32)
     rec = result.record
-    meta = {"generator": gen_spec, "generator_settings": gen.settings(), "dataset": dataset.spec,
+    meta = {"generator": gen_spec, "generator_settings": gen_settings, "dataset": data_spec,
             "model": rec["model"]["spec"], "oracle": rec["oracle"].get("spec"), "settings": rec["settings"],
             "loop_metrics": rec["metrics"], "timestamp": rec["provenance"]["timestamp"],
             "work": None if work is None else str(work)}
@@ -345,20 +380,8 @@ def fit_mask(latents: LatentSet, *, seed: int = 0, lam: float | None = None, c_g
             converge on raw latents; the card records whether it converged).
         say: called with one line per C tried.
     """
-    from sklearn.exceptions import ConvergenceWarning
-
-    if original not in ORIGINALS:
-        raise SettingsError(f"unknown original row {original!r}; use one of {', '.join(ORIGINALS)}")
-    if (lam is not None and not lam > 0) or not 0 < test_size < 1 or not 0 < val_size < 1:
-        raise SettingsError("lambda must be > 0 and the test and validation shares in (0, 1); "
-                            "e.g. --lam 36.36 --test-size 0.2 --val-size 0.2")
-    if lam is None and (not c_grid or any(not c > 0 for c in c_grid)):
-        raise SettingsError("the C grid needs at least one value, all > 0; e.g. --c-grid 0.01,0.1,1")
+    need = _check_fit_args(len(latents.ids), lam, c_grid, original, test_size, val_size)
     n = len(latents.ids)
-    need = 2 if lam is not None else 3
-    if n < need:
-        raise DataError(f"the latent dataset holds {n} image(s); a mask needs at least {need} (train, "
-                        + ("test)" if need == 2 else "validation and test; or fix C with --lam)"))
     say = say or (lambda line: None)
     e0 = latents.originals if original == "encoder" else latents.originals_quantised
     e1 = latents.finals
@@ -366,42 +389,13 @@ def fit_mask(latents: LatentSet, *, seed: int = 0, lam: float | None = None, c_g
     n_test = min(n - (need - 1), max(1, round(test_size * n)))
     test, train = perm[:n_test], perm[n_test:]
 
-    def rows(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return (np.concatenate([e0[idx], e1[idx]]).astype(np.float64),
-                np.concatenate([np.zeros(len(idx), int), np.ones(len(idx), int)]))
-
     def fit(C: float, tr: np.ndarray, te: np.ndarray):
-        (xtr, ytr), (xte, yte) = rows(tr), rows(te)
-        if standardize:
-            mu, sd = xtr.mean(0), xtr.std(0)
-            sd[sd == 0] = 1.0
-            xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
-        clf = _logistic_l1(C, max_iter, tol, seed)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            clf.fit(xtr, ytr)
-        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-        return clf, converged, 100.0 * float(clf.score(xtr, ytr)), 100.0 * float(clf.score(xte, yte))
+        return _fit_split(C, e0, e1, tr, te, standardize=standardize, max_iter=max_iter, tol=tol, seed=seed)
 
     selection = None
     if lam is None:
-        n_val = min(len(train) - 1, max(1, round(val_size * len(train))))
-        val, fit_part = train[:n_val], train[n_val:]  # train is already in random order
-        grid = []
-        for C in sorted(c_grid):
-            clf, conv, _, acc = fit(C, fit_part, val)
-            grid.append({"C": C, "val_accuracy": round(acc, 2), "dims": int(np.count_nonzero(clf.coef_)),
-                         "converged": conv})
-            say(f"C = {C:.4g}: validation accuracy {acc:.2f} %, {grid[-1]['dims']} dims"
-                + ("" if conv else " (saga not converged)"))
         top = max_dims if max_dims is not None else max(1, int(MAX_SHARE * e0.shape[1]))
-        C, met = choose_c(grid, c_tolerance, min(min_dims, top), top)
-        selection = {"rule": f"among the Cs keeping {min_dims} to {top} dims, the smallest whose validation accuracy "
-                             f"is within {c_tolerance:g} points of their best; then refit on train + validation",
-                     "grid": grid, "chosen_C": C, "rule_met": met, "tolerance": c_tolerance, "min_dims": min_dims,
-                     "max_dims": top,
-                     "best_val_accuracy": max(r["val_accuracy"] for r in grid), "val_size": val_size,
-                     "n_fit_images": len(fit_part), "n_val_images": len(val), "paper_C": PAPER_C}
+        C, selection = _select_c(fit, train, c_grid, c_tolerance, min_dims, top, val_size, say)
     else:
         C = 1.0 / lam
     clf, converged, train_score, test_score = fit(C, train, test)
@@ -415,6 +409,74 @@ def fit_mask(latents: LatentSet, *, seed: int = 0, lam: float | None = None, c_g
                    test_score=test_score, train_score=train_score, n_train_images=len(train),
                    n_test_images=len(test), converged=converged, n_iter=clf.n_iter_.max().item(), params=params,
                    selection=selection)
+
+
+def _check_fit_args(n: int, lam: float | None, c_grid: tuple[float, ...], original: str, test_size: float,
+                    val_size: float) -> int:
+    """Check :func:`fit_mask`'s arguments; returns the fewest images the fit needs (2 with a fixed C, else 3).
+
+    Raises:
+        SettingsError, DataError: one line naming the fix.
+    """
+    if original not in ORIGINALS:
+        raise SettingsError(f"unknown original row {original!r}; use one of {', '.join(ORIGINALS)}")
+    if (lam is not None and not lam > 0) or not 0 < test_size < 1 or not 0 < val_size < 1:
+        raise SettingsError("lambda must be > 0 and the test and validation shares in (0, 1); "
+                            "e.g. --lam 36.36 --test-size 0.2 --val-size 0.2")
+    if lam is None and (not c_grid or any(not c > 0 for c in c_grid)):
+        raise SettingsError("the C grid needs at least one value, all > 0; e.g. --c-grid 0.01,0.1,1")
+    need = 2 if lam is not None else 3
+    if n < need:
+        raise DataError(f"the latent dataset holds {n} image(s); a mask needs at least {need} (train, "
+                        + ("test)" if need == 2 else "validation and test; or fix C with --lam)"))
+    return need
+
+
+def _fit_split(C: float, e0: np.ndarray, e1: np.ndarray, tr: np.ndarray, te: np.ndarray, *, standardize: bool,
+               max_iter: int, tol: float, seed: int) -> tuple[Any, bool, float, float]:
+    """Fit at ``C`` on the images ``tr`` (original rows 0, perturbed rows 1) and score on ``te``:
+    (classifier, converged, train accuracy %, held-out accuracy %)."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    def rows(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (np.concatenate([e0[idx], e1[idx]]).astype(np.float64),
+                np.concatenate([np.zeros(len(idx), int), np.ones(len(idx), int)]))
+
+    (xtr, ytr), (xte, yte) = rows(tr), rows(te)
+    if standardize:
+        mu, sd = xtr.mean(0), xtr.std(0)
+        sd[sd == 0] = 1.0
+        xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+    clf = _logistic_l1(C, max_iter, tol, seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        clf.fit(xtr, ytr)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return clf, converged, 100.0 * float(clf.score(xtr, ytr)), 100.0 * float(clf.score(xte, yte))
+
+
+def _select_c(fit: Callable[[float, np.ndarray, np.ndarray], tuple[Any, bool, float, float]], train: np.ndarray,
+              c_grid: tuple[float, ...], c_tolerance: float, min_dims: int, top: int, val_size: float,
+              say: Callable[[str], None]) -> tuple[float, dict[str, Any]]:
+    """Try every C of the grid on a validation split of ``train`` and choose one with :func:`choose_c`:
+    (C, the selection record of the card)."""
+    n_val = min(len(train) - 1, max(1, round(val_size * len(train))))
+    val, fit_part = train[:n_val], train[n_val:]  # train is already in random order
+    grid = []
+    for C in sorted(c_grid):
+        clf, conv, _, acc = fit(C, fit_part, val)
+        grid.append({"C": C, "val_accuracy": round(acc, 2), "dims": int(np.count_nonzero(clf.coef_)),
+                     "converged": conv})
+        say(f"C = {C:.4g}: validation accuracy {acc:.2f} %, {grid[-1]['dims']} dims"
+            + ("" if conv else " (saga not converged)"))
+    C, met = choose_c(grid, c_tolerance, min(min_dims, top), top)
+    selection = {"rule": f"among the Cs keeping {min_dims} to {top} dims, the smallest whose validation accuracy "
+                         f"is within {c_tolerance:g} points of their best; then refit on train + validation",
+                 "grid": grid, "chosen_C": C, "rule_met": met, "tolerance": c_tolerance, "min_dims": min_dims,
+                 "max_dims": top,
+                 "best_val_accuracy": max(r["val_accuracy"] for r in grid), "val_size": val_size,
+                 "n_fit_images": len(fit_part), "n_val_images": len(val), "paper_C": PAPER_C}
+    return C, selection
 
 
 def write_mask_card(fit: MaskFit, latents: LatentSet, out_dir: str | Path, name: str,

@@ -64,7 +64,7 @@ ARGPARSE = [
     (["transfer"], "fmr transfer", r"give one of --source --sources"),
     (["merge"], "fmr merge", r"missing FOLDER"),
     (["fit-sparse", *MODEL, "--max-iter", "0"], "fmr fit-sparse", r"--max-iter takes a whole number >= 1"),
-    ([], "fmr", r"missing command \(one of attack-oracle, audit, compare-generators, data, evaluate, "),
+    ([], "fmr", r"missing command \(one of attack-oracle, audit, (\w|-|, )*evaluate, "),
     (["evalute"], "fmr", r"'evalute' is not one of 'attack-oracle', 'audit', "),
 ]
 

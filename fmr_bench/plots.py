@@ -11,6 +11,21 @@ from .files import save_figure
 from .protocol.outcome import SampleOutcome
 
 
+def finish_figure(fig, path: str | Path, title: str | None = None, dpi: int = 110) -> Path:
+    """Give ``fig`` its title, lay it out, write it atomically to ``path`` and close it (also on error)."""
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    try:
+        save_figure(fig, path, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return path
+
+
 def _name(names: Sequence[str] | None, i: int) -> str:
     return names[i] if names is not None and 0 <= i < len(names) else f"#{i}"
 

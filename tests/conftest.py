@@ -122,3 +122,17 @@ def brightness_world(n_images: int = 12, n_classes: int = 3, size: int = 16, see
 @pytest.fixture
 def brightness():
     return brightness_world
+
+
+def load_script(name: str):
+    """A script of scripts/ as a module (``load_script("finetune_digits_table")``)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod

@@ -167,16 +167,9 @@ def test_captioned_clip_is_a_builtin_model():
 
 
 def _table_script():
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from conftest import load_script
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "finetune_digits_table.py"
-    spec = importlib.util.spec_from_file_location("finetune_digits_table", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("finetune_digits_table")
 
 
 TINY = ["--seeds", "0", "--epochs", "1", "--batch-size", "16", "--train-limit", "32", "--eval-limit", "20",

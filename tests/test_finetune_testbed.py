@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,21 +14,14 @@ from fmr_bench.datasets.digits_spurious import CORRELATION, noisy_labels
 from fmr_bench.errors import SpecError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# the one-thread fixture is test_finetune's (pytest finds imported fixtures by name)
+from test_finetune import one_thread  # noqa: E402, F401
 
 
 def _table_script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "finetune_digits_table.py"
-    spec = importlib.util.spec_from_file_location("finetune_digits_table", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    from conftest import load_script
+
+    return load_script("finetune_digits_table")
 
 
 # ---------------------------------------------------------------- data options

@@ -386,7 +386,7 @@ def plot_attack(res: AttackResult, path: str | Path, *, title: str = "") -> Path
     """Target loss, p[true] and p[target] against the step, one line per model."""
     import matplotlib
 
-    from ..files import save_figure
+    from ..plots import finish_figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -405,12 +405,4 @@ def plot_attack(res: AttackResult, path: str | Path, *, title: str = "") -> Path
     axes[1].set_ylim(0, 1)
     axes[2].set_ylim(0, 1)
     axes[0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    try:
-        save_figure(fig, path, dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return finish_figure(fig, path, title)

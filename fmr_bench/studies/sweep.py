@@ -26,7 +26,7 @@ from typing import Any
 from ..config import FmrSettings
 from ..datasets import ImageDataset, load_dataset
 from ..errors import DataError, SettingsError
-from ..files import save_figure
+from ..plots import finish_figure
 from ..results.record import load_record as read_record
 from ..results.rundir import run_dir, write_json
 from .export import merge_settings
@@ -158,15 +158,7 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str =
         ax.minorticks_off()
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    try:
-        save_figure(fig, path, dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return finish_figure(fig, path, title)
 
 
 def load_record(path: str | Path) -> dict[str, Any]:

@@ -64,3 +64,14 @@ def test_missing_weights_offline_stop_at_once(tmp_path, capsys, monkeypatch):
 def test_list(capsys, what, expected):
     assert main(["list", what]) == 0
     assert expected in capsys.readouterr().out
+
+
+def test_the_batch_size_help_shows_the_default_each_task_uses(capsys):
+    """fmr evaluate runs the FMR protocol and static evaluators: --batch-size names both defaults."""
+    from fmr_bench.config import EvalSettings, FmrSettings
+
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert (f"default: {FmrSettings.batch_size} for the FMR protocol, {EvalSettings.batch_size} for static "
+            "evaluators") in text

@@ -27,16 +27,26 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
-    """One ``--flag`` per :class:`FmrSettings` field (default ``None`` = the world's default)."""
-    defaults = FmrSettings()
+def add_settings_arguments(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = (),
+                           static: bool = False) -> None:
+    """One ``--flag`` per :class:`FmrSettings` field (default ``None`` = the world's default).
+
+    ``static``: the command also runs static evaluators, so a flag they share whose default is
+    another there (:class:`~fmr_bench.config.EvalSettings`, e.g. ``--batch-size``) names both defaults.
+    """
+    from ..config import EvalSettings
+
+    defaults, other = FmrSettings(), EvalSettings()
     for f in fields(FmrSettings):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        help_text = f.metadata.get("help", "") + (f" (default: {default})" if default is not None else "")
-        parser.add_argument(flag, type=_TYPES.get(f.name, str), default=None, help=help_text)
+        shown = f" (default: {default})" if default is not None else ""
+        theirs = getattr(other, f.name, default)
+        if static and theirs != default:
+            shown = f" (default: {default} for the FMR protocol, {theirs} for static evaluators)"
+        parser.add_argument(flag, type=_TYPES.get(f.name, str), default=None, help=f.metadata.get("help", "") + shown)
 
 
 def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -33,7 +33,7 @@ def add_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--models", default=None, metavar="FILE",
                     help="a file of model specs, one per line (# starts a comment); with --model, both lists run")
     add_world_arguments(ev, model=False)
-    add_settings_arguments(ev)
+    add_settings_arguments(ev, static=True)
     ev.add_argument("--no-grid", action="store_true", help="do not write the image grid PNG")
     ev.add_argument("--fresh", action="store_true",
                     help="redo a run whose folder already holds outcomes; the earlier files move to "

@@ -75,3 +75,13 @@ def test_the_batch_size_help_shows_the_default_each_task_uses(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert (f"default: {FmrSettings.batch_size} for the FMR protocol, {EvalSettings.batch_size} for static "
             "evaluators") in text
+
+
+def test_every_command_prints_its_help(capsys):
+    """argparse formats help lazily: a stray % in one flag's help breaks only that command's --help."""
+    from fmr_bench.registry import COMMANDS
+
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0 and f"usage: fmr {name}" in capsys.readouterr().out, name

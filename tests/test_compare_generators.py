@@ -99,3 +99,23 @@ def test_audit_adds_the_judges_columns_from_each_runs_record(tmp_path, capsys):
                  "--no-grid"])
     out = capsys.readouterr().out
     assert code == 0 and "validity" in out and "aud. FMR" in out and "tau aud. FMR" in out
+
+
+def test_a_study_carries_provenance_and_fmr_results_lists_its_rows(tmp_path):
+    """compare.json is a study document: the record's provenance block, and one fmr results row per run."""
+    from fmr_bench import load_results
+    from fmr_bench.results.scan import iter_record_files
+
+    res = compare_generators(MODELS, "pixel,noise?sigma=0.01", "digits", out=tmp_path / "runs", to=tmp_path / "cmp",
+                             write_grid=False, **FAST)
+    doc = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert doc["kind"] == "study" and doc["study"] == "compare-generators"
+    assert doc["provenance"]["fmr_bench"] and doc["provenance"]["timestamp"] and "versions" in doc["provenance"]
+    assert tmp_path / "cmp" / "compare.json" in [p for p in iter_record_files([tmp_path])]
+    frame = load_results(tmp_path / "cmp")
+    assert list(frame["evaluator"]) == ["study:compare-generators"] * len(res.rows)
+    assert [(m, g) for m, g in zip(frame["model"], frame["generator"])] == [(r["model"], r["generator"]) for r in res.rows]
+    assert list(frame["fmr"]) == pytest.approx([r["fmr"] for r in res.rows])
+    # the runs themselves are listed as well when their folder is searched, each once
+    both = load_results(tmp_path)
+    assert (both["kind"] == "fmr").sum() == len(res.rows) and (both["kind"] == "study").sum() == len(res.rows)

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         filters = [f"--{k} {' '.join(v)}" for k, v in (("model", args.model), ("evaluator", args.evaluator),
                                                        ("data", args.data)) if v]
         raise DataError(f"no run records match {' '.join(filters)} under {', '.join(args.paths)}; loosen the filters"
-                        if filters else f"no run records (record.json, finetune.json) under {', '.join(args.paths)}; "
+                        if filters else f"no run records (record.json, finetune.json, study outputs) under {', '.join(args.paths)}; "
                         "pass folders that hold finished runs")
     if fmt == "table":
         Console(highlight=False).print(rich_table(frame))

@@ -99,6 +99,7 @@ def wise_grid(zero_shot: str | ImageClassifier, fine_tuned: str | ImageClassifie
     from ..models.file import save_model
     from .callbacks import score
     from ..files import write_json
+    from ..results.study import study_document
 
     alphas = check_alphas(alphas)
     m0, m1 = _as_model(zero_shot), _as_model(fine_tuned)
@@ -125,5 +126,7 @@ def wise_grid(zero_shot: str | ImageClassifier, fine_tuned: str | ImageClassifie
             row["evaluations"] = score(mixed.eval(), list(evaluators), data, ood, limit=limit, budget=budget, device=device)
         rows.append(row)
         if folder is not None:
-            write_json(folder / "wise.json", {"zero_shot": m0.spec, "fine_tuned": m1.spec, "rows": rows})
+            write_json(folder / "wise.json", study_document(
+                "wise-ft", {"zero_shot": m0.spec, "fine_tuned": m1.spec, "alphas": list(alphas)}, rows,
+                zero_shot=m0.spec, fine_tuned=m1.spec))
     return rows

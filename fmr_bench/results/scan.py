@@ -4,7 +4,8 @@
 :func:`iter_record_files`, with one rule:
 
 - a run record is a file named ``record.json`` (FMR and static runs) or ``finetune.json``
-  (fine-tuning runs); a file named directly is read whatever its name;
+  (fine-tuning runs), and a study's output one of :data:`STUDY_FILES`; a file named
+  directly is read whatever its name;
 - runs set aside by ``--fresh`` (``replaced-<time>/`` folders) are never counted;
 - the records of a sharded run's parts (``shard-<i>-of-<n>/`` folders) are left out unless
   ``shards=True``: a merged run (``fmr merge``, or torchrun's rank 0) shows as one row, like a
@@ -21,8 +22,11 @@ from ..errors import DataError
 
 RECORD_FILE = "record.json"
 FINETUNE_FILE = "finetune.json"
+#: Study outputs ``fmr results`` lists (fmr_bench.results.study), by file name -> the study that writes it.
+STUDY_FILES = {"sweep.json": "sweep", "compare.json": "compare-generators", "transfer.json": "transfer",
+               "wise.json": "wise-ft"}
 #: File names a folder search reads as records.
-RECORD_NAMES = (RECORD_FILE, FINETUNE_FILE)
+RECORD_NAMES = (RECORD_FILE, FINETUNE_FILE, *STUDY_FILES)
 #: Folders of earlier runs set aside by ``--fresh``: never entered.
 SET_ASIDE = "replaced-"
 #: Folders of one shard of a run (``shard-<i>-of-<n>``).

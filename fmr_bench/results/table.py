@@ -25,7 +25,8 @@ from typing import Any
 
 from .record import KIND_FMR, Record, RecordError, load_record
 from .rundir import seal_problem
-from .scan import RECORD_NAMES, iter_record_files
+from .scan import RECORD_NAMES, STUDY_FILES, iter_record_files
+from .study import is_study, study_rows
 
 MAIN_SET = "main"
 #: Columns before the metrics, in order.
@@ -118,24 +119,19 @@ def load_results(*paths: str | Path, model: str | Sequence[str] | None = None,
     """
     import pandas as pd
 
+    def keep(m: str | None, e: str | None, d: str | None) -> bool:
+        return matches(m, _as_list(model)) and matches(e, _as_list(evaluator)) and matches(d, _as_list(data))
+
     rows: list[dict[str, Any]] = []
     skipped: list[Skipped] = []
     for path in iter_record_files(paths, shards=shards):
         try:
-            rec = load_record(path)
+            rows += _file_rows(path, keep, on_broken_seal)
         except RecordError as e:
             skip = Skipped(path, str(e).removeprefix(f"{path}: "))
             skipped.append(skip)
             if on_skip is not None:
                 on_skip(skip)
-            continue
-        if matches(rec.model_spec, _as_list(model)) and matches(rec.evaluator, _as_list(evaluator)) and \
-                matches(rec.dataset_spec, _as_list(data)):
-            problem = seal_problem(path.parent, rec)
-            if problem and on_broken_seal is not None:
-                on_broken_seal(path, problem)
-            seal = "broken" if problem else ("ok" if rec.sections.get("seal") else "none")
-            rows.extend({**row, "seal": seal} for row in record_rows(rec, path))
     frame = pd.DataFrame(rows)
     if not frame.empty:
         extra = ("option.", SETTING_PREFIX)
@@ -143,9 +139,41 @@ def load_results(*paths: str | Path, model: str | Sequence[str] | None = None,
                        and not c.startswith(extra)]
         options = sorted(c for c in frame.columns if c.startswith("option."))
         other = sorted(c for c in frame.columns if c.startswith(SETTING_PREFIX))
-        frame = frame[[*ID_COLUMNS, *options, *other, *metric_cols, *TAIL_COLUMNS]]
+        # study rows lack some of the columns: they stay empty there
+        frame = frame.reindex(columns=[*ID_COLUMNS, *options, *other, *metric_cols, *TAIL_COLUMNS])
     frame.attrs["skipped"] = [(str(s.path), s.reason) for s in skipped]
     return frame
+
+
+def _file_rows(path: Path, keep: Callable[..., bool],
+               on_broken_seal: Callable[[Path, str], None] | None) -> list[dict[str, Any]]:
+    """The rows of one record file (a study's output: one per run or cell) that ``keep`` keeps.
+
+    Raises:
+        RecordError: not a run record or study output (the caller reports and skips it).
+    """
+    if path.name in STUDY_FILES:
+        doc = _read(path)
+        if not is_study(doc):
+            raise RecordError(f"{path}: not a study output of fmr_bench (no study, rows)")
+        return [r for r in study_rows(doc, path) if keep(r["model"], r["evaluator"], r["dataset"])]
+    rec = load_record(path)
+    if not keep(rec.model_spec, rec.evaluator, rec.dataset_spec):
+        return []
+    problem = seal_problem(path.parent, rec)
+    if problem and on_broken_seal is not None:
+        on_broken_seal(path, problem)
+    seal = "broken" if problem else ("ok" if rec.sections.get("seal") else "none")
+    return [{**row, "seal": seal} for row in record_rows(rec, path)]
+
+
+def _read(path: Path) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _as_list(v: str | Sequence[str] | None) -> list[str]:

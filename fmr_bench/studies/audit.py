@@ -37,6 +37,7 @@ from ..metrics.fmr import audit_counts
 from ..oracles import Oracle, oracle_specs
 from ..results.record import load_record
 from ..results.rundir import SAMPLES_FILE, STALE_FILE, FmrResult, write_json
+from ..results.study import provenance_block
 from .exported import GENERATION_FILE, LABELS_FILE, read_export
 from ..results.record import KIND_FMR
 from ..results.scan import RECORD_FILE
@@ -169,7 +170,8 @@ def audit_export(folder: str | Path, judge: str | Oracle, *, device: str = "cpu"
     report = {"judge": {**aud.judge.settings(), "rule": "argmax"}, "source": "export PNGs (8-bit)",
               "metrics": audit_counts(counts), "samples": by_id}
     report["path"] = str(Path(out if out is not None else folder) / f"audit-{_slug(spec)}.json")
-    write_json(Path(report["path"]), {k: v for k, v in report.items() if k != "path"},
+    write_json(Path(report["path"]), {**{k: v for k, v in report.items() if k != "path"},
+                                       "provenance": provenance_block()},
                fix=f"pass --out DIR to write the report {Path(report['path']).name} elsewhere")
     return report
 

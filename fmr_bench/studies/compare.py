@@ -26,6 +26,7 @@ from ..config import FmrSettings
 from ..datasets import ImageDataset, load_dataset
 from ..errors import SettingsError
 from ..results.rundir import run_dir, write_json
+from ..results.study import study_document
 from .export import merge_settings
 from .tables import AUDIT_COLUMNS, METRIC_COLUMNS, metric_row, write_csv
 
@@ -162,9 +163,9 @@ def compare_generators(models: str | Sequence[str], generators: str | Sequence[s
     wide = wide_rows(rows)
     write_csv(to / "table.csv", wide, list(wide[0]))
     write_csv(to / "tau.csv", taus, TAU_COLUMNS)
-    write_json(to / "compare.json", json.loads(json.dumps(
-        {"study": "compare-generators", "request": request, "rows": rows, "tau": taus, "notes": notes,
-         "timestamp": started.isoformat(timespec="seconds")})))
+    write_json(to / "compare.json", json.loads(json.dumps(study_document(
+        "compare-generators", request, rows, tau=taus, notes=notes, timestamp=started.isoformat(timespec="seconds")),
+        default=str)))
     return CompareResult(rows, taus, to, notes)
 
 

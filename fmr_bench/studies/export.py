@@ -43,6 +43,7 @@ from ..errors import OutputError
 from ..files import atomic_write, make_dir
 from ..protocol import SampleOutcome
 from ..results.rundir import FmrResult, run_dir, write_json
+from ..results.study import provenance_block
 from .exported import FORMAT, GENERATION_FILE, LABELS_FILE, read_generation, subset
 from .tables import write_csv
 
@@ -208,7 +209,8 @@ def export_run(model: str | nn.Module, data: str | ImageDataset = "digits", to: 
                     pretrained=pretrained, to=to)
 
     write_csv(to / LABELS_FILE, _label_rows(result.outcomes, dataset, rel), LABEL_COLUMNS)
-    generation = _generation(head, result, dataset, folders, to, n_regenerated=len(missing))
+    generation = {**_generation(head, result, dataset, folders, to, n_regenerated=len(missing)),
+                  "provenance": provenance_block()}
     write_json(to / GENERATION_FILE, generation)
     return Export(to, result, generation["counts"]["images"], len(missing), generation)
 

@@ -29,6 +29,7 @@ from ..errors import DataError, SettingsError
 from ..plots import finish_figure
 from ..results.record import load_record as read_record
 from ..results.rundir import run_dir, write_json
+from ..results.study import study_document
 from .export import merge_settings
 from .tables import AUDIT_COLUMNS, METRIC_COLUMNS, metric_row, write_csv
 from ..results.scan import RECORD_FILE
@@ -126,8 +127,8 @@ def sweep(model: str, data: str | ImageDataset = "digits", step_sizes: Any = Non
             if per_class:
                 class_rows += [{"step_size": eta, "budget": b, **r} for r in per_class_rows(res.record)]
     write_csv(to / "sweep.csv", rows, SWEEP_COLUMNS)
-    write_json(to / "sweep.json", json.loads(json.dumps(
-        {"study": "sweep", "request": request, "rows": rows, "timestamp": started.isoformat(timespec="seconds")})))
+    write_json(to / "sweep.json", json.loads(json.dumps(study_document(
+        "sweep", request, rows, timestamp=started.isoformat(timespec="seconds")), default=str)))
     if per_class:
         write_csv(to / "per_class.csv", class_rows, ("step_size", "budget", *PER_CLASS_COLUMNS))
     plot = plot_sweep(rows, to / "sweep.png", title=f"{model} on {dataset.spec}")

@@ -36,6 +36,7 @@ from ..engine.logits import compute_logits
 from ..errors import SettingsError
 from ..models import ImageClassifier, load_model, map_classes
 from ..results.rundir import run_dir, write_json
+from ..results.study import study_document
 from .export import Export, default_export_dir, export_request, export_run, merge_settings
 from .exported import read_export, subset
 from .tables import write_csv
@@ -203,8 +204,8 @@ def _write(result: TransferResult, request: dict, started: _dt.datetime, runs: d
         rows = [{"source": s, **{m: v for m, v in zip(result.models, vals)}}
                 for s, vals in zip(result.sources, result.matrix(metric))]
         write_csv(to / f"{metric}_matrix.csv", rows, ["source", *result.models])
-    record = {"study": "transfer", "request": request, **result.to_dict(),
-              "runs": {a: str(p) if p else None for a, p in runs.items()},
-              "exports": {a: str(e.path) for a, e in result.exports.items()},
-              "timestamp": started.isoformat(timespec="seconds")}
+    record = study_document("transfer", request, result.cells, **result.to_dict(),
+                            runs={a: str(p) if p else None for a, p in runs.items()},
+                            exports={a: str(e.path) for a, e in result.exports.items()},
+                            timestamp=started.isoformat(timespec="seconds"))
     write_json(to / "transfer.json", json.loads(json.dumps(record, default=str)))

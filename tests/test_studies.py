@@ -206,6 +206,12 @@ def test_transfer_matrix(world, capsys):
     assert [r["source"] for r in wide] == [CNN, MLP] and float(wide[0][MLP]) == pytest.approx(100 * pa / sa)
     assert len(_rows(to / "transfer.csv")) == 4
     assert "FMR" in out and "diagonal" in out
+    # every cell with its 95 % intervals: the diagonal the run's own, the others around their point
+    for (src, model), c in cells.items():
+        assert c["pa_lo"] <= c["pa"] <= c["pa_hi"] and c["fmr_lo"] <= c["fmr"] <= c["fmr_hi"], (src, model)
+        if src == model:
+            own = FmrResult.load(res["runs"][src]).record["intervals"]
+            assert [c["pa_lo"], c["pa_hi"], c["fmr_lo"], c["fmr_hi"]] == [*own["pa"], *own["fmr"]]
 
 
 # --- sweep and per-class tables (App. J) -----------------------------------------------
@@ -218,6 +224,8 @@ def test_sweep_table_plot_and_per_class(world, capsys):
     assert code == 0, err
     rows = _rows(to / "sweep.csv")
     assert [(float(r["step_size"]), int(r["budget"])) for r in rows] == [(0.05, 2), (0.5, 2), (0.05, 3), (0.5, 3)]
+    with_iv = [r for r in rows if r["fmr_lo"]]  # each run's interval (none where FMR is undefined)
+    assert with_iv and all(float(r["fmr_lo"]) <= float(r["fmr"]) <= float(r["fmr_hi"]) for r in with_iv)
     assert (to / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fixture_run = world["export"].result
     reused = next(r for r in rows if (float(r["step_size"]), int(r["budget"])) == (0.05, 3))

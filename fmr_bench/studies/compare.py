@@ -28,9 +28,9 @@ from ..errors import SettingsError
 from ..results.rundir import run_dir, write_json
 from ..results.study import study_document
 from .export import merge_settings
-from .tables import AUDIT_COLUMNS, METRIC_COLUMNS, metric_row, write_csv
+from .tables import AUDIT_COLUMNS, INTERVAL_COLUMNS, METRIC_COLUMNS, metric_row, write_csv
 
-ROW_COLUMNS = ("model", "generator", *METRIC_COLUMNS, *AUDIT_COLUMNS, "run")
+ROW_COLUMNS = ("model", "generator", *METRIC_COLUMNS, *INTERVAL_COLUMNS, *AUDIT_COLUMNS, "run")
 TAU_COLUMNS = ("generator_a", "generator_b", "tau_fmr", "p_fmr", "tau_pa", "p_pa", "tau_audit_fmr", "p_audit_fmr",
                "n_models")
 
@@ -156,7 +156,7 @@ def compare_generators(models: str | Sequence[str], generators: str | Sequence[s
             say(f"{m} with generator {g}")
             res = evaluate(m, dataset, generator=g, oracle=oracle, out=out, progress=progress, pretrained=pretrained,
                            write_grid=write_grid, settings=merged, audit=audit)
-            rows.append({"model": m, "generator": g, **metric_row(res.metrics),
+            rows.append({"model": m, "generator": g, **metric_row(res.metrics, res.record.get("intervals")),
                          "run": str(res.path) if res.path else None})
     taus = tau_table(rows, generators, models, keys=("fmr", "pa", "audit_fmr") if audit else ("fmr", "pa"))
     write_csv(to / "compare.csv", rows, ROW_COLUMNS)

@@ -31,10 +31,10 @@ from ..results.record import load_record as read_record
 from ..results.rundir import run_dir, write_json
 from ..results.study import study_document
 from .export import merge_settings
-from .tables import AUDIT_COLUMNS, METRIC_COLUMNS, metric_row, write_csv
+from .tables import AUDIT_COLUMNS, INTERVAL_COLUMNS, METRIC_COLUMNS, metric_row, write_csv
 from ..results.scan import RECORD_FILE
 
-SWEEP_COLUMNS = ("step_size", "budget", *METRIC_COLUMNS, *AUDIT_COLUMNS, "run")
+SWEEP_COLUMNS = ("step_size", "budget", *METRIC_COLUMNS, *INTERVAL_COLUMNS, *AUDIT_COLUMNS, "run")
 PER_CLASS_COLUMNS = ("label", "class", *METRIC_COLUMNS)
 
 
@@ -122,7 +122,7 @@ def sweep(model: str, data: str | ImageDataset = "digits", step_sizes: Any = Non
             res = evaluate(model, dataset, generator=generator, oracle=oracle, out=out, progress=progress,
                            pretrained=pretrained, write_grid=write_grid, audit=audit,
                            settings=merge_settings(merged, {"step_size": eta, "budget": b}))
-            rows.append({"step_size": eta, "budget": b, **metric_row(res.metrics),
+            rows.append({"step_size": eta, "budget": b, **metric_row(res.metrics, res.record.get("intervals")),
                          "run": str(res.path) if res.path else None})
             if per_class:
                 class_rows += [{"step_size": eta, "budget": b, **r} for r in per_class_rows(res.record)]

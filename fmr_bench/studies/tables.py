@@ -16,11 +16,21 @@ METRIC_COLUMNS = ("sa", "vr", "pa", "fmr", "pa_all", "oracle_acc", "mean_steps",
 AUDIT_COLUMNS = ("audit_validity", "audit_pa", "audit_fmr", "n_confirmed")
 
 
-def metric_row(metrics: dict[str, Any]) -> dict[str, Any]:
-    """A run's metrics as a study row's columns: :data:`METRIC_COLUMNS`, and :data:`AUDIT_COLUMNS`
-    when the run was audited."""
+#: The 95 % intervals a row carries with its headline metrics (the run record's ``intervals``).
+INTERVAL_METRICS = ("pa", "fmr")
+INTERVAL_COLUMNS = tuple(f"{m}_{end}" for m in INTERVAL_METRICS for end in ("lo", "hi"))
+
+
+def metric_row(metrics: dict[str, Any], intervals: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A run's metrics as a study row's columns: :data:`METRIC_COLUMNS`, the intervals of PA and FMR
+    (``pa_lo``, ``pa_hi``, ``fmr_lo``, ``fmr_hi``: empty for a run recorded before intervals), and
+    :data:`AUDIT_COLUMNS` when the run was audited."""
     keys = METRIC_COLUMNS + (AUDIT_COLUMNS if "audit_validity" in metrics else ())
-    return {k: metrics.get(k) for k in keys}
+    row = {k: metrics.get(k) for k in keys}
+    for m in INTERVAL_METRICS:
+        lo, hi = (intervals or {}).get(m) or (None, None)
+        row[f"{m}_lo"], row[f"{m}_hi"] = lo, hi
+    return row
 
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:

@@ -42,7 +42,8 @@ from .exported import read_export, subset
 from .tables import write_csv
 
 METRICS = ("sa", "pa", "fmr")
-CELL_COLUMNS = ("source", "model", "n", "n_validated", "sa", "pa", "fmr", "from", "pa_export")
+CELL_COLUMNS = ("source", "model", "n", "n_validated", "sa", "pa", "fmr", "pa_lo", "pa_hi", "fmr_lo", "fmr_hi", "from",
+                "pa_export")
 
 
 @dataclass
@@ -170,6 +171,23 @@ def _generate(srcs: Sequence[str], dataset: ImageDataset, merged: FmrSettings, s
     return exports
 
 
+def _cell_intervals(clean: ImageDataset, clean_pred: list[int], ds: ImageDataset, pred: list[int],
+                    targets: Any, seed: int) -> dict[str, float | None]:
+    """95 % intervals of a cell's PA and FMR: the clean images resampled, PA over the resample's exported
+    (validated) images, FMR = PA / SA recomputed on each resample (metrics.intervals)."""
+    from ..metrics.intervals import IntervalSettings, fmr_indicators, fmr_intervals
+
+    final = {sid: p == targets[y] for sid, p, y in zip(ds.ids, pred, ds.labels)}
+    if not set(final) <= set(clean.ids):  # an export of other images: no pairing, no interval
+        return {f"{m}_{end}": None for m in ("pa", "fmr") for end in ("lo", "hi")}
+    correct = [p == targets[y] for p, y in zip(clean_pred, clean.labels)]
+    validated = [sid in final for sid in clean.ids]
+    ind = fmr_indicators(correct, validated, [final.get(sid, False) for sid in clean.ids], validated,
+                         [0] * len(clean.ids))
+    iv, _ = fmr_intervals(ind, IntervalSettings(seed=seed))
+    return {f"{m}_{end}": (iv.get(m) or (None, None))[k] for m in ("pa", "fmr") for k, end in enumerate(("lo", "hi"))}
+
+
 def _score_model(m: str, dataset: ImageDataset, clean: ImageDataset, perturbed: dict[str, ImageDataset],
                  exports: dict[str, Export], merged: FmrSettings, device: torch.device, *, pretrained: bool,
                  cache: bool) -> list[dict[str, Any]]:
@@ -188,10 +206,14 @@ def _score_model(m: str, dataset: ImageDataset, clean: ImageDataset, perturbed: 
                               workers=merged.workers)
         pa = _pct(sum(p == targets[y] for p, y in zip(pred, ds.labels)), len(ds))
         cell = {"source": a, "model": m, "n": len(clean), "n_validated": len(ds), "sa": sa, "pa": pa,
-                "fmr": 100.0 * pa / sa if pa is not None and sa else None, "from": "export", "pa_export": None}
+                "fmr": 100.0 * pa / sa if pa is not None and sa else None, "from": "export", "pa_export": None,
+                **_cell_intervals(clean, clean_pred, ds, pred, targets, merged.seed)}
         if m == a:  # the diagonal is the source's own run
             run = exports[a].result.metrics
             cell.update(sa=run["sa"], pa=run["pa"], fmr=run["fmr"], pa_export=pa, **{"from": "run"})
+            own = exports[a].result.record.get("intervals") or {}  # the run's own intervals, as its record has them
+            cell.update({f"{k}_{end}": (own.get(k) or (None, None))[i] for k in ("pa", "fmr")
+                         for i, end in enumerate(("lo", "hi"))})
         cells.append(cell)
     del clf
     return cells

@@ -242,3 +242,22 @@ def test_an_edit_that_keeps_the_metrics_breaks_the_seal(tmp_path, capsys):
     (run / "samples.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
     r = row(folder, "digits-cnn")
     assert "does not match the seal" in r["flag"] and pd.isna(r["fmr"])
+
+
+def test_measured_numbers_show_their_intervals_and_overlapping_ones_tie(tmp_path):
+    """digits-fmr on 40 images: each measured FMR with its recorded 95 % interval; the intervals of all
+    three models overlap, so the ranking says they tie; a reported number has no interval."""
+    folder = copy_board(tmp_path, "digits-fmr")
+    table = build_table(*load_board(folder))
+    f = table.frame.set_index("name")
+    for name in f.index:
+        run = json.loads(next((folder / "runs").glob(f"*{f.loc[name, 'model'].split(':')[1]}__*/record.json")).read_text())
+        assert [f.loc[name, "fmr_lo"], f.loc[name, "fmr_hi"]] == run["intervals"]["fmr"]
+    ranks = dict(zip(table.frame["name"], table.frame["rank"]))
+    others = sorted(ranks[n] for n in ("digits-cnn-aug", "digits-cnn"))
+    assert f.loc["digits-mlp", "tie"] == ", ".join(f"#{r}" for r in others)
+    assert all(f["tie"] != "")  # 40 images: none is told apart
+    readme = (REPO / "leaderboards" / "digits-fmr" / "README.md").read_text()
+    assert "(= #" in readme and f"[{f.loc['digits-cnn', 'fmr_lo']:.2f}, {f.loc['digits-cnn', 'fmr_hi']:.2f}]" in readme
+    paper = build_table(*load_board(copy_board(tmp_path, "imagenet-fmr"))).frame
+    assert paper["fmr_lo"].isna().all() and (paper["tie"] == "").all()  # reported in papers: no interval

@@ -71,7 +71,7 @@ def write_run(runs: Path, run: dict) -> Path:
     record.json and, for FMR, the samples.jsonl its metrics come from (made from a committed run)."""
     from fmr_bench.metrics.fmr import fmr_metrics
     from fmr_bench.protocol.outcome import SampleOutcome
-    from fmr_bench.results.rundir import outcome_line, run_dir
+    from fmr_bench.results.rundir import outcome_line, run_dir, samples_seal
 
     template = FMR_RUN if run["kind"] == "fmr" else CALIBRATION_RUN
     settings = json.loads((template / "settings.json").read_text())
@@ -83,6 +83,9 @@ def write_run(runs: Path, run: dict) -> Path:
         outcomes = [SampleOutcome(f"test/{i:04d}", i, 0, 0, 0 if i < run["clean"] else 1, 0, True, 3,
                                   0 if i < run["final"] else 1) for i in range(n)]
         record["metrics"], record["n"] = fmr_metrics(outcomes), n
+        record.pop("intervals", None)  # the template's, of other outcomes
+        if "seal" in record:  # sealed as the toolkit seals what it writes
+            record["seal"]["samples_sha256"] = samples_seal((o, None) for o in outcomes)
         samples = "".join(outcome_line(o, None) for o in outcomes)
         folder = run_dir(runs, run["model"], "digits:test", settings)
     else:

@@ -57,6 +57,7 @@ def record_metrics(record: dict[str, Any] | Record) -> dict[str, Any]:
         "weights": rec.model.get("weights_sha256_16"),
         "run": rec.run,
         "reliability": rec.sections.get("reliability"),
+        "intervals": rec.sections.get("intervals") or {},  # 95 % intervals (records written before: none)
         "provenance": rec.provenance.to_dict(),
         "generator": (rec.sections.get("generator") or {}).get("spec"),
         "oracle": (rec.sections.get("oracle") or {}).get("spec"),

@@ -63,6 +63,9 @@ def render_markdown(table: BoardTable) -> str:
 
     def cell(r: dict[str, Any], c) -> str:
         text = fmt(r[c.key], c.fmt)
+        lo, hi = r.get(f"{c.key}_lo"), r.get(f"{c.key}_hi")
+        if not _missing(lo) and not _missing(hi) and not _missing(r[f"{c.key}_measured"]):
+            text += f" [{fmt(lo, c.fmt)}, {fmt(hi, c.fmt)}]"
         if not _missing(r[f"{c.key}_reported"]) and not _missing(r[f"{c.key}_measured"]):
             text += f" (reported {fmt(r[f'{c.key}_reported'], c.fmt)})"
         return text

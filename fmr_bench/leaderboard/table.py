@@ -151,7 +151,22 @@ def build_table(board: Board, entries: list[Entry], runs: Path | None = None) ->
     frame = pd.DataFrame(rows)
     frame = frame.sort_values(board.sort, ascending=not board.descending, na_position="last", kind="stable")
     frame.insert(0, "rank", range(1, len(frame) + 1))
+    frame.insert(1, "tie", _ties(frame, board.sort))
     return BoardTable(board, entries, frame.reset_index(drop=True), reliability, problems)
+
+
+def _ties(frame: pd.DataFrame, key: str) -> list[str]:
+    """For each ranked row, the ranks its 95 % interval on the sort column overlaps ("" if none):
+    such entries are not told apart by the measurement. Reported numbers have no interval."""
+    lo, hi = frame.get(f"{key}_lo"), frame.get(f"{key}_hi")
+    if lo is None or hi is None:
+        return [""] * len(frame)
+    spans = [(a, b) if pd.notna(a) and pd.notna(b) else None for a, b in zip(lo, hi)]
+    out = []
+    for i, s in enumerate(spans):
+        near = [j + 1 for j, t in enumerate(spans) if j != i and s and t and s[0] <= t[1] and t[0] <= s[1]]
+        out.append(", ".join(f"#{j}" for j in near))
+    return out
 
 
 def _entry_row(e: Entry, sizes: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -186,6 +201,7 @@ def _fill_columns(board: Board, e: Entry, row: dict[str, Any], scan: Scan, check
     runs_used = set()
     for c in sorted(board.columns, key=lambda c: bool(c.mean_of)):  # computed columns after their inputs
         if c.mean_of:
+            row[f"{c.key}_lo"] = row[f"{c.key}_hi"] = None  # an average of columns: no interval of its own
             for suffix in ("", "_reported", "_measured"):
                 parts = [row[f"{k}{suffix}"] for k in c.mean_of]
                 row[f"{c.key}{suffix}"] = None if any(v is None for v in parts) else sum(parts) / len(parts)
@@ -200,10 +216,15 @@ def _fill_columns(board: Board, e: Entry, row: dict[str, Any], scan: Scan, check
             if hit is not None and not checked[hit[0]]:
                 rec = hit[1]
                 mea = rec["metrics"].get(c.metric_key)
+                iv = (rec.get("intervals") or {}).get(c.metric_key)
+                if mea is not None and iv:
+                    row[f"{c.key}_lo"], row[f"{c.key}_hi"] = iv
                 runs_used.add(rec["run"])
                 if rec.get("reliability") and e.name not in reliability:
                     reliability[e.name] = rec["reliability"]
         row[c.key] = mea if mea is not None else rep
+        row.setdefault(f"{c.key}_lo", None)
+        row.setdefault(f"{c.key}_hi", None)
         row[f"{c.key}_reported"] = rep
         row[f"{c.key}_measured"] = mea
         if rep is not None and mea is not None and abs(mea - rep) > board.tolerance:
@@ -219,6 +240,7 @@ def csv_columns(table: BoardTable) -> list[str]:
     """CSV column order: rank and identity, shown values, reported/measured pairs, provenance."""
     keys = table.value_columns
     pairs = [f"{k}_{side}" for k in keys for side in ("reported", "measured")]
-    return (["rank", "name", "status", "flag"] + keys + pairs +
+    intervals = [f"{k}_{end}" for k in keys for end in ("lo", "hi")]
+    return (["rank", "name", "status", "flag"] + keys + ["tie"] + intervals + pairs +
             ["params_m", "gflops", "images_per_s", "speed_device", "group", "model", "architecture", "pretraining_data", "extra_data",
              "paper", "venue", "url", "source", "reported_protocol", "runs"])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -136,3 +137,20 @@ def test_a_run_does_not_depend_on_what_ran_before_it_in_the_process():
     _short("flyp", seed=5)  # trains the text tower too
     _short("ft", seed=6)
     assert _short("maskcf").model.weights_hash() == first
+
+
+def test_fmr_per_epoch_script_writes_one_row_per_method_and_epoch_and_a_plot(tmp_path):
+    from conftest import load_script
+
+    script = load_script("fmr_per_epoch")
+    out = tmp_path / "e"
+    assert script.main(["--out", str(out), "--epochs", "2", "--fmr-limit", "6", "--fmr-budget", "2",
+                        "--train-limit", "48", "--methods", "ft", "--threads", "1"]) == 0
+    doc = json.loads((out / "fmr_per_epoch.json").read_text())
+    assert doc["kind"] == "study" and doc["provenance"]["fmr_bench"]
+    assert [(r["method"], r["epoch"]) for r in doc["rows"]] == [("zero-shot", 0), ("ft", 1), ("ft", 2)]
+    assert all(r["n"] == 6 for r in doc["rows"])
+    assert all(r["fmr_lo"] <= r["fmr"] <= r["fmr_hi"] for r in doc["rows"] if r["fmr"] is not None)
+    assert (out / "fmr_per_epoch.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "file").write_text("x")  # an --out under a file: one line, exit 2, before any work
+    assert script.main(["--out", str(tmp_path / "file" / "e")]) == 2

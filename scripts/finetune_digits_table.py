@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +62,7 @@ from fmr_bench.datasets.digits_shifts import SHIFTS
 from fmr_bench.errors import FmrBenchError, SettingsError
 from fmr_bench.evaluators.group_robustness import group_accuracies
 from fmr_bench.files import require_writable
+from fmr_bench.metrics import intervals as I
 
 POOLS = ROOT / "fmr_bench" / "digits" / "descriptors.json"
 TRAINED = ("lp", "ft", "lp-ft", "flyp", "maskcf", "starft")
@@ -149,6 +151,21 @@ def subset(ds, limit: int | None):
     return out
 
 
+#: FMR outcome fields kept per row (bit strings), besides the oracle's clean verdict and the steps.
+FMR_FIELDS = {"clean": "clean_correct", "validated": "validated", "final": "final_correct"}
+
+
+def _bits(values) -> str:
+    """Per-sample booleans as a string of 0 and 1 (what ``rows.jsonl`` keeps of every image)."""
+    return "".join("1" if v else "0" for v in values)
+
+
+def _ids_digest(ids) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
 class Scorer:
     """Scores a classifier on the table's sets (loaded once)."""
 
@@ -175,17 +192,33 @@ class Scorer:
         pred, y = self.predict(clf, ds)
         return 100.0 * (pred == y).double().mean().item()
 
-    def __call__(self, clf) -> dict[str, float]:
-        pred, y = self.predict(clf, self.spurious)
+    def correct(self, clf, ds) -> torch.Tensor:
+        pred, y = self.predict(clf, ds)
+        return pred == y
+
+    def __call__(self, clf) -> tuple[dict[str, float], dict[str, Any]]:
+        """(the row's metrics, its per-sample outcomes: :data:`SAMPLES`)."""
+        right = {"ID": self.correct(clf, self.id), "digits": self.correct(clf, self.clean),
+                 "spurious": self.correct(clf, self.spurious),
+                 **{f"shift:{s}": self.correct(clf, ds) for s, ds in zip(SHIFTS, self.shifts)}}
         groups = torch.tensor(self.spurious.groups)
+        y = torch.tensor(self.spurious.labels)
+        pred = torch.where(right["spurious"], y, -1)  # group_accuracies needs only right or wrong
         accs = [a for a in group_accuracies(pred, y, groups, len(self.spurious.group_names)) if a is not None]
         fmr = fmr_bench.evaluate(clf, self.fmr_data, out=None, write_grid=False, seed=0,
                                  limit=self.cfg.fmr_limit, budget=self.cfg.fmr_budget)
-        shifts = {f"shift:{s}": self.accuracy(clf, ds) for s, ds in zip(SHIFTS, self.shifts)}
-        return {"ID": self.accuracy(clf, self.id), "digits": self.accuracy(clf, self.clean),
-                "shift avg": sum(shifts.values()) / len(shifts), "WG": min(accs),
-                "Avg": 100.0 * (pred == y).double().mean().item(), "FMR": fmr.metrics["fmr"],
-                "SA": fmr.metrics["sa"], "PA": fmr.metrics["pa"], **shifts}
+        pct = {k: 100.0 * v.double().mean().item() for k, v in right.items()}
+        shifts = {f"shift:{s}": pct[f"shift:{s}"] for s in SHIFTS}
+        metrics = {"ID": pct["ID"], "digits": pct["digits"], "shift avg": sum(shifts.values()) / len(shifts),
+                   "WG": min(accs), "Avg": pct["spurious"], "FMR": fmr.metrics["fmr"],
+                   "SA": fmr.metrics["sa"], "PA": fmr.metrics["pa"], **shifts}
+        outcomes = sorted(fmr.outcomes, key=lambda o: o.id)
+        samples = {k: _bits(v.tolist()) for k, v in right.items()}
+        samples["fmr"] = {"ids_sha256": _ids_digest([o.id for o in outcomes]),
+                          **{k: _bits([bool(getattr(o, a)) for o in outcomes]) for k, a in FMR_FIELDS.items()},
+                          "oracle": _bits([o.oracle_clean == o.label for o in outcomes]),
+                          "steps": [int(o.steps) for o in outcomes]}
+        return metrics, samples
 
 
 class Table:
@@ -234,8 +267,10 @@ class Table:
     def done(self, method: str, seed: int | None) -> bool:
         return any(r["method"] == method and r["seed"] == seed for r in self.rows)
 
-    def _append(self, method: str, seed: int | None, metrics: dict[str, float], seconds: float) -> None:
-        row = {"method": method, "seed": seed, "metrics": metrics, "seconds": round(seconds, 1),
+    def _append(self, method: str, seed: int | None, scored: tuple[dict[str, float], dict[str, Any]],
+                seconds: float) -> None:
+        metrics, samples = scored
+        row = {"method": method, "seed": seed, "metrics": metrics, "samples": samples, "seconds": round(seconds, 1),
                "settings": self._key()}
         try:
             with open(self.rows_file, "a") as f:
@@ -299,8 +334,105 @@ class Table:
                          time.time() - t)
 
 
-def summarise(rows: list[dict[str, Any]], methods: tuple[str, ...]) -> list[dict[str, Any]]:
-    """One entry per method: mean and std (over seeds, ddof 1; 0 for a single run) of each column."""
+#: Paired differences of the table: every method against these rows (mean over seeds of method − reference).
+REFERENCES = ("ft", "zero-shot")
+#: Columns of the paired-difference table.
+PAIRED_COLUMNS = ("ID", "shift avg", "WG", "FMR")
+
+
+def _unbits(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(), dtype=np.uint8) - ord("0")
+
+
+class Uncertainty:
+    """Intervals of the table's numbers from the rows' per-sample outcomes (``rows.jsonl``'s ``samples``).
+
+    Each column is a statistic of per-sample sums of one family of test sets (:meth:`families`): ID,
+    digits, the seven shifts (the same 360 digits, resampled together), the spurious test set
+    (worst-group and average accuracy) and the FMR images. A method's cell is the mean over its seeds
+    with a percentile-bootstrap interval over the test images, the image ids drawn once for every seed
+    (worst-group: the hull with the basic bootstrap, :data:`fmr_bench.metrics.intervals.BASIC`); the spread over seeds
+    is the table's ``±``, not in the interval. A paired difference pairs seed s of a method with seed
+    s of the reference (a single model is paired with every seed of the other), resamples the images
+    jointly and gives a sign-flip p-value. Rows measured before per-sample outcomes were kept have none.
+    """
+
+    def __init__(self, rows: list[dict[str, Any]], groups: list[int], n_groups: int,
+                 settings: I.IntervalSettings | None = None) -> None:
+        self.rows, self.groups, self.n_groups = rows, groups, n_groups
+        self.settings = settings or I.IntervalSettings()
+
+    def families(self, n: dict[str, int]) -> dict[str, tuple[Any, set[str]]]:
+        """Family -> (metric of its per-sample sums, the names whose interval is the basic bootstrap's)."""
+        def fmr(sums: np.ndarray) -> dict[str, np.ndarray]:
+            m = I.fmr_from_sums(sums, n["fmr"])
+            return {"FMR": m["fmr"], "SA": m["sa"], "PA": m["pa"]}
+
+        return {"ID": (I.share_metric("ID", n["ID"]), set()),
+                "digits": (I.share_metric("digits", n["digits"]), set()),
+                "shifts": (I.share_metric("shift avg", n["shifts"]), set()),
+                "spurious": (I.group_metric(self.n_groups, "WG", "Avg"), {"WG"}), "fmr": (fmr, set())}
+
+    def per_sample(self, row: dict[str, Any]) -> dict[str, np.ndarray] | None:
+        s = row.get("samples")
+        if not s:
+            return None
+        f = s["fmr"]
+        return {"ID": _unbits(s["ID"])[:, None], "digits": _unbits(s["digits"])[:, None],
+                "shifts": np.stack([_unbits(s[f"shift:{k}"]) for k in SHIFTS], 1),
+                "spurious": I.group_columns(_unbits(s["spurious"]), self.groups, self.n_groups),
+                "fmr": I.fmr_indicators(_unbits(f["clean"]), _unbits(f["validated"]), _unbits(f["final"]),
+                                        _unbits(f["oracle"]), f["steps"])}
+
+    def runs(self, method: str) -> list[tuple[int | None, dict[str, np.ndarray]]] | None:
+        """(seed, per-sample arrays) of each run of ``method``, by seed; None if one lacks its outcomes."""
+        runs = sorted((r for r in self.rows if r["method"] == method), key=lambda r: (r["seed"] is None, r["seed"]))
+        data = [(r["seed"], self.per_sample(r)) for r in runs]
+        return data if data and all(d is not None for _, d in data) else None
+
+    @staticmethod
+    def _fmr_ids(rows: list[dict[str, Any]]) -> set[str]:
+        return {(r.get("samples") or {}).get("fmr", {}).get("ids_sha256") for r in rows}
+
+    def intervals(self, method: str) -> dict[str, tuple[list[float] | None, str]]:
+        """Column -> ([lo, hi] of the mean over seeds or None, the method's name)."""
+        runs = self.runs(method)
+        if runs is None:
+            return {}
+        out = {}
+        n = {k: len(v) for k, v in runs[0][1].items()}
+        for family, (metric, basic) in self.families(n).items():
+            res = I.seed_mean_intervals([d[family] for _, d in runs], metric, self.settings, basic)
+            for name, (_, iv) in res.items():
+                out[name] = (iv, I.BASIC if name in basic else I.BOOTSTRAP)
+        return out
+
+    def paired(self, method: str, reference: str) -> dict[str, dict[str, float | None]] | None:
+        """Column -> {delta, lo, hi, p_value} of ``method`` − ``reference``; None when they cannot be paired."""
+        a, b = self.runs(method), self.runs(reference)
+        if a is None or b is None or method in (reference, "zero-shot"):
+            return None
+        if len(self._fmr_ids([r for r in self.rows if r["method"] in (method, reference)])) != 1:
+            return None  # FMR on other images
+        if len(a) > 1 and len(b) > 1 and [s for s, _ in a] != [s for s, _ in b]:
+            return None  # different seeds: nothing to pair
+        k = max(len(a), len(b))
+        a, b = (a * k if len(a) == 1 else a), (b * k if len(b) == 1 else b)
+        out: dict[str, dict[str, float | None]] = {}
+        n = {key: len(v) for key, v in a[0][1].items()}
+        for family, (metric, basic) in self.families(n).items():
+            res = I.paired_seed_difference([d[family] for _, d in a], [d[family] for _, d in b], metric,
+                                           self.settings, basic)
+            for name in res.delta:
+                lo, hi = res.interval[name] or (None, None)
+                out[name] = {"delta": res.delta[name], "lo": lo, "hi": hi, "p_value": res.p_value[name]}
+        return out
+
+
+def summarise(rows: list[dict[str, Any]], methods: tuple[str, ...],
+              uncertainty: Uncertainty | None = None) -> list[dict[str, Any]]:
+    """One entry per method: mean and std (over seeds, ddof 1; 0 for a single run) of each column, and with
+    ``uncertainty`` each column's interval (``interval``) and the paired differences (``paired``)."""
     import pandas as pd
 
     out = []
@@ -309,17 +441,22 @@ def summarise(rows: list[dict[str, Any]], methods: tuple[str, ...]) -> list[dict
         if not runs:
             continue
         df = pd.DataFrame(runs)
-        entry = {"method": m, "n": len(runs)}
+        entry: dict[str, Any] = {"method": m, "n": len(runs)}
         for col in COLUMNS:
             vals = df[col].dropna() if col in df else []
             entry[col] = (float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0) if len(vals) else None
+        if uncertainty is not None:
+            entry["interval"] = uncertainty.intervals(m)
+            entry["paired"] = {ref: p for ref in REFERENCES if (p := uncertainty.paired(m, ref)) is not None}
         out.append(entry)
     return out
 
 
-def write_records(out: Path, cfg: TableSettings, rows: list[dict[str, Any]], command: str) -> list[Path]:
+def write_records(out: Path, cfg: TableSettings, summary: list[dict[str, Any]], rows: list[dict[str, Any]],
+                  command: str, settings: I.IntervalSettings | None = None) -> list[Path]:
     """``OUT/records/<method>/record.json``: per method, the mean of every metric over its seeds (``COLUMN_std``
-    beside the table's columns: ddof 1, 0 for one run), with each seed's row; rewritten from ``rows`` each time."""
+    beside the table's columns: ddof 1, 0 for one run), each column's interval and the paired differences
+    (:class:`Uncertainty`), with each seed's row; rewritten from ``rows`` each time."""
     import pandas as pd
 
     from fmr_bench.files import write_json
@@ -327,34 +464,56 @@ def write_records(out: Path, cfg: TableSettings, rows: list[dict[str, Any]], com
     from fmr_bench.runtime import now
 
     prov = Provenance.collect(device="cpu", timestamp=now().isoformat(timespec="seconds"), command=command)
-    settings = {k: v for k, v in asdict(cfg).items() if k != "methods"}
+    table_settings = {k: v for k, v in asdict(cfg).items() if k != "methods"}
     written = []
-    for m in cfg.methods:
-        runs = [r for r in rows if r["method"] == m]
-        if not runs:
-            continue
+    for entry in summary:
+        m = entry["method"]
+        runs = [{k: v for k, v in r.items() if k != "samples"} for r in rows if r["method"] == m]
         df = pd.DataFrame([r["metrics"] for r in runs])
         metrics: dict[str, Any] = {k: None if pd.isna(v) else float(v) for k, v in df.mean().items()}
         for col in COLUMNS:
-            vals = df[col].dropna() if col in df else []
-            metrics[f"{col}_std"] = (float(vals.std(ddof=1)) if len(vals) > 1 else 0.0) if len(vals) else None
+            metrics[f"{col}_std"] = None if entry[col] is None else entry[col][1]
+        iv = I.Intervals(settings)
+        for col, (interval, method) in (entry.get("interval") or {}).items():
+            iv.put(col, interval, method)
         rec = finetune_record(
-            m, settings, model={"spec": cfg.model, "weights_sha256_16": None},
+            m, table_settings, model={"spec": cfg.model, "weights_sha256_16": None},
             dataset={"spec": cfg.train, "n": None}, metrics=metrics, provenance=prov, run=f"{out.name}/{m}",
             sections={"seeds": [r["seed"] for r in runs], "per_seed": runs, "aggregate": "mean over seeds",
-                      "measured_by": SCRIPT})
+                      "interval_of": "the mean over seeds, test images resampled (ids drawn once for every seed); "
+                                     "the spread over seeds is COLUMN_std", "paired": entry.get("paired") or {},
+                      "measured_by": SCRIPT},
+            intervals=iv if entry.get("interval") else None)
         written.append(write_json(out / RECORDS / m / "record.json", rec.to_dict(), resume=False,
                                   fix="pick a writable --out"))
     return written
 
 
+def _cell(mean: float, std: float | None, iv: list[float] | None) -> str:
+    text = f"{mean:.1f}" + (f" ± {std:.1f}" if std is not None else "")
+    return text + (f" [{iv[0]:.1f}, {iv[1]:.1f}]" if iv else "")
+
+
 def markdown(summary: list[dict[str, Any]]) -> str:
+    """The table (mean ± seed std [interval]) and, where rows carry per-sample outcomes, the paired differences."""
     head = "| method | runs | " + " | ".join(COLUMNS) + " |"
     lines = [head, "|---|---:|" + "---:|" * len(COLUMNS)]
     for e in summary:
-        cells = [("–" if e[c] is None else f"{e[c][0]:.1f} ± {e[c][1]:.1f}" if e["n"] > 1 else f"{e[c][0]:.1f}")
+        ivs = e.get("interval") or {}
+        cells = ["–" if e[c] is None else _cell(e[c][0], e[c][1] if e["n"] > 1 else None, (ivs.get(c) or (None,))[0])
                  for c in COLUMNS]
         lines.append(f"| {e['method']} | {e['n']} | " + " | ".join(cells) + " |")
+    paired = [(e["method"], ref, p) for e in summary for ref, p in (e.get("paired") or {}).items()]
+    if paired:
+        lines += ["", "| method | against | " + " | ".join(f"Δ {c}" for c in PAIRED_COLUMNS) + " |",
+                  "|---|---|" + "---:|" * len(PAIRED_COLUMNS)]
+        for method, ref, p in paired:
+            cells = []
+            for c in PAIRED_COLUMNS:
+                d = p.get(c) or {}
+                cells.append("–" if d.get("delta") is None else f"{d['delta']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}] "
+                             f"p {d['p_value']:.3f}" if d.get("lo") is not None else f"{d['delta']:+.1f}")
+            lines.append(f"| {method} | {ref} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -414,14 +573,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{'' if cfg.beta is None else f', maskcf beta {cfg.beta:g}'}; FMR on digits:test, {cfg.fmr_limit} images, "
               f"budget {cfg.fmr_budget}", flush=True)
         table.run()
-        text = markdown(summarise(table.rows, cfg.methods))
+        spurious = table.scorer.spurious
+        summary = summarise(table.rows, cfg.methods, Uncertainty(table.rows, spurious.groups, len(spurious.group_names)))
+        text = markdown(summary)
         try:
             (out / "table.md").write_text(text + "\n")
         except OSError as e:
             raise FmrBenchError(f"cannot write {out / 'table.md'} ({e.strerror or type(e).__name__}); free space "
                                 "and re-run the same command: finished rows are kept") from None
         command = " ".join(["python", SCRIPT, *(sys.argv[1:] if argv is None else argv)])
-        write_records(out, cfg, table.rows, command)
+        write_records(out, cfg, summary, table.rows, command)
     except FmrBenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

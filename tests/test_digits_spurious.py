@@ -203,6 +203,39 @@ def test_table_script_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert len([line for line in again if line.endswith("}")]) == 5  # nothing recomputed
 
 
+def test_table_intervals_and_paired_differences(tmp_path):
+    import json
+
+    mod = _table_script()
+    out = tmp_path / "t"
+    argv = ["--out", str(out), "--methods", "zero-shot", "ft", "wise-ft", "--wise-alpha", "0", "--seeds", "0", "1",
+            *TINY[2:]]
+    assert mod.main(argv) == 0
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert all(len(r["samples"]["spurious"]) == 20 and len(r["samples"]["fmr"]["steps"]) == 2 for r in rows)
+    rec = {m: json.loads((out / "records" / m / "record.json").read_text()) for m in ("zero-shot", "ft", "wise-ft")}
+    for m, r in rec.items():
+        assert set(mod.COLUMNS) <= set(r["intervals"]), m
+        for col in mod.COLUMNS:
+            lo, hi = r["intervals"][col]
+            assert lo <= r["metrics"][col] + 1e-9 and r["metrics"][col] <= hi + 1e-9, (m, col)
+        assert r["interval_method"]["metrics"]["WG"] == "basic-bootstrap"
+        assert "samples" not in json.dumps(r["per_seed"])  # the per-sample outcomes stay in rows.jsonl
+    # WiSE-FT at alpha 0 is the zero-shot model on every seed: no difference, and the test says so
+    same = rec["wise-ft"]["paired"]["zero-shot"]
+    for col in mod.PAIRED_COLUMNS:
+        assert same[col]["delta"] == 0 and same[col]["p_value"] == 1.0, col
+    assert set(rec["ft"]["paired"]) == {"zero-shot"} and "paired" in rec["zero-shot"]
+    table = (out / "table.md").read_text()
+    assert "| wise-ft | zero-shot |" in table and " p 1.000" in table and " [" in table
+    # rows written before per-sample outcomes were kept: the table has no interval for them, and still renders
+    (out / "rows.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "samples"}) + "\n"
+                                            for r in rows))
+    assert mod.main(argv) == 0
+    assert " [" not in (out / "table.md").read_text()
+    assert "intervals" not in json.loads((out / "records" / "ft" / "record.json").read_text())
+
+
 def test_table_summary_is_mean_and_sample_std():
     import statistics
 

@@ -14,7 +14,7 @@ import torch
 from ..errors import DataError
 from ..registry import EVALUATORS
 from ..metrics import static as M
-from ..metrics.intervals import BOOTSTRAP, Intervals, group_intervals
+from ..metrics.intervals import BASIC, BOOTSTRAP, Intervals, group_intervals
 from .base import Context, Output, correct, ds_name
 
 
@@ -51,7 +51,7 @@ def evaluate(ctx: Context, data, ood, prompt: str | None = None) -> Output:
         iv.share(f"{name}/avg_acc", correct(cl.logits, cl.labels), len(cl.labels))
         for k, interval in group_intervals((pred == cl.labels).numpy(), torch.as_tensor(groups).numpy(),
                                            len(ds.group_names), iv.settings, iv.rng).items():
-            iv.put(f"{name}/{k}", interval, BOOTSTRAP)
+            iv.put(f"{name}/{k}", interval, BASIC if k == "worst_group_acc" else BOOTSTRAP)
         per_group[name] = {"prompt": template, "groups": [
             {"group": gname, "acc": a, "n": int(sum(1 for g in groups if g == k))}
             for k, (gname, a) in enumerate(zip(ds.group_names, accs))]}

@@ -22,7 +22,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Iterable, Sequence
 
+import numpy as np
+
 from ..protocol.outcome import SampleOutcome
+from .intervals import fmr_indicators
 
 
 def _pct(num: float, den: float) -> float | None:
@@ -79,6 +82,17 @@ def audit_metrics(outcomes: Iterable[SampleOutcome], judge: str) -> dict[str, fl
         return None if v is None else bool(v["ok"])
 
     return audit_counts((o.clean_correct, o.validated, o.final_correct, ok(o)) for o in outcomes)
+
+
+def outcome_indicators(outcomes: Sequence[SampleOutcome], judge: str | None = None) -> np.ndarray:
+    """The per-sample indicators (:func:`fmr_bench.metrics.intervals.fmr_indicators`) of outcomes, in their order
+    (``judge``: the audit whose verdicts count, or None)."""
+    rows = list(outcomes)
+    verdicts = None
+    if judge:
+        verdicts = [None if not o.validated or o.verdict(judge) is None else bool(o.verdict(judge)["ok"]) for o in rows]
+    return fmr_indicators([o.clean_correct for o in rows], [o.validated for o in rows], [o.final_correct for o in rows],
+                          [o.oracle_clean == o.label for o in rows], [o.steps for o in rows], verdicts)
 
 
 def per_class_metrics(outcomes: Iterable[SampleOutcome], class_names: Sequence[str],

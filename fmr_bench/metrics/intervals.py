@@ -32,7 +32,7 @@ Everything is deterministic for a given :class:`IntervalSettings` seed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,12 +42,17 @@ import numpy as np
 LEVEL, RESAMPLES, SEED = 0.95, 1000, 0
 #: Resamples per block of sample weights (bounds the memory of :func:`sample_weights`: block x n floats).
 WEIGHT_BLOCK = 64
-BINOMIAL, BOOTSTRAP = "binomial", "bootstrap"
+BINOMIAL, BOOTSTRAP, BASIC = "binomial", "bootstrap", "basic-bootstrap"
 METHODS = {
     BINOMIAL: "exact Clopper-Pearson interval of a share k/n of a fixed number of samples",
     BOOTSTRAP: "percentile bootstrap over samples: resample n samples with replacement, recompute the statistic "
                "(ratios from the resampled samples), quantiles (1-level)/2 and (1+level)/2 of the resampled values "
                "where the statistic is defined",
+    BASIC: "hull of the percentile and the basic (reverse percentile) bootstrap intervals, clipped to the metric's "
+           "range: resample as for the percentile bootstrap, q_lo and q_hi its ends, t the estimate; the interval "
+           "runs from min(q_lo, 2 t - q_hi) to max(q_hi, 2 t - q_lo). For a minimum over groups (worst-group "
+           "accuracy), whose resampled values fall below the estimate: the percentile interval alone misses the "
+           "truth when several groups lie near the minimum, the basic one alone when one group is far below the rest",
 }
 PERMUTATION = ("sign-flip permutation test: each image's pair of outcomes swapped between the runs with probability "
                "1/2; two-sided p = (1 + #{|delta*| >= |delta|}) / (1 + permutations)")
@@ -101,6 +106,21 @@ def percentile_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float
     a = 100 * (1 - level) / 2
     lo, hi = np.percentile(v, [a, 100 - a])
     return float(lo), float(hi)
+
+
+def bootstrap_interval(values: np.ndarray, estimate: float, level: float = LEVEL, basic: bool = False,
+                       bounds: tuple[float, float] = (-np.inf, np.inf)) -> tuple[float, float] | None:
+    """The percentile interval of resampled statistics, or with ``basic`` its hull with the basic bootstrap
+    interval [2·estimate − hi, 2·estimate − lo], clipped to ``bounds`` (:data:`BASIC`); None when no resample
+    is defined (or, with ``basic``, the estimate is not)."""
+    iv = percentile_interval(values, level)
+    if iv is None or not basic:
+        return iv
+    if not np.isfinite(estimate):
+        return None
+    t = float(estimate)
+    lo, hi = min(iv[0], 2 * t - iv[1]), max(iv[1], 2 * t - iv[0])
+    return float(np.clip(lo, *bounds)), float(np.clip(hi, *bounds))
 
 
 def pattern_counts(patterns: np.ndarray, resamples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -228,12 +248,13 @@ class PairedDifference:
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, metrics: Callable[[np.ndarray], dict[str, np.ndarray]],
-                      settings: IntervalSettings | None = None) -> PairedDifference:
+                      settings: IntervalSettings | None = None, basic: Collection[str] = ()) -> PairedDifference:
     """A − B of ``metrics`` on paired samples, with a paired-bootstrap interval and a sign-flip p-value.
 
     Args:
         a, b: (n, k) per-sample indicators of the two runs, row i of both on the same sample.
         metrics: indicator sums (..., k) -> {name: values (...)}; e.g. ``lambda s: fmr_from_sums(s, n)``.
+        basic: the metrics whose interval is :data:`BASIC` (minima such as worst-group; within ±100).
     """
     settings = settings or IntervalSettings()
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -256,7 +277,7 @@ def paired_difference(a: np.ndarray, b: np.ndarray, metrics: Callable[[np.ndarra
         out.a[name], out.b[name] = _num(va), _num(vb)
         d = va - vb
         out.delta[name] = _num(d)
-        iv = percentile_interval(boot_a[name] - boot_b[name], settings.level)
+        iv = bootstrap_interval(boot_a[name] - boot_b[name], d, settings.level, name in basic, (-100.0, 100.0))
         out.interval[name] = list(iv) if iv else None
         null = perm_a[name] - perm_b[name]
         null = null[np.isfinite(null)]
@@ -267,6 +288,90 @@ def paired_difference(a: np.ndarray, b: np.ndarray, metrics: Callable[[np.ndarra
 
 def _num(v: float) -> float | None:
     return v if np.isfinite(v) else None
+
+
+# --- several seeds on the same samples -------------------------------------------------------
+def over_seeds(metric: Callable[[np.ndarray], dict[str, np.ndarray]], k: int,
+               seeds: int) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """``metric`` of per-sample sums (..., k) turned into the mean over ``seeds`` blocks of k columns each."""
+    def mean(sums: np.ndarray) -> dict[str, np.ndarray]:
+        per = [metric(sums[..., s * k:(s + 1) * k]) for s in range(seeds)]
+        return {name: np.mean([p[name] for p in per], axis=0) for name in per[0]}
+    return mean
+
+
+def _stack_seeds(per_seed: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:
+    arrays = [np.asarray(x, dtype=np.float64) for x in per_seed]
+    if not arrays or any(a.shape != arrays[0].shape for a in arrays):
+        raise ValueError("every seed needs per-sample values of the same samples, in the same order")
+    return np.concatenate(arrays, axis=1), arrays[0].shape[1]
+
+
+def seed_mean_intervals(per_seed: Sequence[np.ndarray], metric: Callable[[np.ndarray], dict[str, np.ndarray]],
+                        settings: IntervalSettings | None = None,
+                        basic: Collection[str] = ()) -> dict[str, tuple[float | None, list[float] | None]]:
+    """The mean over seeds of ``metric`` with its percentile-bootstrap interval over the samples.
+
+    Args:
+        per_seed: one (n, k) per-sample array per seed (models trained with different seeds, scored on the
+            same n samples): a resample draws n sample ids and uses them for every seed.
+        metric: per-sample sums (..., k) -> {name: values (...)}.
+        basic: the names whose interval is :data:`BASIC` (within 0-100), the others' the percentile one.
+
+    Returns:
+        {name: (mean over seeds, [lo, hi] or None)}: the interval says how far the test samples let the mean
+        be trusted for these seeds; the spread between seeds is not in it.
+    """
+    settings = settings or IntervalSettings()
+    x, k = _stack_seeds(per_seed)
+    fn = over_seeds(metric, k, len(per_seed))
+    point = fn(x.sum(0))
+    uniq, counts = pattern_counts(x, settings.resamples, settings.rng())
+    boot = fn(counts @ uniq)
+    out = {}
+    for name, value in point.items():
+        iv = bootstrap_interval(boot[name], float(value), settings.level, name in basic, (0.0, 100.0))
+        out[name] = (_num(float(value)), list(iv) if iv else None)
+    return out
+
+
+def paired_seed_difference(a_per_seed: Sequence[np.ndarray], b_per_seed: Sequence[np.ndarray],
+                           metric: Callable[[np.ndarray], dict[str, np.ndarray]],
+                           settings: IntervalSettings | None = None, basic: Collection[str] = ()) -> PairedDifference:
+    """Mean over seeds of A − B (:func:`paired_difference` with seed s of A paired with seed s of B).
+
+    A single model B against several seeds of A: pass it once per seed of A.
+    """
+    a, k = _stack_seeds(a_per_seed)
+    b, kb = _stack_seeds(b_per_seed)
+    if (len(a_per_seed), k) != (len(b_per_seed), kb):
+        raise ValueError(f"A has {len(a_per_seed)} seed(s) of {k} columns, B {len(b_per_seed)} of {kb}")
+    return paired_difference(a, b, over_seeds(metric, k, len(a_per_seed)), settings, basic)
+
+
+def share_metric(name: str, n: int) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """Sums (..., c) of c per-sample 0/1 columns -> {name: the mean of the c shares, percent} (c = 1: accuracy)."""
+    return lambda sums: {name: 100.0 * np.mean(sums, axis=-1) / n}
+
+
+def group_columns(correct: Sequence[bool], groups: Sequence[int], n_groups: int) -> np.ndarray:
+    """(n, 2·n_groups) per-sample columns of :func:`group_metric`: one-hot group, then one-hot group if correct."""
+    g = np.asarray(groups, dtype=np.int64)
+    onehot = (g[:, None] == np.arange(n_groups)[None, :]).astype(np.float64)
+    return np.concatenate([onehot, onehot * np.asarray(correct, dtype=np.float64)[:, None]], axis=1)
+
+
+def group_metric(n_groups: int, worst: str = "worst_group_acc",
+                 average: str = "avg_acc") -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """Sums of :func:`group_columns` -> worst-group accuracy (over the groups with samples) and the accuracy over
+    all samples, percent."""
+    def metric(sums: np.ndarray) -> dict[str, np.ndarray]:
+        size, right = sums[..., :n_groups], sums[..., n_groups:]
+        acc = _ratio(right, size)
+        with np.errstate(all="ignore"):
+            low = np.min(np.where(size > 0, acc, np.inf), axis=-1)
+        return {worst: np.where(np.isfinite(low), low, np.nan), average: _ratio(right.sum(-1), size.sum(-1))}
+    return metric
 
 
 # --- static metrics ---------------------------------------------------------------------------
@@ -285,7 +390,8 @@ def mean_of_shares(ks: Sequence[int], ns: Sequence[int], settings: IntervalSetti
 
 def group_intervals(correct: np.ndarray, groups: np.ndarray, n_groups: int, settings: IntervalSettings,
                     rng: np.random.Generator) -> dict[str, tuple[float, float] | None]:
-    """Bootstrap intervals of worst-group and mean-group accuracy (percent), resampling all samples together.
+    """Bootstrap intervals of worst-group (:data:`BASIC`) and mean-group accuracy (percentile),
+    percent, resampling all samples together.
 
     A group that a resample leaves empty is left out of that resample's worst and mean (as an empty group is).
     """
@@ -297,7 +403,11 @@ def group_intervals(correct: np.ndarray, groups: np.ndarray, n_groups: int, sett
     acc = _ratio(right, size)
     with np.errstate(all="ignore"):
         worst, mean = np.nanmin(np.where(size > 0, acc, np.inf), 1), np.nanmean(acc, 1)
-    return {"worst_group_acc": percentile_interval(worst, settings.level),
+    have = np.bincount(groups, minlength=n_groups)[:n_groups] > 0
+    sizes = np.bincount(groups, minlength=n_groups)[:n_groups]
+    rights = np.bincount(groups, weights=correct, minlength=n_groups)[:n_groups]
+    estimate = float(np.min(100 * rights[have] / sizes[have])) if have.any() else float("nan")
+    return {"worst_group_acc": bootstrap_interval(worst, estimate, settings.level, basic=True, bounds=(0.0, 100.0)),
             "mean_group_acc": percentile_interval(mean, settings.level)}
 
 
@@ -374,6 +484,7 @@ class Intervals:
 
 
 __all__ = [
+    "BASIC",
     "BINOMIAL",
     "BOOTSTRAP",
     "FMR_COLUMNS",
@@ -383,6 +494,7 @@ __all__ = [
     "IntervalSettings",
     "Intervals",
     "PairedDifference",
+    "bootstrap_interval",
     "clopper_pearson",
     "detection_intervals",
     "distinct_patterns",
@@ -390,10 +502,16 @@ __all__ = [
     "fmr_from_sums",
     "fmr_indicators",
     "fmr_intervals",
+    "group_columns",
     "group_intervals",
+    "group_metric",
     "mean_of_shares",
+    "over_seeds",
     "paired_difference",
+    "paired_seed_difference",
     "pattern_counts",
     "percentile_interval",
     "sample_weights",
+    "seed_mean_intervals",
+    "share_metric",
 ]

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from ..metrics.fmr import audit_metrics, fmr_metrics, fmr_warnings, per_class_metrics
-from ..metrics.intervals import Intervals, IntervalSettings, fmr_indicators, fmr_intervals
+from ..metrics.fmr import audit_metrics, fmr_metrics, fmr_warnings, outcome_indicators, per_class_metrics
+from ..metrics.intervals import Intervals, IntervalSettings, fmr_intervals
 from ..protocol.outcome import SampleOutcome
 from ..runtime import fmr_version, versions
 from .scan import RECORD_FILE
@@ -322,11 +322,7 @@ def _fmr_interval_sections(rows: Sequence[SampleOutcome], judge: str | None,
                            settings: IntervalSettings | None) -> dict[str, Any]:
     """The ``intervals`` and ``interval_method`` sections of an FMR record, from its outcomes."""
     settings = settings or IntervalSettings()
-    verdicts = None
-    if judge:
-        verdicts = [None if not o.validated or o.verdict(judge) is None else bool(o.verdict(judge)["ok"]) for o in rows]
-    x = fmr_indicators([o.clean_correct for o in rows], [o.validated for o in rows], [o.final_correct for o in rows],
-                       [o.oracle_clean == o.label for o in rows], [o.steps for o in rows], verdicts)
+    x = outcome_indicators(rows, judge)
     values, methods = fmr_intervals(x, settings, audited=bool(judge))
     iv = Intervals(settings)
     for name, interval in values.items():
@@ -365,12 +361,14 @@ def static_record(evaluator: str, settings: Mapping[str, Any], *, model: Mapping
 def finetune_record(method: str, settings: Mapping[str, Any], *, model: Mapping[str, Any],
                     dataset: Mapping[str, Any], metrics: Mapping[str, Any], provenance: Provenance,
                     run: str | None = None, seed: int | None = None,
-                    sections: Mapping[str, Any] | None = None) -> Record:
+                    sections: Mapping[str, Any] | None = None, intervals: Intervals | None = None) -> Record:
     """The record of a fine-tuning run: the trained model, its training data and settings, what it scored.
 
     ``evaluator`` is ``finetune:<method>``; ``model`` names the starting model (``spec``) and
-    the trained weights (``weights_sha256_16``); ``dataset`` is the training set.
+    the trained weights (``weights_sha256_16``); ``dataset`` is the training set; ``intervals``: those of
+    its metrics (the ``intervals`` and ``interval_method`` sections, as :func:`static_record`).
     """
+    sections = {**(sections or {}), **(intervals.section() if intervals is not None else {})}
     return build_record("finetune", f"finetune:{method}", model=model, dataset=dataset, settings=settings,
                         metrics=metrics, provenance=provenance, run=run, seed=seed, sections=sections)
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from ..metrics.intervals import IntervalSettings, PairedDifference, fmr_from_sums, fmr_indicators, paired_difference
+from ..metrics.fmr import outcome_indicators
+from ..metrics.intervals import IntervalSettings, PairedDifference, fmr_from_sums, paired_difference
 from ..results.rundir import FmrResult
 
 #: Metrics compared, in table order.
@@ -53,13 +54,7 @@ def _judge(run: FmrResult) -> str | None:
 
 def _indicators(run: FmrResult, ids: Sequence[str], judge: str | None) -> np.ndarray:
     by_id = {o.id: o for o in run.outcomes}
-    rows = [by_id[i] for i in ids]
-    verdicts = None
-    if judge:
-        verdicts = [None if not o.validated or o.verdict(judge) is None else bool(o.verdict(judge)["ok"]) for o in rows]
-    return fmr_indicators([o.clean_correct for o in rows], [o.validated for o in rows],
-                          [o.final_correct for o in rows], [o.oracle_clean == o.label for o in rows],
-                          [o.steps for o in rows], verdicts)
+    return outcome_indicators([by_id[i] for i in ids], judge)
 
 
 def same_samples(a: FmrResult, b: FmrResult) -> str | None:

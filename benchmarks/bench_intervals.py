@@ -18,6 +18,7 @@ def main(n: int = 50_000) -> None:
     x = I.fmr_indicators(rng.random(n) < .9, rng.random(n) < .7, rng.random(n) < .6, rng.random(n) < .95,
                          rng.integers(0, 10, n))
     s = I.IntervalSettings()
+    I.clopper_pearson(1, 2)  # scipy.stats imported before the clock starts (about 0.5 s, once per process)
     for name, fn in (
             ("fmr record (binomial + pattern bootstrap)", lambda: I.fmr_intervals(x, s)),
             ("paired compare", lambda: I.paired_difference(x, x[::-1], lambda sums: I.fmr_from_sums(sums, n), s)),

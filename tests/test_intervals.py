@@ -86,16 +86,17 @@ def test_detection_and_ece_intervals_agree_with_scipy():
     from fmr_bench.metrics import static as M
 
     rng = np.random.default_rng(4)
-    s_id, s_ood = rng.normal(1, 1, 150), rng.normal(0, 1, 120)
-    ours = I.detection_intervals(s_id, s_ood, I.IntervalSettings(resamples=2000), np.random.default_rng(0))
-    ref = scipy.stats.bootstrap((s_id, s_ood), lambda a, b: 100 * M.auroc(a, b), vectorized=False,
-                                n_resamples=2000, method="percentile", random_state=np.random.default_rng(0))
-    assert ours["auroc"][0] == pytest.approx(ref.confidence_interval.low, abs=1.5)
-    assert ours["auroc"][1] == pytest.approx(ref.confidence_interval.high, abs=1.5)
-    fpr = scipy.stats.bootstrap((s_id, s_ood), lambda a, b: 100 * M.fpr_at_95(a, b), vectorized=False,
-                                n_resamples=2000, method="percentile", random_state=np.random.default_rng(0))
-    assert ours["fpr_at_95"][0] == pytest.approx(fpr.confidence_interval.low, abs=3)
-    assert ours["fpr_at_95"][1] == pytest.approx(fpr.confidence_interval.high, abs=3)
+    for n_id, n_ood in ((150, 120), (90, 160)):  # both orientations of the AUROC kernel
+        s_id, s_ood = rng.normal(1, 1, n_id), rng.normal(0, 1, n_ood)
+        ours = I.detection_intervals(s_id, s_ood, I.IntervalSettings(resamples=2000), np.random.default_rng(0))
+        ref = scipy.stats.bootstrap((s_id, s_ood), lambda a, b: 100 * M.auroc(a, b), vectorized=False,
+                                    n_resamples=2000, method="percentile", random_state=np.random.default_rng(0))
+        assert ours["auroc"][0] == pytest.approx(ref.confidence_interval.low, abs=1.5)
+        assert ours["auroc"][1] == pytest.approx(ref.confidence_interval.high, abs=1.5)
+        fpr = scipy.stats.bootstrap((s_id, s_ood), lambda a, b: 100 * M.fpr_at_95(a, b), vectorized=False,
+                                    n_resamples=2000, method="percentile", random_state=np.random.default_rng(0))
+        assert ours["fpr_at_95"][0] == pytest.approx(fpr.confidence_interval.low, abs=3)
+        assert ours["fpr_at_95"][1] == pytest.approx(fpr.confidence_interval.high, abs=3)
 
 
 def test_weighted_kernels_equal_the_plain_metric_at_unit_weights():
@@ -108,11 +109,18 @@ def test_weighted_kernels_equal_the_plain_metric_at_unit_weights():
         def integers(self, lo, n, size):
             return np.tile(np.arange(n), (size[0], 1))
 
+        def beta(self, a, b, size):  # the k-th of n ranks drawn once each is rank k - 1
+            return np.full(size, (a - 0.5) / (a + b - 1))
+
+        def binomial(self, n, p):  # every sample once: the count is n·share exactly
+            return np.rint(n * np.asarray(p))
+
     rng = np.random.default_rng(5)
-    s_id, s_ood = np.round(rng.normal(1, 1, 80), 1), np.round(rng.normal(0, 1, 60), 1)  # with ties
-    got = I.detection_intervals(s_id, s_ood, I.IntervalSettings(resamples=3), Once())
-    assert got["auroc"][0] == pytest.approx(100 * M.auroc(s_id, s_ood))
-    assert got["fpr_at_95"][0] == pytest.approx(100 * M.fpr_at_95(s_id, s_ood))
+    for n_id, n_ood in ((80, 60), (50, 90)):  # full weights on the OOD side, then on the ID side
+        s_id, s_ood = np.round(rng.normal(1, 1, n_id), 1), np.round(rng.normal(0, 1, n_ood), 1)  # with ties
+        got = I.detection_intervals(s_id, s_ood, I.IntervalSettings(resamples=3), Once())
+        assert got["auroc"][0] == pytest.approx(100 * M.auroc(s_id, s_ood))
+        assert got["fpr_at_95"][0] == pytest.approx(100 * M.fpr_at_95(s_id, s_ood))
     probs = torch.softmax(torch.tensor(rng.normal(0, 2, (90, 4))), -1)
     labels = torch.tensor(rng.integers(0, 4, 90))
     conf, pred = probs.max(-1)

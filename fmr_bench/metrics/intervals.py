@@ -263,11 +263,11 @@ def paired_difference(a: np.ndarray, b: np.ndarray, metrics: Callable[[np.ndarra
     n, k = a.shape
     rng = settings.rng()
     point_a, point_b = metrics(a.sum(0)), metrics(b.sum(0))
-    uniq, counts = pattern_counts(np.concatenate([a, b], axis=1), settings.resamples, rng)
+    uniq, base = distinct_patterns(np.concatenate([a, b], axis=1))
+    counts = rng.multinomial(n, base / n, size=settings.resamples)  # as pattern_counts, from one np.unique
     ua, ub = uniq[:, :k], uniq[:, k:]
     boot_a, boot_b = metrics(counts @ ua), metrics(counts @ ub)
     # sign flip: of the c images of a joint pattern, Binomial(c, 1/2) swap A's and B's outcome
-    base = distinct_patterns(np.concatenate([a, b], axis=1))[1]
     swap = rng.binomial(base, 0.5, size=(settings.resamples, len(uniq)))
     keep = base - swap
     perm_a, perm_b = metrics(keep @ ua + swap @ ub), metrics(keep @ ub + swap @ ua)
@@ -428,36 +428,50 @@ def ece_interval(confidence: np.ndarray, correct: np.ndarray, settings: Interval
 def detection_intervals(id_scores: np.ndarray, ood_scores: np.ndarray, settings: IntervalSettings,
                         rng: np.random.Generator, tpr: float = 0.95) -> dict[str, tuple[float, float] | None]:
     """Bootstrap intervals of AUROC and FPR@95 (percent; ID positive, the ``top`` threshold rule of
-    metrics.static.fpr_at_95), ID and OOD samples resampled each on their own."""
+    metrics.static.fpr_at_95), ID and OOD samples resampled each on their own.
+
+    Both are drawn from their exact bootstrap distributions without materialising every resample:
+
+    * FPR@95: the threshold is the ``ceil(tpr·n_id)``-th highest of the n_id drawn ID scores. Drawing a sample
+      is ``floor(n·U)`` of a uniform U, so the k-th smallest drawn rank is ``floor(n·U_(k))`` with
+      ``U_(k) ~ Beta(k, n − k + 1)``; the OOD samples drawn at or above it are Binomial(n_ood, their share).
+    * AUROC: the smaller side gets full bootstrap weights (exchangeable, so drawn in sorted order); the other
+      side only matters through where each of its scores falls among the first side's (the pair of its
+      left and right insertion points), so its draws are counted per such bin.
+    """
     s_id, s_ood = np.asarray(id_scores, dtype=np.float64).ravel(), np.asarray(ood_scores, dtype=np.float64).ravel()
     n_id, n_ood = len(s_id), len(s_ood)
     if not n_id or not n_ood:
         return {"auroc": None, "fpr_at_95": None}
-    values, group = np.unique(np.concatenate([s_id, s_ood]), return_inverse=True)
-    g_id, g_ood = group[:n_id], group[n_id:]
-    desc = np.argsort(-s_id, kind="mergesort")
-    asc = np.argsort(s_ood, kind="mergesort")
-    s_desc, s_asc = s_id[desc], s_ood[asc]
+    aurocs = _auroc_draws(s_id, s_ood, settings.resamples, rng)
     k = int(np.ceil(tpr * n_id))
-    aurocs, fprs = [], []
-    for w_id, w_ood in zip(sample_weights(n_id, settings.resamples, rng), sample_weights(n_ood, settings.resamples, rng)):
-        b = len(w_id)
-        pos, neg = _per_group(w_id, g_id, len(values)), _per_group(w_ood, g_ood, len(values))
-        below = np.cumsum(neg, 1) - neg + 0.5 * neg  # OOD weight under each score, ties counting one half
-        aurocs.append((pos * below).sum(1) / (n_id * n_ood))
-        threshold = s_desc[(np.cumsum(w_id[:, desc], 1) < k).sum(1)]
-        cum = np.concatenate([np.zeros((b, 1)), np.cumsum(w_ood[:, asc], 1)], 1)
-        under = cum[np.arange(b), np.searchsorted(s_asc, threshold, side="left")]
-        fprs.append((n_ood - under) / n_ood)
-    return {"auroc": percentile_interval(100 * np.concatenate(aurocs), settings.level),
-            "fpr_at_95": percentile_interval(100 * np.concatenate(fprs), settings.level)}
+    rank = np.floor(n_id * rng.beta(k, n_id - k + 1, size=settings.resamples)).astype(np.int64)
+    threshold = np.sort(s_id)[::-1][np.minimum(rank, n_id - 1)]
+    at_or_above = (n_ood - np.searchsorted(np.sort(s_ood), threshold, side="left")) / n_ood
+    fprs = rng.binomial(n_ood, at_or_above) / n_ood
+    return {"auroc": percentile_interval(100 * aurocs, settings.level),
+            "fpr_at_95": percentile_interval(100 * fprs, settings.level)}
 
 
-def _per_group(w: np.ndarray, group: np.ndarray, size: int) -> np.ndarray:
-    """(b, size) sums of the weights (b, n) of the samples in each group (n,)."""
-    b = len(w)
-    idx = (np.arange(b)[:, None] * size + group[None, :]).ravel()
-    return np.bincount(idx, weights=w.ravel(), minlength=b * size).reshape(b, size)
+def _auroc_draws(s_id: np.ndarray, s_ood: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """(resamples,) bootstrap AUROCs (ties one half) of ID against OOD scores (see :func:`detection_intervals`)."""
+    n_id, n_ood = len(s_id), len(s_ood)
+    swap = n_id < n_ood  # full weights on the smaller side
+    full, binned = (s_id, s_ood) if swap else (s_ood, s_id)
+    srt = np.sort(full)
+    bins, bin_of = np.unique(np.stack([np.searchsorted(srt, binned, side="left"),
+                                       np.searchsorted(srt, binned, side="right")], 1), axis=0, return_inverse=True)
+    bin_of = bin_of.ravel()
+    out = []
+    for w in sample_weights(len(full), resamples, rng):
+        b = len(w)
+        cum = np.concatenate([np.zeros((b, 1)), np.cumsum(w, 1)], 1)
+        half = 0.5 * (cum[:, bins[:, 0]] + cum[:, bins[:, 1]])  # full-side weight below each bin, ties one half
+        draws = bin_of[rng.integers(0, len(binned), size=(b, len(binned)))] + (np.arange(b) * len(bins))[:, None]
+        counts = np.bincount(draws.ravel(), minlength=b * len(bins)).reshape(b, len(bins))
+        pairs = np.einsum("ij,ij->i", counts, half)  # sum over the binned side's draws
+        out.append(n_id * n_ood - pairs if swap else pairs)
+    return np.concatenate(out) / (n_id * n_ood)
 
 
 class Intervals:

@@ -381,3 +381,36 @@ def test_imagenet_fmr_numbers_are_the_papers():
     # FMR = 100 PA / SA holds for every reported row up to the paper's rounding
     for _, r in table.frame.iterrows():
         assert 100 * r["pa"] / r["sa"] == pytest.approx(r["fmr"], abs=0.05), r["name"]
+
+
+def test_plots_draw_each_measured_interval_as_an_error_bar(tmp_path, monkeypatch):
+    """The committed digits-finetune board: every scatter point's WG and ID bars are its recorded interval."""
+    import matplotlib.axes
+
+    from fmr_bench.leaderboard.plots import PLOTS
+
+    board, entries = load_board(REPO / "leaderboards" / "digits-finetune")
+    table = build_table(board, entries)
+    calls = []
+    real = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", lambda ax, *a, **k: calls.append((a, k)) or real(ax, *a, **k))
+    plot = board.plots[0]
+    assert PLOTS.get("scatter")(table, plot, tmp_path / "s.png").is_file()
+    (args, kw), = calls
+    f = table.frame.dropna(subset=["id", "wg"])
+    assert list(args[1]) == list(f["wg"])
+    assert kw["yerr"][0] == pytest.approx(list(f["wg"] - f["wg_lo"]))
+    assert kw["yerr"][1] == pytest.approx(list(f["wg_hi"] - f["wg"]))
+    assert kw["xerr"][1] == pytest.approx(list(f["id_hi"] - f["id"]))
+    # the logit plot bars the same intervals on its axes; a board of reported numbers only draws none
+    calls.clear()
+    from fmr_bench.leaderboard.schema import Plot
+
+    assert PLOTS.get("effective-robustness")(table, Plot(kind="effective-robustness", x="id", y=["wg"]),
+                                            tmp_path / "e.png").is_file()
+    (args, kw), = calls
+    assert kw["yerr"][1] == pytest.approx(list(logit(f["wg_hi"]) - logit(f["wg"])))
+    calls.clear()
+    bare = table.frame.drop(columns=[c for c in table.frame if c.endswith(("_lo", "_hi"))])
+    monkeypatch.setattr(table, "frame", bare)
+    assert PLOTS.get("scatter")(table, plot, tmp_path / "r.png").is_file() and not calls

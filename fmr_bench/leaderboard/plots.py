@@ -54,8 +54,39 @@ def _label(table: BoardTable, key: str) -> str:
 
 
 def _points(table: BoardTable, x: str, y: str):
-    f = table.frame[["name", "group", x, y]].dropna(subset=[x, y])
-    return f
+    """Entries with both x and y, with the 95 % interval columns of each (``KEY_lo``/``KEY_hi``, NaN where none)."""
+    ends = [f"{k}_{e}" for k in dict.fromkeys((x, y)) for e in ("lo", "hi")]
+    f = table.frame.reindex(columns=["name", "group", x, y, *ends]).dropna(subset=[x, y])
+    return f.astype({c: float for c in ends})
+
+
+def _errors(frame, key: str, transform=None) -> np.ndarray | None:
+    """Asymmetric error bars (2, n) of ``key`` from its interval columns (0 where an entry has none), or None
+    when no entry has one (reported numbers have no interval: no bar)."""
+    lo, hi = frame.get(f"{key}_lo"), frame.get(f"{key}_hi")
+    if lo is None or hi is None or not (lo.notna() & hi.notna()).any():
+        return None
+    f = transform or (lambda v: np.asarray(v, dtype=float))
+    mid, low, high = f(frame[key]), f(lo), f(hi)
+    err = np.stack([mid - low, high - mid])
+    return np.clip(np.nan_to_num(err, nan=0.0), 0, None)
+
+
+def _error_bars(ax, frame, x: str, y: str, transform=None) -> bool:
+    """Draw each point's 95 % intervals (grey bars behind the markers); True if any was drawn."""
+    xerr, yerr = _errors(frame, x, transform), _errors(frame, y, transform)
+    if xerr is None and yerr is None:
+        return False
+    f = transform or (lambda v: np.asarray(v, dtype=float))
+    ax.errorbar(f(frame[x]), f(frame[y]), xerr=xerr, yerr=yerr, fmt="none", ecolor="0.6", elinewidth=0.8,
+                capsize=2, zorder=1)
+    return True
+
+
+def _interval_note(ax, shown: bool) -> None:
+    if shown:
+        ax.text(0.01, 0.01, "bars: 95 % intervals of measured numbers (reported ones have none)",
+                transform=ax.transAxes, fontsize=6, color="0.4", va="bottom")
 
 
 def _annotate(ax, frame, x: str, y: str) -> None:
@@ -84,8 +115,10 @@ def scatter(table: BoardTable, plot: Plot, path: Path) -> Path | None:
     if pts.empty:
         return None
     plt, (fig, ax) = _figure()
+    bars_shown = _error_bars(ax, pts, plot.x, y)
     _by_group(ax, pts, plot.x, y)
     _annotate(ax, pts, plot.x, y)
+    _interval_note(ax, bars_shown)
     ax.set_xlabel(_label(table, plot.x))
     ax.set_ylabel(_label(table, y))
     _title(ax, plot.title or f"{_label(table, y)} against {_label(table, plot.x)}")
@@ -123,6 +156,8 @@ def effective_robustness(table: BoardTable, plot: Plot, path: Path) -> Path | No
     plt, (fig, ax) = _figure()
     lx, ly = logit(pts[plot.x]), logit(pts[y])
     frame = pts.assign(_lx=lx, _ly=ly)
+    bars_shown = _error_bars(ax, pts, plot.x, y, transform=logit)
+    _interval_note(ax, bars_shown)
     _by_group(ax, frame, "_lx", "_ly")
     _annotate(ax, frame, "_lx", "_ly")
     pad = 0.3
@@ -156,8 +191,17 @@ def bars(table: BoardTable, plot: Plot, path: Path) -> Path | None:
     plt, (fig, ax) = _figure(max(6.0, 0.9 * len(keys) + 2), 4.2)
     width = 0.8 / max(len(f), 1)
     xs = np.arange(len(keys))
+    shown = False
     for i, (_, r) in enumerate(f.iterrows()):
-        ax.bar(xs + i * width - 0.4 + width / 2, [r[k] if r[k] == r[k] else 0 for k in keys], width, label=r["name"])
+        heights = [r[k] if r[k] == r[k] else 0 for k in keys]
+        row = f.iloc[[i]]
+        errs = [_errors(row, k) for k in keys]
+        yerr = None if all(e is None for e in errs) else \
+            np.concatenate([e if e is not None else np.zeros((2, 1)) for e in errs], axis=1)
+        shown |= yerr is not None
+        ax.bar(xs + i * width - 0.4 + width / 2, heights, width, label=r["name"], yerr=yerr,
+               error_kw={"ecolor": "0.3", "elinewidth": 0.8, "capsize": 2})
+    _interval_note(ax, shown)
     ax.set_xticks(xs, [_label(table, k) for k in keys], rotation=30, ha="right", fontsize=8)
     _title(ax, plot.title or "Per-factor results")
     ax.legend(fontsize=7)

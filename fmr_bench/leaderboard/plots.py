@@ -43,10 +43,12 @@ def _save(plt, fig, path: Path) -> Path:
     return path
 
 
-def _title(ax, text: str) -> None:
+def _title(ax, text: str, intervals: bool = False) -> None:
+    """The plot's title; with ``intervals``, a second line saying what the error bars are."""
     import textwrap
 
-    ax.set_title(textwrap.fill(text, 70), fontsize=9)
+    note = "\nbars: 95 % intervals of measured numbers (reported numbers have none)" if intervals else ""
+    ax.set_title(textwrap.fill(text, 70) + note, fontsize=9)
 
 
 def _label(table: BoardTable, key: str) -> str:
@@ -83,12 +85,6 @@ def _error_bars(ax, frame, x: str, y: str, transform=None) -> bool:
     return True
 
 
-def _interval_note(ax, shown: bool) -> None:
-    if shown:
-        ax.text(0.01, 0.01, "bars: 95 % intervals of measured numbers (reported ones have none)",
-                transform=ax.transAxes, fontsize=6, color="0.4", va="bottom")
-
-
 def _annotate(ax, frame, x: str, y: str) -> None:
     if len(frame) > 15:  # names would cover each other; the table beside the plot names the points
         return
@@ -118,10 +114,9 @@ def scatter(table: BoardTable, plot: Plot, path: Path) -> Path | None:
     bars_shown = _error_bars(ax, pts, plot.x, y)
     _by_group(ax, pts, plot.x, y)
     _annotate(ax, pts, plot.x, y)
-    _interval_note(ax, bars_shown)
     ax.set_xlabel(_label(table, plot.x))
     ax.set_ylabel(_label(table, y))
-    _title(ax, plot.title or f"{_label(table, y)} against {_label(table, plot.x)}")
+    _title(ax, plot.title or f"{_label(table, y)} against {_label(table, plot.x)}", bars_shown)
     ax.grid(alpha=0.3)
     return _save(plt, fig, path)
 
@@ -157,7 +152,6 @@ def effective_robustness(table: BoardTable, plot: Plot, path: Path) -> Path | No
     lx, ly = logit(pts[plot.x]), logit(pts[y])
     frame = pts.assign(_lx=lx, _ly=ly)
     bars_shown = _error_bars(ax, pts, plot.x, y, transform=logit)
-    _interval_note(ax, bars_shown)
     _by_group(ax, frame, "_lx", "_ly")
     _annotate(ax, frame, "_lx", "_ly")
     pad = 0.3
@@ -175,7 +169,7 @@ def effective_robustness(table: BoardTable, plot: Plot, path: Path) -> Path | No
         setter(logit(inside), [f"{t:g}" for t in inside])
     ax.set_xlabel(f"{_label(table, plot.x)} (logit axis)")
     ax.set_ylabel(f"{_label(table, y)} (logit axis)")
-    _title(ax, plot.title or "Effective robustness: distance above the baseline fit")
+    _title(ax, plot.title or "Effective robustness: distance above the baseline fit", bars_shown)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _save(plt, fig, path)
@@ -201,9 +195,8 @@ def bars(table: BoardTable, plot: Plot, path: Path) -> Path | None:
         shown |= yerr is not None
         ax.bar(xs + i * width - 0.4 + width / 2, heights, width, label=r["name"], yerr=yerr,
                error_kw={"ecolor": "0.3", "elinewidth": 0.8, "capsize": 2})
-    _interval_note(ax, shown)
     ax.set_xticks(xs, [_label(table, k) for k in keys], rotation=30, ha="right", fontsize=8)
-    _title(ax, plot.title or "Per-factor results")
+    _title(ax, plot.title or "Per-factor results", shown)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     return _save(plt, fig, path)

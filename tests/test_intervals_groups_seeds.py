@@ -33,9 +33,9 @@ def test_worst_group_interval_covers_the_truth(regime):
         correct, g = _groups_draw(rng, p)
         lo, hi = I.group_intervals(correct, g, G, settings, np.random.default_rng(10_000 + t))["worst_group_acc"]
         basic += lo <= truth <= hi
-        x = I.group_columns(correct, g, G)
-        uniq, counts = I.pattern_counts(x, settings.resamples, np.random.default_rng(10_000 + t))
-        plo, phi = I.percentile_interval(I.group_metric(G)(counts @ uniq)["worst_group_acc"])
+        uniq, counts = I.pattern_counts(np.stack([g, correct], 1), settings.resamples, np.random.default_rng(t))
+        sums = counts @ I.group_columns(uniq[:, 1], uniq[:, 0], G)  # (group, correct) patterns -> group sums
+        plo, phi = I.percentile_interval(I.group_metric(G)(sums)["worst_group_acc"])
         percentile += plo <= truth <= phi
     assert basic / trials >= 0.9, f"the interval covered the worst group's truth {basic}/{trials} times"
     if regime != "one bad group":

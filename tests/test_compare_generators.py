@@ -51,10 +51,49 @@ def test_compare_writes_tables_and_resumes(tmp_path):
     assert table[0] == "model,pixel PA,pixel FMR,noise?sigma=0.01 PA,noise?sigma=0.01 FMR" and len(table) == 3
     summary = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert summary["request"]["generators"] == ["pixel", "noise?sigma=0.01"]
+    # one pair of models under each generator: A − B as fmr compare gives it for the two run folders
+    from fmr_bench.studies.paired import compare_runs
+
+    assert [(p["generator"], p["model_a"], p["model_b"]) for p in res.pairs] == [
+        ("pixel", "builtin:digits-mlp", "builtin:digits-cnn"),
+        ("noise?sigma=0.01", "builtin:digits-mlp", "builtin:digits-cnn")]
+    runs = {(r["model"], r["generator"]): r["run"] for r in res.rows}
+    for p in res.pairs:
+        by = {x["metric"]: x for x in compare_runs(runs[(p["model_a"], p["generator"])],
+                                                   runs[(p["model_b"], p["generator"])]).rows()}
+        assert [p["fmr_delta"], p["fmr_delta_lo"], p["fmr_delta_hi"], p["fmr_delta_p"]] == [
+            by["fmr"]["delta"], by["fmr"]["lo"], by["fmr"]["hi"], by["fmr"]["p_value"]]
+        assert p["settled"] == (None if p["fmr_delta_lo"] is None else
+                                1 if p["fmr_delta_lo"] > 0 else -1 if p["fmr_delta_hi"] < 0 else 0)
+    assert summary["pairs"] == json.loads(json.dumps(res.pairs)) and len(_csv(tmp_path / "cmp" / "pairs.csv")) == 2
+    both = [p["settled"] for p in res.pairs]
+    assert res.tau[0]["settled_pairs"] == int(all(both)) and res.tau[0]["settled_discordant"] == int(
+        all(both) and both[0] != both[1])
     # a second call finds every run folder complete and redoes nothing
     again = compare_generators(MODELS, ["pixel", "noise?sigma=0.01"], "digits", out=tmp_path / "runs",
                                to=tmp_path / "cmp", write_grid=False, **FAST)
     assert again.rows == res.rows
+
+
+def _csv(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_settled_pairs_count_only_orders_both_generators_settle():
+    from fmr_bench.studies.compare import count_settled
+
+    models = ("a", "b", "c")
+    settle = {"g": {("a", "b"): 1, ("a", "c"): -1, ("b", "c"): 0},
+              "h": {("a", "b"): -1, ("a", "c"): -1, ("b", "c"): 1}}
+    pairs = [{"generator": g, "model_a": ma, "model_b": mb, "settled": settle[g][(ma, mb)]}
+             for g in settle for ma, mb in itertools.combinations(models, 2)]
+    taus = [{"generator_a": "g", "generator_b": "h"}]
+    count_settled(taus, pairs)
+    # (a, b) settled both ways and opposite, (a, c) settled and concordant, (b, c) a tie under g
+    assert taus[0]["settled_pairs"] == 2 and taus[0]["settled_discordant"] == 1
 
 
 def test_bad_generator_fails_before_any_run(tmp_path):

@@ -212,6 +212,17 @@ def test_transfer_matrix(world, capsys):
         if src == model:
             own = FmrResult.load(res["runs"][src]).record["intervals"]
             assert [c["pa_lo"], c["pa_hi"], c["fmr_lo"], c["fmr_hi"]] == [*own["pa"], *own["fmr"]]
+    # the transfer gap: each off-diagonal cell of a source's column minus that column's diagonal, paired over
+    # the same clean images; none on the diagonal
+    for (src, model), c in cells.items():
+        if src == model:
+            assert c["fmr_delta"] is None and c["pa_delta"] is None
+            continue
+        diag = cells[(model, model)]
+        for m in ("pa", "fmr"):
+            assert c[f"{m}_delta"] == pytest.approx(c[m] - diag[m]), (src, model, m)
+            assert c[f"{m}_delta_lo"] <= c[f"{m}_delta"] <= c[f"{m}_delta_hi"] and 0 < c[f"{m}_delta_p"] <= 1
+    assert res["paired_method"]["resamples"] == 1000 and "sign-flip" in res["paired_method"]["p_value"]
 
 
 # --- sweep and per-class tables (App. J) -----------------------------------------------
@@ -227,6 +238,20 @@ def test_sweep_table_plot_and_per_class(world, capsys):
     with_iv = [r for r in rows if r["fmr_lo"]]  # each run's interval (none where FMR is undefined)
     assert with_iv and all(float(r["fmr_lo"]) <= float(r["fmr"]) <= float(r["fmr_hi"]) for r in with_iv)
     assert (to / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # each pair's paired difference from the first pair is what fmr compare prints for the two run folders
+    from fmr_bench.studies.paired import compare_runs
+
+    assert all(rows[0][f"{m}_delta{e}"] == "" for m in ("pa", "fmr") for e in ("", "_lo", "_hi", "_p"))
+    for r in rows[1:]:
+        by = {x["metric"]: x for x in compare_runs(r["run"], rows[0]["run"]).rows()}
+        for m in ("pa", "fmr"):
+            if by[m]["delta"] is None:
+                assert r[f"{m}_delta"] == ""
+                continue
+            assert float(r[f"{m}_delta"]) == pytest.approx(float(r[m]) - float(rows[0][m]))
+            assert [float(r[f"{m}_delta{e}"]) for e in ("", "_lo", "_hi", "_p")] == pytest.approx(
+                [by[m]["delta"], by[m]["lo"], by[m]["hi"], by[m]["p_value"]])
+    assert json.loads((to / "sweep.json").read_text())["reference"] == {"step_size": 0.05, "budget": 2}
     fixture_run = world["export"].result
     reused = next(r for r in rows if (float(r["step_size"]), int(r["budget"])) == (0.05, 3))
     assert reused["run"] == str(fixture_run.path)  # the sweep resumes through normal run folders

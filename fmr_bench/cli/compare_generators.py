@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..studies.compare import compare_generators
-    from ..studies.tables import columns_for, fmt, rich_table
+    from ..studies.tables import columns_for, fmt, fmt_delta, rich_table
 
     console = Console(highlight=False, soft_wrap=True)
     log = None if args.quiet else (lambda msg: console.print(msg, highlight=False))
@@ -56,11 +56,22 @@ def run(args: argparse.Namespace) -> int:
     console.print(rich_table(
         [{k: fmt(v) for k, v in r.items()} for r in res.tau],
         [("generator A", "generator_a"), ("generator B", "generator_b"), ("tau FMR", "tau_fmr"),
-         ("tau PA", "tau_pa"), *([("tau aud. FMR", "tau_audit_fmr")] if args.audit else []), ("models", "n_models")],
-        title="rank agreement (Kendall tau-b over the models)"))
+         ("tau PA", "tau_pa"), *([("tau aud. FMR", "tau_audit_fmr")] if args.audit else []), ("models", "n_models"),
+         ("settled pairs", "settled_pairs"), ("of them opposite", "settled_discordant")],
+        title="rank agreement (Kendall tau-b over the models)",
+        caption="settled pairs: model pairs whose ΔFMR interval excludes 0 under both generators; opposite: those "
+                "the two generators order the other way round (pairs.csv)"))
+    order = {1: "A > B", -1: "A < B", 0: "tie", None: "-"}
+    console.print(rich_table(
+        [{**r, "d_fmr": fmt_delta(r), "order": order[r["settled"]]} for r in res.pairs],
+        [("generator", "generator"), ("model A", "model_a"), ("model B", "model_b"),
+         ("ΔFMR A − B [95 %]", "d_fmr"), ("p", "fmr_delta_p"), ("order", "order")],
+        title="pairs of models on the same images",
+        caption="paired-bootstrap interval over the images and sign-flip p-value, as fmr compare of the two runs"))
     for note in res.notes:
         console.print(f"note: {note}", markup=False)
-    console.print(f"tables: {res.path / 'table.csv'}  {res.path / 'tau.csv'}  all rows: {res.path / 'compare.csv'}")
+    console.print(f"tables: {res.path / 'table.csv'}  {res.path / 'tau.csv'}  {res.path / 'pairs.csv'}  "
+                  f"all rows: {res.path / 'compare.csv'}")
     return 0
 
 

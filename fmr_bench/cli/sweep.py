@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..studies.sweep import METRIC_COLUMNS, sweep
-    from ..studies.tables import columns_for, rich_table
+    from ..studies.tables import columns_for, fmt_delta, rich_table
 
     console = Console(highlight=False, soft_wrap=True)  # paths stay whole, for copying
     log = None if args.quiet else (lambda msg: console.print(msg, highlight=False))
@@ -33,10 +33,15 @@ def run(args: argparse.Namespace) -> int:
                 generator=args.generator, oracle=args.oracle, per_class=args.per_class, progress=not args.quiet,
                 write_grid=not args.no_grid, audit=args.audit, log=log, **settings_overrides(args))
     audited = ("audit_validity", "audit_fmr") if args.audit else ()
-    cols = columns_for(["step_size", "budget", *(k for k in METRIC_COLUMNS if k != "oracle_acc"), *audited])
-    console.print(rich_table(res.rows, cols, title=f"sweep — {args.model} on {args.data}",
+    cols = [*columns_for(["step_size", "budget", *(k for k in METRIC_COLUMNS if k != "oracle_acc"), *audited]),
+            ("ΔFMR vs first [95 %]", "d_fmr"), ("p", "fmr_delta_p")]
+    first = res.rows[0]
+    console.print(rich_table([{**r, "d_fmr": fmt_delta(r)} for r in res.rows], cols,
+                             title=f"sweep — {args.model} on {args.data}",
                              caption="percent: SA, VR, PA, FMR, PA_all; steps: mean survived; valid: validated; "
-                                     "all columns in sweep.csv"))
+                                     f"ΔFMR: FMR minus that of the first pair (eta {first['step_size']:g}, B "
+                                     f"{first['budget']}) on the same images, paired-bootstrap interval; p: "
+                                     "sign-flip test; all columns in sweep.csv"))
     console.print(f"table: {res.path / 'sweep.csv'}  plot: {res.plot}"
                   + (f"  per class: {res.path / 'per_class.csv'}" if args.per_class else ""))
     return 0

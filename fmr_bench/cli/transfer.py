@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     set_cache(args.cache_dir)
     from rich.console import Console
 
-    from ..studies.tables import rich_table
+    from ..studies.tables import fmt_delta, rich_table
     from ..studies.transfer import METRICS, transfer
 
     console = Console(highlight=False, soft_wrap=True)  # paths stay whole, for copying
@@ -40,6 +40,13 @@ def run(args: argparse.Namespace) -> int:
         rows = [{"source": f"{num[s]} {s}", **dict(zip(res.models, vals))}
                 for s, vals in zip(res.sources, res.matrix(metric))]
         console.print(rich_table(rows, cols, title=f"{metric.upper()} — rows: generating model, columns: scored model"))
+    gaps = [(s, {m: fmt_delta(res.cell(s, m)) for m in res.models}) for s in res.sources]
+    if any(v != "-" for _, row in gaps for v in row.values()):
+        console.print(rich_table(
+            [{"source": f"{num[s]} {s}", **row} for s, row in gaps], cols,
+            title="transfer gap: FMR(row's images, column) − FMR(column's own run) [95 %]",
+            caption="paired over the same clean images; above 0: the row's images fool the column's model less "
+                    "than its own run's do; only columns that are sources"))
     console.print("diagonal: the source's own FMR run; SA: clean accuracy of the scored model on the same "
                   "samples; PA over the source's validated images; FMR = 100 PA / SA")
     console.print(f"results: {res.path / 'transfer.json'} and {res.path / 'transfer.csv'}")

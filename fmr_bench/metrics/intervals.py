@@ -58,6 +58,10 @@ PERMUTATION = ("sign-flip permutation test: each image's pair of outcomes swappe
                "1/2; two-sided p = (1 + #{|delta*| >= |delta|}) / (1 + permutations)")
 
 
+PAIRED_INTERVAL = ("paired percentile bootstrap: image ids resampled jointly for both runs, the difference "
+                   "recomputed on each resample")
+
+
 @dataclass(frozen=True)
 class IntervalSettings:
     """Level, resamples and seed of the intervals (recorded with them)."""
@@ -242,9 +246,13 @@ class PairedDifference:
     settings: IntervalSettings = field(default_factory=IntervalSettings)
 
     def method(self) -> dict[str, Any]:
-        return {"level": self.settings.level, "resamples": self.settings.resamples, "seed": self.settings.seed,
-                "interval": "paired percentile bootstrap: image ids resampled jointly for both runs, the difference "
-                            "recomputed on each resample", "p_value": PERMUTATION}
+        return paired_method(self.settings)
+
+
+def paired_method(settings: IntervalSettings) -> dict[str, Any]:
+    """How a paired difference was resampled: level, resamples, seed, the interval and the p-value."""
+    return {"level": settings.level, "resamples": settings.resamples, "seed": settings.seed,
+            "interval": PAIRED_INTERVAL, "p_value": PERMUTATION}
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, metrics: Callable[[np.ndarray], dict[str, np.ndarray]],

@@ -8,8 +8,17 @@ of the models under each pair of generators. It writes to its folder::
 
     compare.csv    one row per (model, generator): SA, VR, PA, FMR, ... and the run folder
     table.csv      the Table 3 layout: one row per model, PA and FMR per generator
-    tau.csv        one row per pair of generators: τ on FMR and on PA, p-values, n models
-    compare.json   the request, all rows, the τ table and a timestamp
+    tau.csv        one row per pair of generators: τ on FMR and on PA, p-values, n models, and how
+                   many model pairs have an order settled under both generators
+    pairs.csv      one row per (generator, pair of models): the paired difference A − B of PA and
+                   FMR on the same images, its 95 % paired-bootstrap interval and sign-flip p-value
+                   (as ``fmr compare`` of the two runs), and whether the order is settled
+    compare.json   the request, all rows, the τ and pairs tables, the resampling and a timestamp
+
+τ counts every swapped pair of models alike, also pairs whose difference is noise. A pair is
+*settled* under a generator when the interval of ΔFMR excludes 0; ``settled_pairs`` counts the
+pairs settled under both generators of a τ row and ``settled_discordant`` those among them that
+the two generators order oppositely: the disagreements τ cannot blame on the sample.
 """
 
 from __future__ import annotations
@@ -25,14 +34,17 @@ from typing import Any
 from ..config import FmrSettings
 from ..datasets import ImageDataset, load_dataset
 from ..errors import SettingsError
+from ..metrics.intervals import IntervalSettings, paired_method
 from ..results.rundir import run_dir, write_json
 from ..results.study import study_document
 from .export import merge_settings
+from .paired import DELTA_COLUMNS, compare_results, delta_row, settled
 from .tables import AUDIT_COLUMNS, INTERVAL_COLUMNS, METRIC_COLUMNS, metric_row, write_csv
 
 ROW_COLUMNS = ("model", "generator", *METRIC_COLUMNS, *INTERVAL_COLUMNS, *AUDIT_COLUMNS, "run")
 TAU_COLUMNS = ("generator_a", "generator_b", "tau_fmr", "p_fmr", "tau_pa", "p_pa", "tau_audit_fmr", "p_audit_fmr",
-               "n_models")
+               "n_models", "settled_pairs", "settled_discordant")
+PAIR_COLUMNS = ("generator", "model_a", "model_b", "fmr_a", "fmr_b", *DELTA_COLUMNS, "settled", "n")
 
 
 @dataclass
@@ -43,6 +55,7 @@ class CompareResult:
     tau: list[dict[str, Any]]
     path: Path
     notes: list[str] = field(default_factory=list)
+    pairs: list[dict[str, Any]] = field(default_factory=list)
 
     def wide(self) -> list[dict[str, Any]]:
         """One row per model with ``<generator> PA`` / ``<generator> FMR`` columns (Table 3)."""
@@ -150,23 +163,53 @@ def compare_generators(models: str | Sequence[str], generators: str | Sequence[s
     to = Path(to) if to is not None else run_dir(Path(out), "compare", dataset.spec, request)
     say = log or (lambda _msg: None)
     started = _dt.datetime.now(_dt.timezone.utc)
-    rows = []
+    rows, results = [], {}
     for g in generators:
         for m in models:
             say(f"{m} with generator {g}")
             res = evaluate(m, dataset, generator=g, oracle=oracle, out=out, progress=progress, pretrained=pretrained,
                            write_grid=write_grid, settings=merged, audit=audit)
+            results[(m, g)] = res
             rows.append({"model": m, "generator": g, **metric_row(res.metrics, res.record.get("intervals")),
                          "run": str(res.path) if res.path else None})
+    pairs = pair_table(results, generators, models)
     taus = tau_table(rows, generators, models, keys=("fmr", "pa", "audit_fmr") if audit else ("fmr", "pa"))
+    count_settled(taus, pairs)
     write_csv(to / "compare.csv", rows, ROW_COLUMNS)
     wide = wide_rows(rows)
     write_csv(to / "table.csv", wide, list(wide[0]))
     write_csv(to / "tau.csv", taus, TAU_COLUMNS)
+    write_csv(to / "pairs.csv", pairs, PAIR_COLUMNS)
     write_json(to / "compare.json", json.loads(json.dumps(study_document(
-        "compare-generators", request, rows, tau=taus, notes=notes, timestamp=started.isoformat(timespec="seconds")),
-        default=str)))
-    return CompareResult(rows, taus, to, notes)
+        "compare-generators", request, rows, tau=taus, pairs=pairs, paired_method=paired_method(IntervalSettings()), notes=notes,
+        timestamp=started.isoformat(timespec="seconds")), default=str)))
+    return CompareResult(rows, taus, to, notes, pairs)
+
+
+def pair_table(results: dict[tuple[str, str], Any], generators: Sequence[str],
+               models: Sequence[str]) -> list[dict[str, Any]]:
+    """Under each generator, every pair of models (A before B in ``models``' order): ΔPA and ΔFMR = A − B on the
+    same images with the paired interval and p-value, and ``settled`` (+1 A above B, −1 below, 0 a tie)."""
+    out = []
+    for g in generators:
+        for ma, mb in itertools.combinations(models, 2):
+            a, b = results[(ma, g)], results[(mb, g)]
+            cmp = compare_results(a, b, f"{ma} under {g}", f"{mb} under {g}")
+            row = {"generator": g, "model_a": ma, "model_b": mb, "fmr_a": a.metrics.get("fmr"),
+                   "fmr_b": b.metrics.get("fmr"), **delta_row(cmp.result), "n": cmp.result.n}
+            row["settled"] = settled(row)
+            out.append(row)
+    return out
+
+
+def count_settled(taus: list[dict[str, Any]], pairs: Sequence[dict[str, Any]]) -> None:
+    """Add ``settled_pairs`` and ``settled_discordant`` to each τ row (pairs settled under both generators, and
+    those the two order oppositely)."""
+    by = {(p["generator"], p["model_a"], p["model_b"]): p["settled"] for p in pairs}
+    for t in taus:
+        both = [(s, by[(t["generator_b"], ma, mb)]) for (g, ma, mb), s in by.items() if g == t["generator_a"]]
+        both = [(x, y) for x, y in both if x and y]
+        t["settled_pairs"], t["settled_discordant"] = len(both), sum(x != y for x, y in both)
 
 
 def rank_notes(models: Sequence[str], generators: Sequence[str]) -> list[str]:

@@ -71,6 +71,26 @@ def same_samples(a: FmrResult, b: FmrResult) -> str | None:
     return None
 
 
+def compare_results(a: FmrResult, b: FmrResult, name_a: str, name_b: str,
+                    settings: IntervalSettings | None = None) -> Comparison:
+    """The paired difference A − B of two loaded FMR results on the same images (audited figures when the same
+    judge audited both).
+
+    Raises:
+        DataError: runs on different sample sets (``name_a``/``name_b`` name them in the message).
+    """
+    why = same_samples(a, b)
+    if why:
+        raise DataError(f"{name_a} and {name_b} are not on the same images ({why}); compare runs made with the same "
+                        "--data, --limit and --seed")
+    ids = sorted(o.id for o in a.outcomes)
+    judge = _judge(a) if _judge(a) and _judge(a) == _judge(b) else None
+    n = len(ids)
+    result = paired_difference(_indicators(a, ids, judge), _indicators(b, ids, judge),
+                               lambda s: fmr_from_sums(s, n, audited=judge is not None), settings)
+    return Comparison(name_a, name_b, judge, result)
+
+
 def compare_runs(run_a: str | Path, run_b: str | Path, settings: IntervalSettings | None = None) -> Comparison:
     """The paired difference A − B of two finished FMR runs on the same images.
 
@@ -83,16 +103,32 @@ def compare_runs(run_a: str | Path, run_b: str | Path, settings: IntervalSetting
             raise DataError(f"{path} is a {run.record.get('kind')} run; fmr compare takes two FMR run folders")
         if not run.outcomes:
             raise DataError(f"{path} holds no samples.jsonl outcomes; re-run its command to rewrite them")
-    why = same_samples(a, b)
-    if why:
-        raise DataError(f"{run_a} and {run_b} are not on the same images ({why}); compare runs made with the same "
-                        "--data, --limit and --seed")
-    ids = sorted(o.id for o in a.outcomes)
-    judge = _judge(a) if _judge(a) and _judge(a) == _judge(b) else None
-    n = len(ids)
-    result = paired_difference(_indicators(a, ids, judge), _indicators(b, ids, judge),
-                               lambda s: fmr_from_sums(s, n, audited=judge is not None), settings)
-    return Comparison(str(run_a), str(run_b), judge, result)
+    return compare_results(a, b, str(run_a), str(run_b), settings)
 
 
-__all__ = ["COLUMNS", "Comparison", "compare_runs", "same_samples"]
+#: The metrics whose paired difference the studies' rows carry (sweep, compare-generators, transfer).
+DELTA_METRICS = ("pa", "fmr")
+#: Their columns: ``<metric>_delta``, its interval ``_lo``/``_hi`` and the sign-flip p-value ``_p``.
+DELTA_COLUMNS = tuple(f"{m}_delta{end}" for m in DELTA_METRICS for end in ("", "_lo", "_hi", "_p"))
+
+
+def delta_row(result: PairedDifference | None, metrics: Sequence[str] = DELTA_METRICS) -> dict[str, Any]:
+    """A paired difference as a study row's columns (:data:`DELTA_COLUMNS`; all empty for ``None``)."""
+    row: dict[str, Any] = {}
+    for m in metrics:
+        iv = (result.interval.get(m) if result else None) or (None, None)
+        row.update({f"{m}_delta": result.delta.get(m) if result else None, f"{m}_delta_lo": iv[0],
+                    f"{m}_delta_hi": iv[1], f"{m}_delta_p": result.p_value.get(m) if result else None})
+    return row
+
+
+def settled(row: dict[str, Any], metric: str = "fmr") -> int | None:
+    """+1 / −1 when the paired interval of ``metric`` lies above / below 0, 0 when it holds 0, None without one."""
+    lo, hi = row.get(f"{metric}_delta_lo"), row.get(f"{metric}_delta_hi")
+    if lo is None or hi is None:
+        return None
+    return 1 if lo > 0 else -1 if hi < 0 else 0
+
+
+__all__ = ["COLUMNS", "DELTA_COLUMNS", "DELTA_METRICS", "Comparison", "compare_results", "compare_runs", "delta_row",
+           "same_samples", "settled"]

@@ -5,7 +5,10 @@ run folder under ``out`` (so a sweep resumes, and reuses runs made by ``fmr eval
 writes to its folder::
 
     sweep.csv / sweep.json   one row per pair: SA, VR, PA, FMR, PA_all, oracle accuracy,
-                             mean steps, counts, run folder
+                             mean steps, counts, the 95 % intervals of PA and FMR, the
+                             paired difference of PA and FMR from the reference pair (the
+                             first step size and budget listed) on the same images with its
+                             interval and sign-flip p-value, run folder
     sweep.png                FMR and VR against the step size, one line per budget
     per_class.csv            (``per_class=True``) the per-class table of every pair
 
@@ -26,15 +29,17 @@ from typing import Any
 from ..config import FmrSettings
 from ..datasets import ImageDataset, load_dataset
 from ..errors import DataError, SettingsError
+from ..metrics.intervals import IntervalSettings, paired_method
 from ..plots import finish_figure
 from ..results.record import load_record as read_record
 from ..results.rundir import run_dir, write_json
 from ..results.study import study_document
 from .export import merge_settings
+from .paired import DELTA_COLUMNS, compare_results, delta_row
 from .tables import AUDIT_COLUMNS, INTERVAL_COLUMNS, METRIC_COLUMNS, metric_row, write_csv
 from ..results.scan import RECORD_FILE
 
-SWEEP_COLUMNS = ("step_size", "budget", *METRIC_COLUMNS, *INTERVAL_COLUMNS, *AUDIT_COLUMNS, "run")
+SWEEP_COLUMNS = ("step_size", "budget", *METRIC_COLUMNS, *INTERVAL_COLUMNS, *DELTA_COLUMNS, *AUDIT_COLUMNS, "run")
 PER_CLASS_COLUMNS = ("label", "class", *METRIC_COLUMNS)
 
 
@@ -97,16 +102,7 @@ def sweep(model: str, data: str | ImageDataset = "digits", step_sizes: Any = Non
     """
     from ..engine.fmr import evaluate
 
-    etas = parse_values(step_sizes, "--step-sizes", float)
-    bs = parse_values(budgets, "--budgets", int)
-    clash = {"step_size", "budget"} & set(overrides)
-    if clash:
-        raise SettingsError(f"pass {', '.join(sorted(clash))} through the sweep lists (--step-sizes, --budgets), "
-                            "not as a single setting")
-    merged = merge_settings(settings, overrides)
-    for eta in etas:  # range checks of every pair before the first run
-        for b in bs:
-            merge_settings(merged, {"step_size": eta, "budget": b})
+    etas, bs, merged = _grid(step_sizes, budgets, settings, overrides)
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data)
     request = {"model": model, "dataset": dataset.spec, "generator": generator, "oracle": oracle,
                "step_sizes": etas, "budgets": bs,
@@ -115,24 +111,46 @@ def sweep(model: str, data: str | ImageDataset = "digits", step_sizes: Any = Non
     to = Path(to) if to is not None else run_dir(Path(out), f"sweep__{model}", dataset.spec, request)
     say = log or (lambda _msg: None)
     started = _dt.datetime.now(_dt.timezone.utc)
-    rows, class_rows = [], []
+    rows, class_rows, reference = [], [], None
     for b in bs:
         for eta in etas:
             say(f"step size {eta:g}, budget {b}")
             res = evaluate(model, dataset, generator=generator, oracle=oracle, out=out, progress=progress,
                            pretrained=pretrained, write_grid=write_grid, audit=audit,
                            settings=merge_settings(merged, {"step_size": eta, "budget": b}))
+            if reference is None:  # the first pair listed: (first step size, first budget)
+                reference = res
+            delta = None if res is reference else compare_results(
+                res, reference, f"step size {eta:g}, budget {b}", f"step size {etas[0]:g}, budget {bs[0]}").result
             rows.append({"step_size": eta, "budget": b, **metric_row(res.metrics, res.record.get("intervals")),
-                         "run": str(res.path) if res.path else None})
+                         **delta_row(delta), "run": str(res.path) if res.path else None})
             if per_class:
                 class_rows += [{"step_size": eta, "budget": b, **r} for r in per_class_rows(res.record)]
     write_csv(to / "sweep.csv", rows, SWEEP_COLUMNS)
     write_json(to / "sweep.json", json.loads(json.dumps(study_document(
-        "sweep", request, rows, timestamp=started.isoformat(timespec="seconds")), default=str)))
+        "sweep", request, rows, reference={"step_size": etas[0], "budget": bs[0]},
+        paired_method=paired_method(IntervalSettings()), timestamp=started.isoformat(timespec="seconds")),
+        default=str)))
     if per_class:
         write_csv(to / "per_class.csv", class_rows, ("step_size", "budget", *PER_CLASS_COLUMNS))
     plot = plot_sweep(rows, to / "sweep.png", title=f"{model} on {dataset.spec}")
     return SweepResult(rows, to, plot, class_rows if per_class else None)
+
+
+def _grid(step_sizes: Any, budgets: Any, settings: FmrSettings | None,
+          overrides: dict[str, Any]) -> tuple[list[float], list[int], FmrSettings]:
+    """The swept step sizes and budgets and the other settings, every pair range-checked before any run."""
+    etas = parse_values(step_sizes, "--step-sizes", float)
+    bs = parse_values(budgets, "--budgets", int)
+    clash = {"step_size", "budget"} & set(overrides)
+    if clash:
+        raise SettingsError(f"pass {', '.join(sorted(clash))} through the sweep lists (--step-sizes, --budgets), "
+                            "not as a single setting")
+    merged = merge_settings(settings, overrides)
+    for eta in etas:
+        for b in bs:
+            merge_settings(merged, {"step_size": eta, "budget": b})
+    return etas, bs, merged
 
 
 def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:

@@ -51,7 +51,15 @@ HEADERS = {"step_size": "eta", "budget": "B", "sa": "SA", "vr": "VR", "pa": "PA"
            "n_confirmed": "confirmed"}
 
 
-_TEXT = ("class", "source", "model")
+_TEXT = ("class", "source", "model", "model_a", "model_b", "generator")
+
+
+def fmt_delta(row: dict[str, Any], metric: str = "fmr") -> str:
+    """A paired difference as the tables show it: ``+1.25 [-0.50, +3.00]`` (``-`` when there is none)."""
+    d, lo, hi = (row.get(f"{metric}_delta{e}") for e in ("", "_lo", "_hi"))
+    if d is None:
+        return "-"
+    return f"{d:+.2f}" + ("" if lo is None else f" [{lo:+.2f}, {hi:+.2f}]")
 
 
 def columns_for(keys: Sequence[str]) -> list[tuple[str, str]]:
@@ -66,6 +74,15 @@ def fmt(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
+def _cell(row: dict[str, Any], key: str) -> str:
+    value = row.get(key)
+    if value is not None and key == "step_size":
+        return f"{value:g}"
+    if value is not None and key.endswith("_p"):  # p-values: three decimals (1/1001 is the smallest)
+        return f"{value:.3f}"
+    return fmt(value)
+
+
 def rich_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], *, title: str = "",
                caption: str = ""):
     """A :class:`rich.table.Table` with one row per dict; ``columns`` are ``(header, key)`` pairs."""
@@ -76,6 +93,5 @@ def rich_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]
     for header, key in columns:
         table.add_column(header, justify="left" if key in _TEXT else "right", no_wrap=True)
     for row in rows:
-        table.add_row(*[f"{row[key]:g}" if key == "step_size" and row.get(key) is not None else fmt(row.get(key))
-                        for _, key in columns])
+        table.add_row(*[_cell(row, key) for _, key in columns])
     return table

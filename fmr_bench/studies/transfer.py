@@ -13,6 +13,13 @@ compared with the output that stands for the true class, as in the run. The diag
 exported PNGs is kept beside them (``pa_export``) as a check of the export (8-bit rounding
 can flip a borderline prediction).
 
+Each cell carries the 95 % bootstrap interval of its PA and FMR over the clean images. A cell
+whose scored model M is itself a source also carries the *transfer gap*: the paired difference
+``PA(A, M) − PA(M, M)`` and ``FMR(A, M) − FMR(M, M)`` over the same clean images (``pa_delta``,
+``fmr_delta``, with a paired-bootstrap interval and sign-flip p-value, as ``fmr compare``). A
+gap above 0 means A's images fool M less than M's own run does; an interval holding 0 means the
+images transfer as well as M's own, as far as this sample tells.
+
 Output folder (``to``): ``transfer.json`` (matrices and cells), ``transfer.csv`` (one row
 per cell), ``sa_matrix.csv`` / ``pa_matrix.csv`` / ``fmr_matrix.csv`` (rows source, columns
 scored model). The exports live under ``OUT/exports/`` (named by a hash of what determines
@@ -34,16 +41,18 @@ from ..config import FmrSettings
 from ..datasets import ImageDataset, load_dataset
 from ..engine.logits import compute_logits
 from ..errors import SettingsError
+from ..metrics.intervals import IntervalSettings, paired_method
 from ..models import ImageClassifier, load_model, map_classes
 from ..results.rundir import run_dir, write_json
 from ..results.study import study_document
 from .export import Export, default_export_dir, export_request, export_run, merge_settings
 from .exported import read_export, subset
+from .paired import DELTA_COLUMNS, delta_row
 from .tables import write_csv
 
 METRICS = ("sa", "pa", "fmr")
-CELL_COLUMNS = ("source", "model", "n", "n_validated", "sa", "pa", "fmr", "pa_lo", "pa_hi", "fmr_lo", "fmr_hi", "from",
-                "pa_export")
+CELL_COLUMNS = ("source", "model", "n", "n_validated", "sa", "pa", "fmr", "pa_lo", "pa_hi", "fmr_lo", "fmr_hi",
+                *DELTA_COLUMNS, "from", "pa_export")
 
 
 @dataclass
@@ -136,11 +145,12 @@ def transfer(sources: str | Sequence[str], models: str | Sequence[str] | None = 
     from ..runtime import resolve_device
 
     device = resolve_device(merged.device)
-    cells = []
+    cells, indicators = [], {}
     for m in columns:
         say(f"scoring {m}")
-        cells += _score_model(m, dataset, clean, perturbed, exports, merged, device, pretrained=pretrained,
-                              cache=cache)
+        cells += _score_model(m, dataset, clean, perturbed, exports, merged, device, indicators,
+                              pretrained=pretrained, cache=cache)
+    _transfer_gaps(cells, indicators, clean.ids, exports)
     cells.sort(key=lambda c: (srcs.index(c["source"]), columns.index(c["model"])))
     result = TransferResult(srcs, columns, cells, to, exports)
     _write(result, request, started, {a: e.result.path for a, e in exports.items()})
@@ -171,27 +181,60 @@ def _generate(srcs: Sequence[str], dataset: ImageDataset, merged: FmrSettings, s
     return exports
 
 
-def _cell_intervals(clean: ImageDataset, clean_pred: list[int], ds: ImageDataset, pred: list[int],
-                    targets: Any, seed: int) -> dict[str, float | None]:
-    """95 % intervals of a cell's PA and FMR: the clean images resampled, PA over the resample's exported
-    (validated) images, FMR = PA / SA recomputed on each resample (metrics.intervals)."""
-    from ..metrics.intervals import IntervalSettings, fmr_indicators, fmr_intervals
+def _cell_indicators(clean: ImageDataset, clean_pred: list[int], ds: ImageDataset, pred: list[int],
+                     targets: Any) -> Any:
+    """A cell's per-clean-image indicators (:func:`~fmr_bench.metrics.intervals.fmr_indicators`, in ``clean``'s
+    order: clean correct, validated = exported, final correct); None for an export of other images."""
+    from ..metrics.intervals import fmr_indicators
 
     final = {sid: p == targets[y] for sid, p, y in zip(ds.ids, pred, ds.labels)}
     if not set(final) <= set(clean.ids):  # an export of other images: no pairing, no interval
-        return {f"{m}_{end}": None for m in ("pa", "fmr") for end in ("lo", "hi")}
+        return None
     correct = [p == targets[y] for p, y in zip(clean_pred, clean.labels)]
     validated = [sid in final for sid in clean.ids]
-    ind = fmr_indicators(correct, validated, [final.get(sid, False) for sid in clean.ids], validated,
-                         [0] * len(clean.ids))
+    return fmr_indicators(correct, validated, [final.get(sid, False) for sid in clean.ids], validated,
+                          [0] * len(clean.ids))
+
+
+def _cell_intervals(ind: Any, seed: int) -> dict[str, float | None]:
+    """95 % intervals of a cell's PA and FMR: the clean images resampled, PA over the resample's exported
+    (validated) images, FMR = PA / SA recomputed on each resample (metrics.intervals)."""
+    from ..metrics.intervals import IntervalSettings, fmr_intervals
+
+    if ind is None:
+        return {f"{m}_{end}": None for m in ("pa", "fmr") for end in ("lo", "hi")}
     iv, _ = fmr_intervals(ind, IntervalSettings(seed=seed))
     return {f"{m}_{end}": (iv.get(m) or (None, None))[k] for m in ("pa", "fmr") for k, end in enumerate(("lo", "hi"))}
 
 
+def _transfer_gaps(cells: list[dict[str, Any]], indicators: dict[tuple[str, str], Any], ids: Sequence[str],
+                   exports: dict[str, Export]) -> None:
+    """Add to each cell (A, M) whose M is a source the paired difference from M's own run on the same clean
+    images (empty columns on the diagonal, for a model that is not a source, or without pairing)."""
+    from ..metrics.fmr import outcome_indicators
+    from ..metrics.intervals import fmr_from_sums, paired_difference
+
+    own = {}
+    for m, e in exports.items():
+        by_id = {o.id: o for o in e.result.outcomes}
+        if set(ids) <= set(by_id):
+            own[m] = outcome_indicators([by_id[i] for i in ids])
+    n = len(ids)
+    for c in cells:
+        a, m = c["source"], c["model"]
+        mine = indicators.get((a, m))
+        result = None
+        if a != m and m in own and mine is not None:
+            result = paired_difference(mine, own[m], lambda s: {k: v for k, v in fmr_from_sums(s, n).items()
+                                                                if k in ("pa", "fmr")})
+        c.update(delta_row(result))
+
+
 def _score_model(m: str, dataset: ImageDataset, clean: ImageDataset, perturbed: dict[str, ImageDataset],
-                 exports: dict[str, Export], merged: FmrSettings, device: torch.device, *, pretrained: bool,
-                 cache: bool) -> list[dict[str, Any]]:
-    """The cells of scored model ``m``: its SA on the clean images, its PA on each source's images."""
+                 exports: dict[str, Export], merged: FmrSettings, device: torch.device,
+                 indicators: dict[tuple[str, str], Any], *, pretrained: bool, cache: bool) -> list[dict[str, Any]]:
+    """The cells of scored model ``m``: its SA on the clean images, its PA on each source's images (each cell's
+    per-image indicators go into ``indicators`` under (source, m))."""
     torch.manual_seed(merged.seed)  # random-weight models (pretrained=False) as in the run
     clf = load_model(m, class_names=dataset.class_names, pretrained=pretrained).to(device).eval()
     clean_pred, n_out = predictions(clf, clean, batch_size=merged.batch_size, device=device, cache=cache,
@@ -205,9 +248,10 @@ def _score_model(m: str, dataset: ImageDataset, clean: ImageDataset, perturbed: 
         pred, _ = predictions(clf, ds, batch_size=merged.batch_size, device=device, cache=cache,
                               workers=merged.workers)
         pa = _pct(sum(p == targets[y] for p, y in zip(pred, ds.labels)), len(ds))
+        indicators[(a, m)] = ind = _cell_indicators(clean, clean_pred, ds, pred, targets)
         cell = {"source": a, "model": m, "n": len(clean), "n_validated": len(ds), "sa": sa, "pa": pa,
                 "fmr": 100.0 * pa / sa if pa is not None and sa else None, "from": "export", "pa_export": None,
-                **_cell_intervals(clean, clean_pred, ds, pred, targets, merged.seed)}
+                **_cell_intervals(ind, merged.seed)}
         if m == a:  # the diagonal is the source's own run
             run = exports[a].result.metrics
             cell.update(sa=run["sa"], pa=run["pa"], fmr=run["fmr"], pa_export=pa, **{"from": "run"})
@@ -229,5 +273,6 @@ def _write(result: TransferResult, request: dict, started: _dt.datetime, runs: d
     record = study_document("transfer", request, result.cells, **result.to_dict(),
                             runs={a: str(p) if p else None for a, p in runs.items()},
                             exports={a: str(e.path) for a, e in result.exports.items()},
+                            paired_method=paired_method(IntervalSettings()),
                             timestamp=started.isoformat(timespec="seconds"))
     write_json(to / "transfer.json", json.loads(json.dumps(record, default=str)))

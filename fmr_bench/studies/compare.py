@@ -181,8 +181,8 @@ def compare_generators(models: str | Sequence[str], generators: str | Sequence[s
     write_csv(to / "tau.csv", taus, TAU_COLUMNS)
     write_csv(to / "pairs.csv", pairs, PAIR_COLUMNS)
     write_json(to / "compare.json", json.loads(json.dumps(study_document(
-        "compare-generators", request, rows, tau=taus, pairs=pairs, paired_method=paired_method(IntervalSettings()), notes=notes,
-        timestamp=started.isoformat(timespec="seconds")), default=str)))
+        "compare-generators", request, rows, tau=taus, pairs=pairs, paired_method=paired_method(IntervalSettings()),
+        notes=notes, timestamp=started.isoformat(timespec="seconds")), default=str)))
     return CompareResult(rows, taus, to, notes, pairs)
 
 

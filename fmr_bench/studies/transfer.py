@@ -41,7 +41,15 @@ from ..config import FmrSettings
 from ..datasets import ImageDataset, load_dataset
 from ..engine.logits import compute_logits
 from ..errors import SettingsError
-from ..metrics.intervals import IntervalSettings, paired_method
+from ..metrics.fmr import outcome_indicators
+from ..metrics.intervals import (
+    IntervalSettings,
+    fmr_from_sums,
+    fmr_indicators,
+    fmr_intervals,
+    paired_difference,
+    paired_method,
+)
 from ..models import ImageClassifier, load_model, map_classes
 from ..results.rundir import run_dir, write_json
 from ..results.study import study_document
@@ -185,8 +193,6 @@ def _cell_indicators(clean: ImageDataset, clean_pred: list[int], ds: ImageDatase
                      targets: Any) -> Any:
     """A cell's per-clean-image indicators (:func:`~fmr_bench.metrics.intervals.fmr_indicators`, in ``clean``'s
     order: clean correct, validated = exported, final correct); None for an export of other images."""
-    from ..metrics.intervals import fmr_indicators
-
     final = {sid: p == targets[y] for sid, p, y in zip(ds.ids, pred, ds.labels)}
     if not set(final) <= set(clean.ids):  # an export of other images: no pairing, no interval
         return None
@@ -199,8 +205,6 @@ def _cell_indicators(clean: ImageDataset, clean_pred: list[int], ds: ImageDatase
 def _cell_intervals(ind: Any, seed: int) -> dict[str, float | None]:
     """95 % intervals of a cell's PA and FMR: the clean images resampled, PA over the resample's exported
     (validated) images, FMR = PA / SA recomputed on each resample (metrics.intervals)."""
-    from ..metrics.intervals import IntervalSettings, fmr_intervals
-
     if ind is None:
         return {f"{m}_{end}": None for m in ("pa", "fmr") for end in ("lo", "hi")}
     iv, _ = fmr_intervals(ind, IntervalSettings(seed=seed))
@@ -211,9 +215,6 @@ def _transfer_gaps(cells: list[dict[str, Any]], indicators: dict[tuple[str, str]
                    exports: dict[str, Export]) -> None:
     """Add to each cell (A, M) whose M is a source the paired difference from M's own run on the same clean
     images (empty columns on the diagonal, for a model that is not a source, or without pairing)."""
-    from ..metrics.fmr import outcome_indicators
-    from ..metrics.intervals import fmr_from_sums, paired_difference
-
     own = {}
     for m, e in exports.items():
         by_id = {o.id: o for o in e.result.outcomes}
